@@ -1,0 +1,1 @@
+"""Components of the kametrix-deploy stacks, one per module."""
