@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import pulumi
 from pydantic import (
@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -107,6 +108,9 @@ class GitHubSettings(_Model):
     variables: dict[EnvName, str] = Field(default_factory=dict)
     app: GitHubApp | None = None
     """Authenticate as a GitHub App (private key in the `githubAppPrivateKey` secret) instead of a token."""
+    releases: dict[Version, CommitSha] = Field(default_factory=dict)
+    """Every version published as a GitHub release, with its commit. Kept declared so a rollback to one of
+    them finds its release record in place instead of trying to create it again."""
 
 
 class BuildSettings(_Model):
@@ -156,19 +160,39 @@ class AppSettings(_Model):
     smtp_user: str
     smtp_from: str
 
+    @model_validator(mode="after")
+    def _fits_env_file(self) -> AppSettings:
+        for name, value in self:
+            if isinstance(value, str) and ("'" in value or "\n" in value):
+                raise ValueError(
+                    f"app.{to_camel(name)}: allowed: no single quote or line break (the .env quotes values); "
+                    f"received {value!r}"
+                )
+        return self
+
 
 class ReleaseSettings(_Model):
     health_attempts: Annotated[int, _in_range(1, 600, "attempts")] = 30
     health_interval_seconds: Annotated[int, _in_range(1, 60, "seconds")] = 2
     backups_to_keep: Annotated[int, _in_range(1, 1000, "backups")] = 10
     images_to_keep: Annotated[int, _in_range(2, 100, "images")] = 5
+    lock_timeout_minutes: Annotated[int, _in_range(5, 1440, "minutes")] = 30
+    """A release lock older than this is taken over: a release that died between steps cannot block forever."""
 
 
 class PlainConfig(_Model):
     """Every non-secret key of the `kametrix-deploy` namespace."""
 
     version: Version
-    commit: CommitSha
+    commit: CommitSha | None = None
+    """The commit a building stage builds (GIT_SHA)."""
+    commit_time: (
+        Annotated[
+            str, _matching(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", "an ISO 8601 UTC time like 2026-11-28T12:00:00Z")
+        ]
+        | None
+    ) = None
+    """When that commit was made (BUILD_TIMESTAMP); a build stays reproducible, so no clock is read."""
     server: ServerSettings
     image: ImageSettings
     app: AppSettings
@@ -288,8 +312,8 @@ def load(stack: str, raw: Mapping[str, Any], secret_keys: set[str]) -> StackConf
     except ValidationError as error:
         problems.extend(_problems_from(error, key))
 
-    if plain is not None and stack in STAGES:
-        problems.extend(_stage_policy(stack, plain, key))
+    if stack in STAGES:
+        problems.extend(_stage_policy(stack, _Sections.of(plain_values), key))
 
     github = plain.github if plain else plain_values.get("github")
     required_secrets = [*APP_SECRET_KEYS, SSH_KEY, REGISTRY_KEY]
@@ -324,6 +348,11 @@ def load(stack: str, raw: Mapping[str, Any], secret_keys: set[str]) -> StackConf
             continue
         if not isinstance(value, str) or not value:
             problems.append(Problem(key(name), "allowed: a non-empty string; received an empty or non-string value"))
+            continue
+        if name in APP_SECRET_KEYS and ("'" in value or "\n" in value):
+            problems.append(
+                Problem(key(name), "allowed: no single quote or line break (the .env quotes values); value not shown")
+            )
             continue
         if name in _SECRET_FORMATS:
             pattern, described = _SECRET_FORMATS[name]
@@ -396,10 +425,48 @@ def _environment_secrets(value: Any, into: dict[str, SecretStr], full_key: str) 
     return problems
 
 
-def _stage_policy(stack: str, plain: PlainConfig, key: Any) -> list[Problem]:
+_SectionModel = TypeVar("_SectionModel", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class _Sections:
+    """Each section validated on its own, so a mistake in one does not hide a policy breach in another."""
+
+    version: str | None
+    commit: str | None
+    commit_time: str | None
+    github_declared: bool
+    github: GitHubSettings | None
+    image: ImageSettings | None
+    app: AppSettings | None
+
+    @staticmethod
+    def of(values: Mapping[str, Any]) -> _Sections:
+        def section(model: type[_SectionModel], alias: str) -> _SectionModel | None:
+            try:
+                return model.model_validate(values[alias]) if alias in values else None
+            except ValidationError:
+                return None
+
+        def text(alias: str) -> str | None:
+            value = values.get(alias)
+            return value if isinstance(value, str) else None
+
+        return _Sections(
+            version=text("version"),
+            commit=text("commit"),
+            commit_time=text("commitTime"),
+            github_declared="github" in values,
+            github=section(GitHubSettings, "github"),
+            image=section(ImageSettings, "image"),
+            app=section(AppSettings, "app"),
+        )
+
+
+def _stage_policy(stack: str, plain: _Sections, key: Any) -> list[Problem]:
     problems: list[Problem] = []
     github = plain.github
-    if stack in ("staging", "production") and github is None:
+    if stack in ("staging", "production") and not plain.github_declared:
         problems.append(
             Problem(key("github"), f"required for the {stack} stack: its GitHub environment is declared here")
         )
@@ -419,7 +486,16 @@ def _stage_policy(stack: str, plain: PlainConfig, key: Any) -> list[Problem]:
                     "allowed in production: false (nobody skips the approval); received true",
                 )
             )
-        if plain.image.build is not None:
+        if github is not None and plain.version is not None and plain.version not in github.releases:
+            problems.append(
+                Problem(
+                    key("github.releases"),
+                    f"production releases only versions recorded here with their commit; allowed: "
+                    f"{', '.join(github.releases) or 'none recorded yet'}; received version {plain.version!r}. "
+                    f"Add `{plain.version}: <commit sha>` under github.releases",
+                )
+            )
+        if plain.image is not None and plain.image.build is not None:
             problems.append(
                 Problem(
                     key("image.build"),
@@ -427,6 +503,14 @@ def _stage_policy(stack: str, plain: PlainConfig, key: Any) -> list[Problem]:
                     "allowed: absent; received a build",
                 )
             )
+    if plain.image is not None and plain.image.build is not None and not (plain.commit and plain.commit_time):
+        problems.append(
+            Problem(
+                key("commit"),
+                "a building stage needs the commit it builds and its time (keys commit and commitTime); "
+                f"received commit={plain.commit!r}, commitTime={plain.commit_time!r}",
+            )
+        )
     for reserved in sorted(set(github.variables) & set(STACK_VARIABLES) if github else set()):
         problems.append(
             Problem(
@@ -434,7 +518,7 @@ def _stage_policy(stack: str, plain: PlainConfig, key: Any) -> list[Problem]:
                 f"is published by the stack itself; allowed: any name except {', '.join(STACK_VARIABLES)}",
             )
         )
-    if plain.app.database_pool_min > plain.app.database_pool_max:
+    if plain.app is not None and plain.app.database_pool_min > plain.app.database_pool_max:
         problems.append(
             Problem(
                 key("app.databasePoolMin"),

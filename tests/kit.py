@@ -164,7 +164,8 @@ class _Mocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
         state = dict(args.inputs)
         if args.typ == "docker:index/image:Image":
-            state["repoDigest"] = f"{unwrap(args.inputs.get('imageName'))}@{digest_of(args.name)}"
+            repository = str(unwrap(args.inputs.get("imageName"))).rpartition(":")[0]
+            state["repoDigest"] = f"{repository}@{digest_of(args.name)}"
         if args.typ == "docker:index/registryImage:RegistryImage":
             state["sha256Digest"] = digest_of(str(unwrap(args.inputs.get("name"))))
         if args.typ == "command:remote:Command":
@@ -251,8 +252,9 @@ def stack_config(
 ) -> tuple[dict[str, str], list[str]]:
     """The config bag and secret keys the engine would hand the program for this stack.
 
-    `overrides` replaces plain keys (dotted paths reach into objects; `DELETE` removes); `secrets`
-    replaces or adds secret keys (`DELETE` removes). Keys are without the namespace.
+    `secrets` replaces or adds secret keys (`DELETE` removes). `overrides` then replaces plain keys
+    (dotted paths reach into objects; `DELETE` removes); a whole key overridden is stored in plaintext,
+    as `pulumi config set` without `--secret` would. Keys are without the namespace.
     """
     values: dict[str, Any] = {}
     secret_keys: set[str] = set()
@@ -268,8 +270,6 @@ def stack_config(
         if full_key not in values or _has_secure(values[full_key]):
             values[full_key] = copy.deepcopy(value)
             secret_keys.add(full_key)
-    for path, value in (overrides or {}).items():
-        _set_path(values, path, value)
     for name, value in (secrets or {}).items():
         full_key = f"{NAMESPACE}:{name}"
         if value is DELETE:
@@ -278,10 +278,14 @@ def stack_config(
         else:
             values[full_key] = value
             secret_keys.add(full_key)
+    for path, value in (overrides or {}).items():
+        top = _set_path(values, path, value)
+        if "." not in path:
+            secret_keys.discard(top)  # a plain override of a whole key stores it in plaintext
     return {k: _engine_value(v) for k, v in values.items()}, sorted(secret_keys)
 
 
-def _set_path(values: dict[str, Any], path: str, value: Any) -> None:
+def _set_path(values: dict[str, Any], path: str, value: Any) -> str:
     top, *rest = path.split(".")
     full_key = top if ":" in top else f"{NAMESPACE}:{top}"
     if not rest:
@@ -289,7 +293,7 @@ def _set_path(values: dict[str, Any], path: str, value: Any) -> None:
             values.pop(full_key, None)
         else:
             values[full_key] = copy.deepcopy(value)
-        return
+        return full_key
     node = values.setdefault(full_key, {})
     for part in rest[:-1]:
         node = node.setdefault(part, {})
@@ -297,6 +301,36 @@ def _set_path(values: dict[str, Any], path: str, value: Any) -> None:
         node.pop(rest[-1], None)
     else:
         node[rest[-1]] = copy.deepcopy(value)
+    return full_key
+
+
+def attempt_stack(
+    stack: str,
+    overrides: Mapping[str, Any] | None = None,
+    secrets: Mapping[str, Any] | None = None,
+    registry_tags: Mapping[str, str] | None = None,
+    preview: bool = False,
+    as_stack: str | None = None,
+) -> tuple[Deployment, BaseException | None]:
+    """Run `__main__.py` fresh with the config of `Pulumi.<stack>.yaml`; return what it declared and how it failed.
+
+    `registry_tags` maps `registry/repository:tag` to the digest the registry holds; None answers
+    every lookup with a made-up digest. `as_stack` runs the same config under another stack name.
+    """
+    config, secret_keys = stack_config(stack, overrides, secrets)
+    mock = _Mocks(registry_tags)
+    monitor = _RecordingMonitor(mock)
+    name = as_stack or stack
+    pulumi.runtime.set_mocks(mock, project=PROJECT, stack=name, preview=preview, monitor=monitor)
+    pulumi.runtime.set_all_config(config, secret_keys)
+    settings.set_root_resource(None)  # type: ignore[arg-type]  # run_in_stack creates a fresh root
+    program: Callable[[], None] = lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")
+    error: BaseException | None = None
+    try:
+        _sync_await(run_in_stack(program))
+    except Exception as raised:
+        error = raised
+    return Deployment(name, monitor.recorded, monitor.stack_outputs, mock.invokes), error
 
 
 def run_stack(
@@ -305,21 +339,13 @@ def run_stack(
     secrets: Mapping[str, Any] | None = None,
     registry_tags: Mapping[str, str] | None = None,
     preview: bool = False,
+    as_stack: str | None = None,
 ) -> Deployment:
-    """Run `__main__.py` fresh for `stack` and record what it declares.
-
-    `registry_tags` maps `repository:tag` to the digest the registry holds; None answers every
-    lookup with a made-up digest.
-    """
-    config, secret_keys = stack_config(stack, overrides, secrets)
-    mock = _Mocks(registry_tags)
-    monitor = _RecordingMonitor(mock)
-    pulumi.runtime.set_mocks(mock, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
-    pulumi.runtime.set_all_config(config, secret_keys)
-    settings.set_root_resource(None)  # type: ignore[arg-type]  # run_in_stack creates a fresh root
-    program: Callable[[], None] = lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")
-    _sync_await(run_in_stack(program))
-    return Deployment(stack, monitor.recorded, monitor.stack_outputs, mock.invokes)
+    """Like `attempt_stack`, raising the program's error."""
+    deployment, error = attempt_stack(stack, overrides, secrets, registry_tags, preview, as_stack)
+    if error is not None:
+        raise error
+    return deployment
 
 
 @dataclass

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Applies the new version's migrations while the current version keeps serving.
+# A failed migration stops the release; nothing is switched.
+set -euo pipefail
+usage="migrate.sh APP_DIR PROJECT OWNER STALE_SECONDS VERSION APP_IMAGE MIGRATE_IMAGE"
+[[ $# -eq 7 ]] || { echo "error: usage: $usage (received $# arguments)" >&2; exit 1; }
+APP_DIR="$1" PROJECT="$2"
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+owner="$3" stale="$4" version="$5"
+export APP_IMAGE="$6" MIGRATE_IMAGE="$7"
+require_digest_ref APP_IMAGE "$APP_IMAGE"
+require_digest_ref MIGRATE_IMAGE "$MIGRATE_IMAGE"
+
+acquire_release_lock "$owner" "$stale"
+docker pull --quiet "$MIGRATE_IMAGE"
+compose up --detach --wait postgres
+if ! compose --profile migrate run --rm --no-deps migrate; then
+  die "migrations of $version failed; the live version ($(live VERSION)) keeps serving and nothing was switched"
+fi
+echo "migrations of $version applied"

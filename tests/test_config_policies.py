@@ -1,0 +1,165 @@
+"""Bad stack config stops the program before anything is declared, naming every problem at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.config import ConfigError
+from tests import kit
+from tests.kit import DELETE
+
+
+def problems_for(
+    stack: str, overrides: dict[str, Any] | None = None, secrets: dict[str, Any] | None = None
+) -> tuple[ConfigError, dict[str, str]]:
+    with pytest.raises(ConfigError) as raised:
+        kit.run_stack(stack, overrides=overrides, secrets=secrets)
+    error = raised.value
+    return error, {p.key: p.message for p in error.problems}
+
+
+@pytest.mark.parametrize("stack", ["staging", "production", "local"])
+def test_every_committed_stack_file_is_valid(stack: str) -> None:
+    deployment = kit.run_stack(stack)
+    assert deployment.resources, f"{stack}: the program declared nothing"
+
+
+def test_nothing_is_declared_when_config_is_bad() -> None:
+    deployment, error = kit.attempt_stack("production", overrides={"github.waitTimer": -1})
+    assert isinstance(error, ConfigError)
+    assert [r.urn for r in deployment.resources] == []
+
+
+def test_problems_name_the_stack_file_and_are_all_reported_at_once() -> None:
+    error, problems = problems_for(
+        "production",
+        overrides={"github.waitTimer": 50000, "server.port": 0, "version": "latest"},
+        secrets={"postgresPassword": DELETE},
+    )
+    assert str(error).startswith("Pulumi.production.yaml: invalid stack configuration (4 problems)")
+    assert set(problems) == {
+        "kametrix-deploy:github.waitTimer",
+        "kametrix-deploy:server.port",
+        "kametrix-deploy:version",
+        "kametrix-deploy:postgresPassword",
+    }
+
+
+def test_unknown_key_suggests_the_closest_valid_key() -> None:
+    _, problems = problems_for("staging", overrides={"github.waitTimr": 3, "relase": {"healthAttempts": 3}})
+    assert "did you mean 'waitTimer'?" in problems["kametrix-deploy:github.waitTimr"]
+    assert "received 'waitTimr'" in problems["kametrix-deploy:github.waitTimr"]
+    assert "did you mean 'release'?" in problems["kametrix-deploy:relase"]
+
+
+def test_a_misspelt_secret_key_suggests_the_secret_key() -> None:
+    _, problems = problems_for("local", secrets={"postgresPasword": "TESTSECRET-typo"})
+    assert "did you mean 'postgresPassword'?" in problems["kametrix-deploy:postgresPasword"]
+    assert "TESTSECRET" not in str(problems)
+
+
+def test_a_missing_required_secret_says_how_to_set_it() -> None:
+    _, problems = problems_for("production", secrets={"stripeSecretKey": DELETE, "githubToken": DELETE})
+    assert "pulumi config set --secret -s production stripeSecretKey" in problems["kametrix-deploy:stripeSecretKey"]
+    assert "required secret is missing" in problems["kametrix-deploy:githubToken"]
+
+
+def test_a_secret_stored_in_plaintext_is_refused_without_echoing_it() -> None:
+    error, problems = problems_for("staging", overrides={"vapiApiKey": "TESTSECRET-in-plaintext"})
+    assert "stored in plaintext" in problems["kametrix-deploy:vapiApiKey"]
+    assert "--secret" in problems["kametrix-deploy:vapiApiKey"]
+    assert "TESTSECRET" not in str(error)
+
+
+def test_a_malformed_secret_is_refused_without_echoing_it() -> None:
+    error, problems = problems_for("local", secrets={"googleEncryptionKey": "TESTSECRET-not-hex"})
+    assert "64 hexadecimal characters" in problems["kametrix-deploy:googleEncryptionKey"]
+    assert "TESTSECRET" not in str(error)
+
+
+@pytest.mark.parametrize("version", ["latest", "", "main", "develop", "v1.2", "1.2.3", "feature/login", "v1.2.3-rc"])
+def test_a_version_pin_must_be_an_exact_version(version: str) -> None:
+    _, problems = problems_for("local", overrides={"version": version})
+    message = problems["kametrix-deploy:version"]
+    assert "exact version" in message and "v1.2.3" in message and repr(version) in message
+
+
+@pytest.mark.parametrize("version", ["v1.2.3", "v2026.11.28-3f9c2a1", "staging-3f9c2a1"])
+def test_exact_versions_are_accepted(version: str) -> None:
+    assert kit.run_stack("local", overrides={"version": version}).output("version") == version
+
+
+def test_production_cannot_deploy_without_an_approval() -> None:
+    _, problems = problems_for("production", overrides={"github.reviewers": {"users": [], "teams": []}})
+    assert "at least one required reviewer" in problems["kametrix-deploy:github.reviewers"]
+    assert "received none" in problems["kametrix-deploy:github.reviewers"]
+
+
+def test_production_admins_cannot_bypass_the_approval() -> None:
+    _, problems = problems_for("production", overrides={"github.canAdminsBypass": True})
+    assert "allowed in production: false" in problems["kametrix-deploy:github.canAdminsBypass"]
+
+
+def test_production_cannot_run_without_its_github_environment() -> None:
+    _, problems = problems_for("production", overrides={"github": DELETE})
+    assert "required for the production stack" in problems["kametrix-deploy:github"]
+
+
+@pytest.mark.parametrize("minutes", [-1, 43201, 100000])
+def test_a_wait_timer_outside_0_to_43200_minutes_is_refused(minutes: int) -> None:
+    _, problems = problems_for("staging", overrides={"github.waitTimer": minutes})
+    assert problems["kametrix-deploy:github.waitTimer"] == f"allowed: 0–43200 minutes; received {minutes}"
+
+
+@pytest.mark.parametrize("minutes", [0, 43200])
+def test_wait_timer_bounds_are_accepted(minutes: int) -> None:
+    deployment = kit.run_stack("production", overrides={"github.waitTimer": minutes})
+    environment = deployment.one("github:index/repositoryEnvironment:RepositoryEnvironment")
+    assert environment.inputs["waitTimer"] == minutes, environment.urn
+
+
+@pytest.mark.parametrize("kind", ["users", "teams"])
+def test_more_than_six_reviewers_of_a_kind_are_refused(kind: str) -> None:
+    reviewers = [f"reviewer-{i}" for i in range(7)]
+    _, problems = problems_for("production", overrides={f"github.reviewers.{kind}": reviewers})
+    assert "at most 6" in problems[f"kametrix-deploy:github.reviewers.{kind}"]
+
+
+def test_an_empty_deployment_branch_list_is_refused() -> None:
+    _, problems = problems_for("staging", overrides={"github.deploymentBranches": []})
+    assert "at least 1" in problems["kametrix-deploy:github.deploymentBranches"]
+
+
+@pytest.mark.parametrize("port", [0, 65536, -22])
+def test_a_port_outside_1_to_65535_is_refused(port: int) -> None:
+    _, problems = problems_for("staging", overrides={"server.port": port, "app.appPort": port})
+    assert problems["kametrix-deploy:server.port"] == f"allowed: 1–65535 (TCP port); received {port}"
+    assert "kametrix-deploy:app.appPort" in problems
+
+
+def test_production_never_builds() -> None:
+    _, problems = problems_for("production", overrides={"image.build": {"context": "app"}})
+    assert "production never rebuilds" in problems["kametrix-deploy:image.build"]
+
+
+def test_production_releases_only_recorded_versions() -> None:
+    _, problems = problems_for("production", overrides={"version": "v9.9.9"})
+    assert "received version 'v9.9.9'" in problems["kametrix-deploy:github.releases"]
+
+
+def test_an_unknown_stack_name_is_refused() -> None:
+    with pytest.raises(ConfigError) as raised:
+        kit.run_stack("staging", as_stack="qa")
+    assert "allowed stacks: staging, production, local; received 'qa'" in str(raised.value)
+
+
+def test_required_environment_secrets_for_the_deploy_workflow() -> None:
+    _, problems = problems_for(
+        "staging", secrets={"githubEnvironmentSecrets": {"PULUMI_CONFIG_PASSPHRASE": "TESTSECRET-x"}}
+    )
+    assert (
+        "required environment secret is missing"
+        in problems["kametrix-deploy:githubEnvironmentSecrets.PULUMI_BACKEND_URL"]
+    )
