@@ -173,7 +173,7 @@ class _Mocks(pulumi.runtime.Mocks):
             state.setdefault("stderr", "")
         return f"{args.name}-id", state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[Any, Any]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[Any, Any] | tuple[dict[Any, Any], list[tuple[str, str]]]:
         self.invokes.append((args.token, dict(args.args)))
         if args.token == "github:index/getUser:getUser":
             login = args.args["username"]
@@ -184,7 +184,8 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.token == "docker:index/getRegistryImage:getRegistryImage":
             name = args.args["name"]
             if self.registry_tags is not None and name not in self.registry_tags:
-                raise Exception(f"Got bad response from registry: 404 Not Found (manifest unknown: {name})")
+                # How the engine reports a provider's failed read: the invoke fails, the program decides.
+                return {}, [("name", f"Got bad response from registry: 404 Not Found (manifest unknown: {name})")]
             digest = self.registry_tags[name] if self.registry_tags is not None else digest_of(name)
             return {"name": name, "sha256Digest": digest, "id": digest}
         raise Exception(f"the test kit has no answer for invoke {args.token}")

@@ -1,0 +1,174 @@
+"""A release is `pulumi up` with a new pinned version; a rollback is the same with an earlier one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.image import VersionNotInRegistryError
+from tests import kit
+from tests.kit import Deployment, Resource
+
+COMMAND = "command:remote:Command"
+RELEASE = "github:index/release:Release"
+IMAGE_BUILD = "docker:index/image:Image"
+STEPS = ["server-files", "server-env", "server-backup", "server-migrate", "server-up"]
+REPOSITORY = "ghcr.io/kametrix-org/kametrix/kametrix"
+V141 = "sha256:" + "1" * 64
+V142 = "sha256:" + "2" * 64
+REGISTRY = {
+    f"{REPOSITORY}:v1.4.1": V141,
+    f"{REPOSITORY}:v1.4.1-migrate": "sha256:" + "3" * 64,
+    f"{REPOSITORY}:v1.4.2": V142,
+    f"{REPOSITORY}:v1.4.2-migrate": "sha256:" + "4" * 64,
+}
+
+
+def production(version: str, **overrides: Any) -> Deployment:
+    return kit.run_stack("production", overrides={"version": version, **overrides}, registry_tags=REGISTRY)
+
+
+def steps(deployment: Deployment) -> dict[str, Resource]:
+    return {r.name: r for r in deployment.of_type(COMMAND)}
+
+
+def comparable(resource: Resource) -> dict[str, Any]:
+    return {
+        "inputs": kit.unwrap(resource.inputs),
+        "secret_inputs": sorted(k for k in resource.inputs if resource.is_secret(k)),
+        "dependencies": resource.dependencies,
+        "options": (resource.retain_on_delete, resource.protect, resource.additional_secret_outputs),
+    }
+
+
+def changed_between(before: Deployment, after: Deployment) -> set[str]:
+    old = {r.urn: comparable(r) for r in before.resources}
+    new = {r.urn: comparable(r) for r in after.resources}
+    return {urn.rpartition("::")[2] for urn in old.keys() | new.keys() if old.get(urn) != new.get(urn)}
+
+
+def test_release_steps_run_in_order_files_env_backup_migrate_up() -> None:
+    deployment = production("v1.4.2")
+    declared = steps(deployment)
+    assert list(declared) == STEPS, list(declared)
+    for earlier, later in zip(STEPS, STEPS[1:], strict=False):
+        assert deployment.depends_on(declared[later], declared[earlier]), (
+            f"{declared[later].urn} does not wait for {declared[earlier].urn}"
+        )
+
+
+def test_the_server_only_ever_runs_an_image_pinned_by_digest() -> None:
+    deployment = production("v1.4.2")
+    for step in ("server-backup", "server-migrate", "server-up"):
+        command = steps(deployment)[step].plain("create")
+        assert f"{REPOSITORY}@{V142}" in command, f"{steps(deployment)[step].urn}: {command}"
+        assert ":v1.4.2 " not in command and "latest" not in command, steps(deployment)[step].urn
+    assert deployment.output("imageRef") == f"{REPOSITORY}@{V142}"
+
+
+def test_a_release_changes_only_the_image_reference_and_the_release_steps() -> None:
+    changed = changed_between(production("v1.4.1"), production("v1.4.2"))
+    assert changed == {"server-backup", "server-migrate", "server-up"}, changed
+
+
+def test_a_rollback_runs_exactly_the_server_commands_of_the_original_release() -> None:
+    original, _, rolled_back = production("v1.4.1"), production("v1.4.2"), production("v1.4.1")
+    for name, step in steps(original).items():
+        again = steps(rolled_back)[name]
+        assert comparable(step) == comparable(again), f"{step.urn} differs on rollback"
+
+
+def test_a_rollback_never_deletes_a_published_release() -> None:
+    for deployment in (production("v1.4.2"), production("v1.4.1")):
+        releases = {r.inputs["tagName"]: r for r in deployment.of_type(RELEASE)}
+        assert set(releases) == {"v1.4.1", "v1.4.2"}, "a recorded release stopped being declared"
+        for release in releases.values():
+            assert release.retain_on_delete, f"{release.urn} would delete the GitHub release"
+            assert release.inputs["draft"] is False and release.inputs["prerelease"] is False, release.urn
+
+
+def test_a_release_is_published_for_its_commit_only_after_the_version_serves() -> None:
+    deployment = production("v1.4.2")
+    release = deployment.one(RELEASE, "release-v1.4.2")
+    assert release.inputs["targetCommitish"] == "3f9c2a1d7b8e4f6a0c5d2e9b1a7f3c8d4e6b2a90", release.urn
+    assert deployment.depends_on(release, steps(deployment)["server-up"]), f"{release.urn} is published before up"
+
+
+def test_a_version_missing_from_the_registry_fails_before_any_server_step() -> None:
+    deployment, error = kit.attempt_stack(
+        "production",
+        overrides={"version": "v1.4.2"},
+        registry_tags={k: v for k, v in REGISTRY.items() if "v1.4.2" not in k},
+    )
+    assert isinstance(error, VersionNotInRegistryError)
+    assert "'v1.4.2'" in str(error) and f"{REPOSITORY}:v1.4.2" in str(error)
+    assert deployment.of_type(COMMAND) == [], [r.urn for r in deployment.of_type(COMMAND)]
+
+
+def test_staging_builds_once_and_pushes_both_stages_of_the_dockerfile() -> None:
+    staging = kit.run_stack("staging")
+    builds = {r.name: r for r in staging.of_type(IMAGE_BUILD)}
+    assert set(builds) == {"image-app", "image-migrate"}
+    app, migrate = builds["image-app"], builds["image-migrate"]
+    assert app.inputs["imageName"] == f"{REPOSITORY}:staging-3f9c2a1", app.urn
+    assert migrate.inputs["imageName"] == f"{REPOSITORY}:staging-3f9c2a1-migrate", migrate.urn
+    assert app.inputs["build"]["target"] == "runner" and migrate.inputs["build"]["target"] == "builder"
+    assert app.inputs["build"]["args"] == {
+        "BUILD_ID": "staging-3f9c2a1",
+        "GIT_SHA": "3f9c2a1d7b8e4f6a0c5d2e9b1a7f3c8d4e6b2a90",
+        "BUILD_TIMESTAMP": "2026-11-27T16:42:00Z",
+        "NODE_ENV": "production",
+    }, app.urn
+    assert app.is_secret("registry") or kit.unwrap(app.inputs["registry"])["password"] is not None
+    assert staging.output("imageRef") == f"{REPOSITORY}@{kit.digest_of('image-app')}"
+
+
+def test_production_never_builds_it_resolves_existing_versions() -> None:
+    deployment = production("v1.4.2")
+    assert deployment.of_type(IMAGE_BUILD) == []
+    looked_up = sorted(args["name"] for token, args in deployment.invokes if token.endswith("getRegistryImage"))
+    assert looked_up == [f"{REPOSITORY}:v1.4.2", f"{REPOSITORY}:v1.4.2-migrate"]
+
+
+def test_the_env_file_travels_on_stdin_as_a_secret_and_its_output_is_hidden() -> None:
+    env = steps(production("v1.4.2"))["server-env"]
+    assert env.is_secret("stdin"), f"{env.urn}: .env is not a secret"
+    assert "POSTGRES_PASSWORD='TESTSECRET-postgres-password-91ab'" in env.plain("stdin"), env.urn
+    assert env.inputs["logging"] == "none", env.urn
+    assert {"stdout", "stderr"} <= set(env.additional_secret_outputs), env.urn
+
+
+def test_changing_one_app_secret_rewrites_env_and_nothing_else() -> None:
+    before = kit.run_stack("production", registry_tags=REGISTRY)
+    after = kit.run_stack("production", registry_tags=REGISTRY, secrets={"stripeSecretKey": "TESTSECRET-rotated"})
+    assert changed_between(before, after) == {"server-env"}
+
+
+def test_no_step_can_undo_a_release_and_none_relies_on_ssh_environment() -> None:
+    for resource in production("v1.4.2").of_type(COMMAND):
+        assert "delete" not in resource.inputs, f"{resource.urn} has a delete command"
+        assert "environment" not in resource.inputs, f"{resource.urn} needs AcceptEnv on the server"
+        assert resource.inputs["addPreviousOutputInEnv"] is False, resource.urn
+
+
+def test_every_step_pins_the_servers_host_key_and_keeps_its_ssh_key_secret() -> None:
+    for resource in production("v1.4.2").of_type(COMMAND):
+        connection = kit.unwrap(resource.inputs["connection"])
+        assert connection["hostKey"].startswith("ssh-ed25519 "), f"{resource.urn}: host key not pinned"
+        assert connection["host"] == "prod.kametrix.example", resource.urn
+        assert kit.find_secret_leaks(Deployment("p", [resource], {}, [])).leaks == [], resource.urn
+
+
+def test_backup_and_migrate_rerun_exactly_when_the_digest_or_their_files_change() -> None:
+    deployment = production("v1.4.2")
+    for name in ("server-backup", "server-migrate", "server-up"):
+        triggers = steps(deployment)[name].plain("triggers")
+        assert f"{REPOSITORY}@{V142}" in triggers, f"{steps(deployment)[name].urn}: {triggers}"
+    assert "triggers" not in steps(deployment)["server-env"].inputs
+
+
+@pytest.mark.parametrize("stack", ["staging", "production", "local"])
+def test_the_stack_reports_what_a_release_left_behind(stack: str) -> None:
+    deployment = kit.run_stack(stack)
+    assert {"version", "imageRef", "appUrl", "latestBackup", "previousVersion"} <= set(deployment.outputs)
