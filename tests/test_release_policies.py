@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -52,7 +53,7 @@ def test_release_steps_run_in_order_files_env_backup_migrate_up() -> None:
     deployment = production("v1.4.2")
     declared = steps(deployment)
     assert list(declared) == STEPS, list(declared)
-    for earlier, later in zip(STEPS, STEPS[1:], strict=False):
+    for earlier, later in itertools.pairwise(STEPS):
         assert deployment.depends_on(declared[later], declared[earlier]), (
             f"{declared[later].urn} does not wait for {declared[earlier].urn}"
         )
