@@ -28,9 +28,11 @@ mv -f "$candidate" "$APP_DIR/.env"
 echo ".env installed"
 
 live_image="$(live APP_IMAGE)"
-if [[ -n "$live_image" ]] && [[ -n "$(compose ps --quiet app 2>/dev/null || true)" ]]; then
+if [[ -n "$live_image" ]]; then
   live_migrate="$(live MIGRATE_IMAGE)"
-  if ! "$(dirname "$0")/switch.sh" "$APP_DIR" "$PROJECT" "$live_image" "$live_migrate" "$health_url" "$attempts" "$interval"; then
+  export APP_IMAGE="$live_image" MIGRATE_IMAGE="$live_migrate"
+  if [[ -n "$(compose ps --quiet app)" ]] &&
+    ! "$(dirname "$0")/switch.sh" "$APP_DIR" "$PROJECT" "$live_image" "$live_migrate" "$health_url" "$attempts" "$interval"; then
     [[ -f "$APP_DIR/.env.previous" ]] && mv -f "$APP_DIR/.env.previous" "$APP_DIR/.env"
     "$(dirname "$0")/switch.sh" "$APP_DIR" "$PROJECT" "$live_image" "$live_migrate" "$health_url" "$attempts" "$interval" ||
       die "the app did not turn healthy with the new settings, nor after restoring the previous ones"

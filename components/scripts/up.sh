@@ -27,7 +27,7 @@ fi
 
 if ! "$switch" "$APP_DIR" "$PROJECT" "$app_image" "$migrate_image" "${health[@]}"; then
   if [[ -z "$live_image" || "$live_image" == "$app_image" ]]; then
-    compose stop app || true
+    APP_IMAGE="$app_image" MIGRATE_IMAGE="$migrate_image" compose stop app || true
     die "release $version failed its health check and no earlier version is recorded to restore; the app is stopped"
   fi
   "$switch" "$APP_DIR" "$PROJECT" "$live_image" "$live_migrate" "${health[@]}" ||

@@ -166,24 +166,49 @@ class LocalTarget:
         ]  # fmt: skip
 
     def ssh(
-        self, command: str, stdin: bytes | None = None, timeout: float = 300.0
+        self,
+        command: str,
+        stdin: bytes | None = None,
+        timeout: float = 300.0,
+        drop_when: Callable[[], bool] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``command`` on the target over real SSH, as Pulumi's command provider does:
         the string is the remote command (run by the login shell), ``stdin`` is piped, no
         environment variable is forwarded, and the host key must match ``ssh_host_key``.
-        Never raises on a non-zero exit; look at ``returncode``/``stderr``."""
+        ``drop_when`` is polled while the command runs; once it is true the connection is
+        killed, as a network fault would (returncode 255). Never raises on a non-zero exit;
+        look at ``returncode``/``stderr``."""
         with tempfile.TemporaryDirectory(prefix="kametrix-ssh-") as tmp:
             known_hosts = Path(tmp, "known_hosts")
             known_hosts.write_text(self.known_hosts_line() + "\n")
-            return subprocess.run(
-                [*self.ssh_argv(str(known_hosts)), "--", command],
-                input=stdin,
-                stdin=subprocess.DEVNULL if stdin is None else None,
-                capture_output=True,
-                timeout=timeout,
+            argv = [*self.ssh_argv(str(known_hosts)), "--", command]
+            with subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=_client_env(),
-                check=False,
-            )
+            ) as process:
+                if drop_when is not None:
+                    deadline = time.monotonic() + timeout
+                    if stdin is not None and process.stdin is not None:
+                        process.stdin.write(stdin)
+                        process.stdin.close()
+                    while process.poll() is None and not drop_when():
+                        if time.monotonic() > deadline:
+                            process.kill()
+                            raise subprocess.TimeoutExpired(argv, timeout)
+                        time.sleep(0.05)
+                    if process.poll() is None:
+                        process.kill()
+                        process.wait()
+                        return subprocess.CompletedProcess(argv, 255, b"", b"connection dropped by the test")
+                try:
+                    stdout, stderr = process.communicate(None if drop_when is not None else stdin, timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    raise
+                return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
     def docker_env(self) -> dict[str, str]:
         """Environment for running the ``docker`` CLI on this machine against the target."""

@@ -1,0 +1,246 @@
+"""Releases, rollbacks and faults of one stage, on a real Docker host over real SSH.
+
+The tests run in order against one stage: each starts from the state the previous one left,
+as a stage's history would. Every assertion reads the real server: the app's answers, the
+database's rows, the files on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.image import VersionNotInRegistryError
+from tests.e2e.engine import LocalStack, UpdateResult, server_steps
+
+RELEASE_STEPS = ["server-backup", "server-migrate", "server-up"]
+ALL_STEPS = ["server-files", "server-env", *RELEASE_STEPS]
+DATABASE = ("kametrix", "kametrix_local")
+steps_of_first_release: dict[str, str] = {}
+
+
+def explain(result: UpdateResult) -> str:
+    lines = [f"program error: {result.error!r}"] if result.error else []
+    for run in result.runs:
+        lines.append(f"{run.name}: exit {run.returncode} in {run.seconds:.1f}s\n{run.stdout}\n{run.stderr}")
+    return "\n".join(lines)
+
+
+def app_get(stage: LocalStack, path: str) -> Any:
+    port = stage.overrides["app.appPort"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def served_version(stage: LocalStack) -> str:
+    version: str = app_get(stage, "/api/version")["version"]
+    return version
+
+
+def sql(stage: LocalStack, query: str, database: str = DATABASE[1]) -> list[str]:
+    container = stage.overrides["app.dbContainer"]
+    done = stage.target.docker("exec", container, "psql", "-U", DATABASE[0], "-d", database, "-Atc", query)
+    return done.stdout.decode().split()
+
+
+def on_server(stage: LocalStack, command: str) -> str:
+    done = stage.target.ssh(command)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+def app_dir(stage: LocalStack) -> str:
+    return shlex.quote(stage.overrides["server.appDir"])
+
+
+def migrations(stage: LocalStack) -> list[str]:
+    return sql(stage, "select migration_name from _prisma_migrations order by 1")
+
+
+def schema(stage: LocalStack) -> list[str]:
+    return sql(
+        stage,
+        "select table_name || '.' || column_name from information_schema.columns "
+        "where table_schema = 'public' order by 1",
+    )
+
+
+def row_counts(stage: LocalStack, database: str = DATABASE[1]) -> dict[str, int]:
+    counts = sql(stage, "select count(*) from customers union all select count(*) from calls", database)
+    return dict(zip(("customers", "calls"), map(int, counts), strict=True))
+
+
+def backups(stage: LocalStack) -> list[str]:
+    return on_server(stage, f"ls -1 {app_dir(stage)}/backups").split()
+
+
+def release_lock_held(stage: LocalStack) -> bool:
+    return stage.target.ssh(f"test -e {app_dir(stage)}/.release-lock").returncode == 0
+
+
+def test_first_release_on_an_empty_server(stage: LocalStack) -> None:
+    result = stage.up("v1.0.0")
+    assert result.ok, explain(result)
+    assert result.ran() == ALL_STEPS
+    assert "nothing to back up" in result.runs[2].stdout, "an empty server has no database to back up"
+    assert served_version(stage) == "v1.0.0"
+    assert app_get(stage, "/api/health?build=true")["build"]["valid"] is True
+    assert migrations(stage) == ["001_create_customers", "002_create_calls"]
+    assert row_counts(stage)["customers"] == 3
+    assert on_server(stage, f"stat -c %a {app_dir(stage)}/.env").strip() == "600"
+    assert not release_lock_held(stage)
+    steps_of_first_release.update({s.name: s.create for s in server_steps(stage.declare("v1.0.0"))})
+
+
+def test_a_release_with_a_new_migration_keeps_the_data_and_backs_it_up(stage: LocalStack) -> None:
+    sql(stage, "insert into customers (name, phone) values ('added by a user of v1', '+4930000000')")
+    before = row_counts(stage)
+    result = stage.up("v2.0.0")
+    assert result.ok, explain(result)
+    assert result.ran() == RELEASE_STEPS, "a release re-ran more than the release steps"
+    assert served_version(stage) == "v2.0.0"
+    assert migrations(stage)[-1] == "003_add_customer_email"
+    assert row_counts(stage) == before, "v1's rows did not survive the release"
+
+    dump = f"{stage.overrides['server.appDir']}/backups/{backups(stage)[-1]}"
+    assert dump.endswith("-v2.0.0.dump")
+    container = stage.overrides["app.dbContainer"]
+    on_server(stage, f"docker exec {container} createdb -U kametrix restored")
+    on_server(stage, f"docker exec -i {container} pg_restore -U kametrix -d restored < {shlex.quote(dump)}")
+    assert row_counts(stage, "restored") == before, "the backup does not hold v1's data"
+    restored_migrations = sql(stage, "select migration_name from _prisma_migrations order by 1", "restored")
+    assert restored_migrations == ["001_create_customers", "002_create_calls"], "the backup was taken after migrating"
+    on_server(stage, f"docker exec {container} dropdb -U kametrix restored")
+
+
+def test_a_release_that_never_turns_healthy_is_rolled_back_automatically(stage: LocalStack) -> None:
+    result = stage.up("v3.0.0")
+    assert not result.ok
+    failed = result.failed
+    assert failed is not None and failed.name == "server-up", explain(result)
+    assert "release v3.0.0 failed its health check; restored v2.0.0" in failed.stderr
+    assert served_version(stage) == "v2.0.0"
+    assert not release_lock_held(stage)
+
+
+def test_a_release_whose_migration_fails_leaves_the_live_version_and_the_database_unchanged(
+    stage: LocalStack,
+) -> None:
+    before = (migrations(stage), schema(stage), row_counts(stage))
+    result = stage.up("v4.0.0")
+    failed = result.failed
+    assert failed is not None and failed.name == "server-migrate", explain(result)
+    assert "migrations of v4.0.0 failed; the live version (v2.0.0) keeps serving" in failed.stderr
+    assert served_version(stage) == "v2.0.0"
+    assert (migrations(stage), schema(stage), row_counts(stage)) == before
+    assert not release_lock_held(stage)
+
+
+def test_a_rollback_by_config_runs_the_original_commands_and_keeps_the_newer_schema(stage: LocalStack) -> None:
+    result = stage.up("v1.0.0")
+    assert result.ok, explain(result)
+    assert served_version(stage) == "v1.0.0"
+    assert "003_add_customer_email" in migrations(stage), "a rollback must not run down-migrations"
+    again = {s.name: s.create for s in server_steps(stage.declare("v1.0.0"))}
+    assert again == steps_of_first_release
+
+
+def container_id(stage: LocalStack) -> str:
+    name = stage.overrides["app.appContainer"]
+    return stage.target.docker("ps", "--all", "--quiet", "--filter", f"name=^{name}$").stdout.decode().strip()
+
+
+def test_a_connection_dropped_mid_step_converges_when_the_update_is_run_again(stage: LocalStack) -> None:
+    serving = container_id(stage)
+    dropped = stage.up("v2.0.0", drop=("server-up", lambda: container_id(stage) != serving))
+    assert dropped.failed is not None and dropped.failed.name == "server-up", explain(dropped)
+    assert dropped.failed.returncode == 255
+    result = stage.up("v2.0.0")
+    assert result.ok, explain(result)
+    assert result.ran() == ["server-up"], "only the interrupted step runs again"
+    assert served_version(stage) == "v2.0.0"
+    assert not release_lock_held(stage)
+
+    # Enough rows that the dump takes a moment, so the connection drops while it is written.
+    sql(stage, "create table bulk as select g, md5(g::text) as h from generate_series(1, 400000) g")
+    backup_dir = Path(stage.overrides["server.appDir"]) / "backups"
+
+    def dumping() -> bool:
+        return any(backup_dir.glob("*.partial"))
+
+    dropped = stage.up("v1.0.0", drop=("server-backup", dumping))
+    assert dropped.failed is not None and dropped.failed.name == "server-backup", explain(dropped)
+    result = stage.up("v1.0.0")
+    assert result.ok, explain(result)
+    assert served_version(stage) == "v1.0.0"
+    assert not release_lock_held(stage)
+    assert [name for name in backups(stage) if not name.endswith(".dump")] == [], "a half-written backup is left"
+    container = stage.overrides["app.dbContainer"]
+    for name in backups(stage):
+        on_server(stage, f"docker exec -i {container} pg_restore --list < {app_dir(stage)}/backups/{name} >/dev/null")
+    sql(stage, "drop table bulk")
+
+
+def test_two_releases_of_one_stage_at_once_never_interleave(stage: LocalStack) -> None:
+    rival = LocalStack(stage.target, stage.overrides, stage.known_versions, copy.deepcopy(stage.recorded))
+    for name in RELEASE_STEPS:
+        rival.recorded.pop(name, None)
+    results: dict[str, UpdateResult] = {}
+    # Two operators' updates: each declared by the program, then applied at the same time.
+    plans = {"v2.0.0": (stage, stage.plan("v2.0.0")), "v1.0.0": (rival, rival.plan("v1.0.0"))}
+    threads = [
+        threading.Thread(target=lambda v=version, s=owner, p=plan: results.__setitem__(v, s.apply(p)))
+        for version, (owner, plan) in plans.items()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+
+    winners = [v for v, r in results.items() if r.ok]
+    losers = [v for v, r in results.items() if not r.ok]
+    summary = "\n".join(f"{v}: {explain(r)}" for v, r in results.items())
+    assert len(winners) == 1 and len(losers) == 1, summary
+    refused = results[losers[0]].failed
+    assert refused is not None and "is in progress" in refused.stderr and "refusing to start" in refused.stderr, summary
+    assert results[winners[0]].ran() == RELEASE_STEPS, summary
+    assert served_version(stage) == winners[0]
+    assert not release_lock_held(stage)
+    if winners[0] == "v1.0.0":  # bring the module's own checkpoint back in line with the server
+        stage.recorded.update(rival.recorded)
+
+
+def test_a_version_missing_from_the_registry_fails_before_any_server_step(stage: LocalStack) -> None:
+    live = served_version(stage)
+    result = stage.up("v9.9.9")
+    assert isinstance(result.error, VersionNotInRegistryError), explain(result)
+    assert "'v9.9.9'" in str(result.error) and "127.0.0.1:5000/kametrix/kametrix:v9.9.9" in str(result.error)
+    assert result.runs == []
+    assert served_version(stage) == live
+
+
+def test_changing_an_app_secret_rewrites_env_and_restarts_only_the_app(stage: LocalStack) -> None:
+    live = served_version(stage)
+    stage.secrets["stripeSecretKey"] = "TESTSECRET-rotated-stripe-key"
+    result = stage.up(live)
+    assert result.ok, explain(result)
+    assert result.ran() == ["server-env"]
+    import hashlib
+
+    check = app_get(stage, "/api/env-check")
+    expected = hashlib.sha256(b"TESTSECRET-rotated-stripe-key").hexdigest()
+    assert expected in json.dumps(check), "the app does not see the rotated secret"
+    assert served_version(stage) == live
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_release_left_running(stage: LocalStack) -> Any:
+    yield
+    assert not release_lock_held(stage), "a release lock outlived the tests"
