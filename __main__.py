@@ -50,7 +50,7 @@ if stack.github is not None:
         ReleaseRecord(
             "release",
             ReleaseRecordArgs(
-                repository=stack.github.repository,
+                repository=stack.github.app_repository,
                 releases=stack.github.releases,
                 provider=environment.provider,
                 released_after=server.steps["up"],

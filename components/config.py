@@ -99,6 +99,9 @@ class GitHubApp(_Model):
 class GitHubSettings(_Model):
     owner: GitHubLogin
     repository: Annotated[str, _matching(r"[A-Za-z0-9._-]+", "a repository name without owner")]
+    """This deploy repository: its workflows run the stage's jobs, so the environment lives here."""
+    app_repository: Annotated[str, _matching(r"[A-Za-z0-9._-]+", "a repository name without owner")]
+    """The app's repository, where releases are published and versions are tagged."""
     environment: Annotated[str, _matching(r"[A-Za-z0-9._-]+", "a GitHub environment name")]
     deployment_branches: list[BranchPattern] = Field(min_length=1)
     reviewers: Reviewers = Field(default_factory=Reviewers)

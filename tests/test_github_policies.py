@@ -112,7 +112,8 @@ def test_a_stack_touches_only_the_repository_it_names_through_its_own_provider()
         if resource.type.startswith("github:"):
             assert resource.provider.startswith(provider.urn), f"{resource.urn} uses another GitHub provider"
             if "repository" in resource.inputs:
-                assert resource.inputs["repository"] == "kametrix", resource.urn
+                expected = "kametrix" if resource.type == "github:index/release:Release" else "kametrix-deploy"
+                assert resource.inputs["repository"] == expected, resource.urn
 
 
 def test_a_github_app_can_authenticate_instead_of_a_token() -> None:
