@@ -9,7 +9,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.engine import LocalStack
-from tests.e2e.target import APP_VERSIONS, LocalTarget, build_app_versions, ensure_target
+from tests.e2e.target import (
+    APP_VERSIONS,
+    LocalTarget,
+    build_app_versions,
+    ensure_target,
+    stop_target,
+    target_status,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -19,10 +26,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def target() -> LocalTarget:
+def target() -> Iterator[LocalTarget]:
+    """The local target for the whole run; stopped afterwards unless it was already running."""
+    already_running = all(target_status().values())
     running = ensure_target()
     build_app_versions(running)
-    return running
+    yield running
+    if not already_running:
+        stop_target()
 
 
 def new_stage(target: LocalTarget, app_port: int, postgres_port: int) -> LocalStack:

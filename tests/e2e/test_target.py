@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.target import APP_VERSIONS, LocalTarget, build_app_versions, ensure_target
+from tests.e2e.target import APP_VERSIONS, LocalTarget, build_app_versions
 
 pytestmark = pytest.mark.e2e
 
@@ -27,11 +27,6 @@ DB_USER = "kametrix"
 DB_NAME = "kametrix"
 DB_PASSWORD = "e2e:pw/with@odd%chars"  # throwaway, only ever in this test's containers
 DB_PASSWORD_URL = "e2e%3Apw%2Fwith%40odd%25chars"
-
-
-@pytest.fixture(scope="module")
-def target() -> LocalTarget:
-    return ensure_target()
 
 
 @pytest.fixture(scope="module")
