@@ -137,3 +137,9 @@ def test_the_local_stack_manages_no_github_repository() -> None:
     local = kit.run_stack("local")
     assert [r.urn for r in local.resources if r.type.startswith("github:")] == []
     assert local.of_type(GITHUB_PROVIDER) == []
+
+
+def test_real_stages_refuse_implicit_github_and_docker_providers() -> None:
+    for stack in ("staging", "production"):
+        disabled = kit.stack_file(stack)["config"].get("pulumi:disable-default-providers", [])
+        assert {"github", "docker"} <= set(disabled), f"Pulumi.{stack}.yaml lets a resource use a default provider"
