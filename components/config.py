@@ -147,7 +147,14 @@ class AppSettings(_Model):
     compose_project: Annotated[str, _matching(r"[a-z0-9][a-z0-9_-]*", "a compose project name")]
     app_container: str
     db_container: str
-    app_port: Port = 3000
+    proxy_port: Port = 3000
+    """Where the stage's proxy listens on the host's loopback: what the front proxy that terminates TLS points
+    at. 3000 is where the single-container layout published the app, so that front proxy needs no change."""
+    blue_port: Port = 3001
+    green_port: Port = 3002
+    """Where each colour of the app answers on the host's loopback: the health gate reaches a colour there."""
+    proxy_image: str = "nginx:1.28-alpine"
+    """The proxy in front of the colours: an nginx image (the release steps reload and drain it as nginx)."""
     postgres_image: str = "postgres:16-alpine"
     postgres_port: Port = 5432
     host_network: bool = False
@@ -181,6 +188,8 @@ class ReleaseSettings(_Model):
     images_to_keep: Annotated[int, _in_range(2, 100, "images")] = 5
     lock_timeout_minutes: Annotated[int, _in_range(5, 1440, "minutes")] = 30
     """A release lock older than this is taken over: a release that died between steps cannot block forever."""
+    drain_seconds: Annotated[int, _in_range(1, 3600, "seconds")] = 30
+    """After a switch, how long requests still running on the old colour may take before it is stopped."""
 
 
 class PlainConfig(_Model):
@@ -428,6 +437,12 @@ def _environment_secrets(value: Any, into: dict[str, SecretStr], full_key: str) 
     return problems
 
 
+# Keys of an earlier layout, with what took their place.
+_REPLACED_KEYS = {
+    "app.appPort": "the app is reached through the stage's proxy now: allowed instead app.proxyPort (where the "
+    "front proxy points), app.bluePort and app.greenPort (see docs/zero-downtime.md)",
+}
+
 _SectionModel = TypeVar("_SectionModel", bound=BaseModel)
 
 
@@ -529,6 +544,20 @@ def _stage_policy(stack: str, plain: _Sections, key: Any) -> list[Problem]:
                 f"received {plain.app.database_pool_min}",
             )
         )
+    if plain.app is not None:
+        problems.extend(_port_clashes(plain.app, key))
+    return problems
+
+
+def _port_clashes(app: AppSettings, key: Any) -> list[Problem]:
+    """The proxy, both colours and PostgreSQL each need a port of their own on the host."""
+    problems = []
+    used_by: dict[int, str] = {}
+    for name in ("proxy_port", "blue_port", "green_port", "postgres_port"):
+        port, alias = getattr(app, name), f"app.{to_camel(name)}"
+        if port in used_by:
+            problems.append(Problem(key(alias), f"allowed: a port that {used_by[port]} does not use; received {port}"))
+        used_by.setdefault(port, alias)
     return problems
 
 
@@ -538,7 +567,9 @@ def _problems_from(error: ValidationError, key: Any) -> list[Problem]:
         loc = [str(part) for part in detail["loc"]]
         path = ".".join(loc)
         kind = detail["type"]
-        if kind == "extra_forbidden":
+        if kind == "extra_forbidden" and path in _REPLACED_KEYS:
+            message = f"unknown key; {_REPLACED_KEYS[path]}; received {loc[-1]!r}"
+        elif kind == "extra_forbidden":
             known = _aliases_at(PlainConfig, loc[:-1]) | (set(SECRET_KEYS) if len(loc) == 1 else set())
             message = _unknown_key_message(loc[-1], sorted(known))
         elif kind == "missing":

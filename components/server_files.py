@@ -1,4 +1,5 @@
-"""What the server holds for a stage, rendered from the stack: the compose file, the `.env`, the scripts."""
+"""What the server holds for a stage, rendered from the stack: the compose file, the proxy's config, the `.env`,
+the scripts."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from urllib.parse import quote
 import yaml
 from pydantic import SecretStr
 
-from components.config import AppSettings
+from components.config import AppSettings, ReleaseSettings
 
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
 SCRIPTS = ("lib.sh", "env.sh", "backup.sh", "migrate.sh", "switch.sh", "up.sh")
@@ -21,15 +22,39 @@ COMPOSE_FILE = "docker-compose.yml"
 # The app repository's migrate service (target-app.md): status, deploy, status again.
 MIGRATE_COMMAND = "npx prisma migrate status || true; npx prisma migrate deploy && npx prisma migrate status"
 CONTAINER_PORT = 3000
+COLOURS = ("blue", "green")
+# The proxy's folder under the app directory, and where its container sees it. The release steps copy
+# proxy/<colour>.conf to proxy/live.conf, which nginx.conf includes, to move traffic.
+PROXY_DIR = "proxy"
+PROXY_MOUNT = "/etc/kametrix-proxy"
+# Answered by the proxy itself, never by the app: the colour it sends traffic to.
+COLOUR_PATH = "/.kametrix/colour"
 
 
-def health_url(app: AppSettings) -> str:
-    return f"http://127.0.0.1:{app.app_port}/api/health?build=true"
+def colour_port(app: AppSettings, colour: str) -> int:
+    return app.blue_port if colour == "blue" else app.green_port
+
+
+def health_urls(app: AppSettings) -> list[str]:
+    """Each colour's health endpoint on the host, in the order of COLOURS: the gate before a switch."""
+    return [f"http://127.0.0.1:{colour_port(app, colour)}/api/health?build=true" for colour in COLOURS]
+
+
+def colour_url(app: AppSettings) -> str:
+    return f"http://127.0.0.1:{app.proxy_port}{COLOUR_PATH}"
+
+
+def stage_files(app: AppSettings, release: ReleaseSettings) -> dict[str, str]:
+    """Everything rendered for the server, by its path under the app directory."""
+    return {COMPOSE_FILE: compose_file(app), **proxy_files(app, release)}
 
 
 def compose_file(app: AppSettings) -> str:
-    """The stage's compose project. Images come from APP_IMAGE / MIGRATE_IMAGE, which only the release steps set."""
-    app_port = app.app_port if app.host_network else CONTAINER_PORT
+    """The stage's compose project: PostgreSQL, the app in two colours, the proxy in front of them, migrate.
+
+    Images come from APP_IMAGE / MIGRATE_IMAGE, which only the release steps set: they start one colour at a
+    time, by name, with APP_IMAGE pinned to the image that colour is to run.
+    """
     postgres: dict[str, object] = {
         "image": app.postgres_image,
         "container_name": app.db_container,
@@ -49,20 +74,35 @@ def compose_file(app: AppSettings) -> str:
         },
     }
     depends_on = {"postgres": {"condition": "service_healthy"}}
-    app_service: dict[str, object] = {
-        "image": "${APP_IMAGE:?set by the release steps}",
-        "container_name": app.app_container,
+    colours: dict[str, dict[str, object]] = {}
+    for colour in COLOURS:
+        port = colour_port(app, colour) if app.host_network else CONTAINER_PORT
+        colours[f"app-{colour}"] = {
+            "image": "${APP_IMAGE:?set by the release steps}",
+            "container_name": f"{app.app_container}-{colour}",
+            "restart": "unless-stopped",
+            "env_file": [".env"],
+            "environment": {"PORT": str(port)},
+            "depends_on": depends_on,
+            "healthcheck": {
+                "test": ["CMD", "wget", "-qO-", f"http://127.0.0.1:{port}/api/health?quick=true"],
+                "interval": "10s",
+                "timeout": "5s",
+                "retries": 3,
+                "start_period": "30s",
+            },
+        }
+        if not app.host_network:
+            colours[f"app-{colour}"]["ports"] = [f"127.0.0.1:{colour_port(app, colour)}:{CONTAINER_PORT}"]
+    proxy: dict[str, object] = {
+        "image": app.proxy_image,
+        "container_name": f"{app.compose_project}-proxy",
         "restart": "unless-stopped",
-        "env_file": [".env"],
-        "environment": {"PORT": str(app_port)},
-        "depends_on": depends_on,
-        "healthcheck": {
-            "test": ["CMD", "wget", "-qO-", f"http://127.0.0.1:{app_port}/api/health?quick=true"],
-            "interval": "10s",
-            "timeout": "5s",
-            "retries": 3,
-            "start_period": "30s",
-        },
+        "user": "65534:65534",
+        "command": ["nginx", "-c", f"{PROXY_MOUNT}/nginx.conf", "-e", "stderr", "-g", "daemon off;"],
+        "volumes": [f"./{PROXY_DIR}:{PROXY_MOUNT}:ro"],
+        # SIGQUIT: nginx's graceful stop, letting running requests finish.
+        "stop_signal": "SIGQUIT",
     }
     migrate: dict[str, object] = {
         "image": "${MIGRATE_IMAGE:?set by the release steps}",
@@ -73,15 +113,69 @@ def compose_file(app: AppSettings) -> str:
         "restart": "no",
     }
     if app.host_network:
-        for service in (postgres, app_service, migrate):
+        for service in (postgres, *colours.values(), proxy, migrate):
             service["network_mode"] = "host"
     else:
-        app_service["ports"] = [f"127.0.0.1:{app.app_port}:{CONTAINER_PORT}"]
+        proxy["ports"] = [f"127.0.0.1:{app.proxy_port}:{app.proxy_port}"]
     document = {
-        "services": {"postgres": postgres, "app": app_service, "migrate": migrate},
+        "services": {"postgres": postgres, **colours, "proxy": proxy, "migrate": migrate},
         "volumes": {"postgres-data": {}},
     }
     return yaml.safe_dump(document, sort_keys=False)
+
+
+def proxy_files(app: AppSettings, release: ReleaseSettings) -> dict[str, str]:
+    """nginx.conf, which sends every request to the colour that live.conf names, and one such file per colour."""
+    if app.host_network:
+        listen, resolver = f"127.0.0.1:{app.proxy_port}", ""
+        upstreams = {colour: f"127.0.0.1:{colour_port(app, colour)}" for colour in COLOURS}
+    else:
+        # Docker's DNS, asked at request time: a colour's container keeps its name, not its address.
+        listen, resolver = str(app.proxy_port), "\n    resolver 127.0.0.11 valid=10s;"
+        upstreams = {colour: f"app-{colour}:{CONTAINER_PORT}" for colour in COLOURS}
+    addresses = " ".join(f"{colour} {address};" for colour, address in upstreams.items())
+    nginx = f"""# The stage's proxy, rendered by kametrix-deploy. It sends every request to the live colour, which
+# live.conf names: a copy of blue.conf or green.conf that the release steps put in place, then reload.
+worker_processes auto;
+pid /tmp/nginx.pid;
+error_log stderr warn;
+# After a reload, old workers finish the requests they hold on the old colour, for at most this long.
+worker_shutdown_timeout {release.drain_seconds}s;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path /tmp/nginx-client-body;
+    proxy_temp_path /tmp/nginx-proxy;
+    fastcgi_temp_path /tmp/nginx-fastcgi;
+    uwsgi_temp_path /tmp/nginx-uwsgi;
+    scgi_temp_path /tmp/nginx-scgi;{resolver}
+    include {PROXY_MOUNT}/live.conf;
+    map $kametrix_colour $kametrix_upstream {{ {addresses} }}
+    server {{
+        listen {listen};
+        # One request per connection: a reload then never closes a connection a client is about to reuse.
+        keepalive_timeout 0;
+        # Limits are the front proxy's to set.
+        client_max_body_size 0;
+        location = {COLOUR_PATH} {{
+            default_type text/plain;
+            return 200 "$kametrix_colour\\n";
+        }}
+        location / {{
+            proxy_pass http://$kametrix_upstream;
+            proxy_set_header Host $http_host;
+        }}
+    }}
+}}
+"""
+    files = {f"{PROXY_DIR}/nginx.conf": nginx}
+    for colour in COLOURS:
+        files[f"{PROXY_DIR}/{colour}.conf"] = (
+            f'# Traffic goes to the {colour} colour.\nmap "" $kametrix_colour {{ default {colour}; }}\n'
+        )
+    return files
 
 
 def env_file(app: AppSettings, secrets: Mapping[str, SecretStr]) -> str:
@@ -111,11 +205,12 @@ def env_file(app: AppSettings, secrets: Mapping[str, SecretStr]) -> str:
     return "".join(f"{name}='{value}'\n" for name, value in values.items())
 
 
-def bundle(compose: str) -> str:
-    """The compose file and the scripts, as a reproducible tar in base64, for the files step's stdin."""
+def bundle(files: Mapping[str, str]) -> str:
+    """The rendered files and the scripts, as a reproducible tar in base64, for the files step's stdin."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        _add(tar, COMPOSE_FILE, compose.encode(), 0o644)
+        for path, content in files.items():
+            _add(tar, path, content.encode(), 0o644)
         for name in SCRIPTS:
             _add(tar, f"bin/{name}", (SCRIPTS_DIR / name).read_bytes(), 0o755)
     return base64.b64encode(buffer.getvalue()).decode()

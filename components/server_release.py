@@ -1,5 +1,8 @@
 """The release on the server: files, .env, then backup -> migrate -> up, each a command over SSH.
 
+The app runs in two colours behind a proxy: `up` (and `env`, for a settings change) starts the new version on
+the idle colour, switches the proxy to it once it is healthy, drains and stops the old one.
+
 Each step is a `remote.Command` whose command line holds only plain values; the `.env` travels on
 stdin. No step has a `delete`: replacing a step runs the new one and never undoes a newer release.
 """
@@ -51,9 +54,17 @@ class ServerRelease(pulumi.ComponentResource):
         )
         app_dir = server.app_dir
         bin_dir = f"{app_dir}/bin"
-        bundle = server_files.bundle(server_files.compose_file(app))
+        bundle = server_files.bundle(server_files.stage_files(app, release))
         files_fingerprint = server_files.fingerprint(bundle)
-        health = [server_files.health_url(app), str(release.health_attempts), str(release.health_interval_seconds)]
+        # What the steps that move traffic need: where the proxy names its live colour, each colour's
+        # health endpoint, the health gate and the drain.
+        cutover = [
+            server_files.colour_url(app),
+            *server_files.health_urls(app),
+            str(release.health_attempts),
+            str(release.health_interval_seconds),
+            str(release.drain_seconds),
+        ]
         stale = str(release.lock_timeout_minutes * 60)
 
         def step(script: str, *arguments: pulumi.Input[str]) -> pulumi.Output[str]:
@@ -110,7 +121,7 @@ class ServerRelease(pulumi.ComponentResource):
         )
         command(
             "env",
-            create=step("env.sh", *settings_owner, *health),
+            create=step("env.sh", *settings_owner, *cutover),
             stdin=pulumi.Output.secret(server_files.env_file(app, args.app_secrets)),
             prints_secrets=True,
         )
@@ -127,7 +138,7 @@ class ServerRelease(pulumi.ComponentResource):
         )
         up = command(
             "up",
-            create=step("up.sh", *common, args.version, *refs, *health, str(release.images_to_keep)),
+            create=step("up.sh", *common, args.version, *refs, *cutover, str(release.images_to_keep)),
             triggers=[*refs, files_fingerprint],
         )
         self.latest_backup = backup.stdout.apply(lambda out: _reported(out, "backup"))

@@ -134,9 +134,30 @@ def test_an_empty_deployment_branch_list_is_refused() -> None:
 
 @pytest.mark.parametrize("port", [0, 65536, -22])
 def test_a_port_outside_1_to_65535_is_refused(port: int) -> None:
-    _, problems = problems_for("staging", overrides={"server.port": port, "app.appPort": port})
+    _, problems = problems_for("staging", overrides={"server.port": port, "app.proxyPort": port})
     assert problems["kametrix-deploy:server.port"] == f"allowed: 1–65535 (TCP port); received {port}"
-    assert "kametrix-deploy:app.appPort" in problems
+    assert problems["kametrix-deploy:app.proxyPort"] == f"allowed: 1–65535 (TCP port); received {port}"
+
+
+def test_the_proxy_each_colour_and_postgres_need_a_port_of_their_own() -> None:
+    _, problems = problems_for("local", overrides={"app.greenPort": 13000, "app.postgresPort": 13001})
+    assert problems == {
+        "kametrix-deploy:app.greenPort": "allowed: a port that app.proxyPort does not use; received 13000",
+        "kametrix-deploy:app.postgresPort": "allowed: a port that app.bluePort does not use; received 13001",
+    }
+
+
+def test_a_stack_file_of_the_single_container_layout_is_told_where_app_port_went() -> None:
+    _, problems = problems_for("production", overrides={"app.appPort": 3000})
+    message = problems["kametrix-deploy:app.appPort"]
+    assert "allowed instead app.proxyPort (where the front proxy points)" in message
+    assert "received 'appPort'" in message
+
+
+@pytest.mark.parametrize("seconds", [0, 3601])
+def test_a_drain_outside_1_to_3600_seconds_is_refused(seconds: int) -> None:
+    _, problems = problems_for("production", overrides={"release.drainSeconds": seconds})
+    assert problems["kametrix-deploy:release.drainSeconds"] == f"allowed: 1–3600 seconds; received {seconds}"
 
 
 def test_production_never_builds() -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import itertools
+import tarfile
 from typing import Any
 
 import pytest
+import yaml
 
 from components.image import VersionNotInRegistryError
 from tests import kit
@@ -173,3 +177,58 @@ def test_backup_and_migrate_rerun_exactly_when_the_digest_or_their_files_change(
 def test_the_stack_reports_what_a_release_left_behind(stack: str) -> None:
     deployment = kit.run_stack(stack)
     assert {"version", "imageRef", "appUrl", "latestBackup", "previousVersion"} <= set(deployment.outputs)
+
+
+def server_files(deployment: Deployment) -> dict[str, str]:
+    """What the files step installs under the app directory, by path."""
+    bundle = base64.b64decode(steps(deployment)["server-files"].plain("stdin"))
+    files = {}
+    with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
+        for member in tar.getmembers():
+            content = tar.extractfile(member)
+            assert content is not None, member.name
+            files[member.name] = content.read().decode()
+    return files
+
+
+def test_the_app_is_reached_only_through_the_proxy_which_sends_traffic_to_the_live_colour() -> None:
+    files = server_files(production("v1.4.2"))
+    services = yaml.safe_load(files["docker-compose.yml"])["services"]
+    assert set(services) == {"postgres", "app-blue", "app-green", "proxy", "migrate"}
+    assert services["proxy"]["ports"] == ["127.0.0.1:3000:3000"], "the front proxy's port moved"
+    assert services["app-blue"]["ports"] == ["127.0.0.1:3001:3000"]
+    assert services["app-green"]["ports"] == ["127.0.0.1:3002:3000"]
+    assert services["proxy"]["volumes"] == ["./proxy:/etc/kametrix-proxy:ro"]
+    nginx = files["proxy/nginx.conf"]
+    assert "include /etc/kametrix-proxy/live.conf;" in nginx
+    assert "map $kametrix_colour $kametrix_upstream { blue app-blue:3000; green app-green:3000; }" in nginx
+    assert "resolver 127.0.0.11 valid=10s;" in nginx, "a colour's new address would never be looked up"
+    assert 'map "" $kametrix_colour { default green; }' in files["proxy/green.conf"]
+    assert "proxy/live.conf" not in files, "the files step would move traffic"
+
+
+def test_on_host_networking_everything_listens_on_loopback_ports_of_its_own() -> None:
+    files = server_files(kit.run_stack("local"))
+    services = yaml.safe_load(files["docker-compose.yml"])["services"]
+    assert all(service["network_mode"] == "host" for service in services.values())
+    assert services["app-blue"]["environment"]["PORT"] == "13001"
+    assert "listen 127.0.0.1:13000;" in files["proxy/nginx.conf"]
+    assert "{ blue 127.0.0.1:13001; green 127.0.0.1:13002; }" in files["proxy/nginx.conf"]
+    assert "resolver" not in files["proxy/nginx.conf"]
+
+
+def test_the_single_container_layouts_project_and_database_volume_stay() -> None:
+    deployment = production("v1.4.2")
+    compose = yaml.safe_load(server_files(deployment)["docker-compose.yml"])
+    assert compose["volumes"] == {"postgres-data": {}}
+    assert compose["services"]["postgres"]["volumes"] == ["postgres-data:/var/lib/postgresql/data"]
+    for name in ("server-env", "server-backup", "server-migrate", "server-up"):
+        assert " /opt/kametrix kametrix " in steps(deployment)[name].plain("create"), f"{name}: the project changed"
+
+
+def test_the_drain_time_bounds_the_proxy_and_reaches_every_step_that_moves_traffic() -> None:
+    deployment = production("v1.4.2", **{"release.drainSeconds": 45})
+    assert "worker_shutdown_timeout 45s;" in server_files(deployment)["proxy/nginx.conf"]
+    for name in ("server-env", "server-up"):
+        command = steps(deployment)[name].plain("create").split()
+        assert command[command.index("http://127.0.0.1:3000/.kametrix/colour") + 5] == "45", command

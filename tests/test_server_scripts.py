@@ -11,13 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from components.server_files import SCRIPTS, SCRIPTS_DIR
+from components.server_files import COLOURS, SCRIPTS, SCRIPTS_DIR
 
 FAKES = Path(__file__).parent / "fake_server"
 OLD = "registry.example/kametrix@sha256:" + "a" * 64
 NEW = "registry.example/kametrix@sha256:" + "b" * 64
 MIGRATE = "registry.example/kametrix@sha256:" + "c" * 64
-HEALTH = ["http://127.0.0.1:3000/api/health?build=true", "5", "1"]
+# Where the proxy names its colour, each colour's health endpoint (the fake curl's ports), the gate, the drain.
+CUTOVER = [
+    "http://127.0.0.1:3000/.kametrix/colour",
+    "http://127.0.0.1:3001/api/health?build=true",
+    "http://127.0.0.1:3002/api/health?build=true",
+    "5",
+    "1",
+    "3",
+]
 
 
 @dataclass
@@ -48,31 +56,54 @@ class Server:
         path = self.state / name
         return path.read_text() if path.exists() else ""
 
-    def live(self, version: str, image: str, previous: str = "", previous_image: str = "") -> None:
+    def calls(self) -> list[str]:
+        return self.read("calls.log").splitlines()
+
+    def live(
+        self, version: str, image: str, previous: str = "", previous_image: str = "", colour: str = "blue"
+    ) -> None:
+        """A live release: `image` serves on `colour` behind the proxy."""
         (self.app_dir / "release.env").write_text(
             f"VERSION={version}\nAPP_IMAGE={image}\nMIGRATE_IMAGE={MIGRATE}\n"
             f"PREVIOUS_VERSION={previous}\nPREVIOUS_IMAGE={previous_image}\n"
+            f"LIVE_COLOUR={colour}\n{colour.upper()}_IMAGE={image}\n"
         )
-        self.fact("app_image", image)
+        self.fact(f"colour_{colour}", image)
+        self.fact("proxy_colour", colour)
+
+    def record(self) -> dict[str, str]:
+        lines = (self.app_dir / "release.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines)
 
     def up(self, version: str, image: str, keep: str = "3") -> subprocess.CompletedProcess[str]:
         return self.run(
-            "up.sh", str(self.app_dir), "kametrix", f"{version}@x", "1800", version, image, MIGRATE, *HEALTH, keep
+            "up.sh", str(self.app_dir), "kametrix", f"{version}@x", "1800", version, image, MIGRATE, *CUTOVER, keep
         )
+
+    def env(self, stdin: str, cutover: list[str] = CUTOVER) -> subprocess.CompletedProcess[str]:
+        return self.run("env.sh", str(self.app_dir), "kametrix", "settings", "1800", *cutover, stdin=stdin)
 
     def backup(self, version: str = "v2", keep: str = "2", owner: str = "v2@x") -> subprocess.CompletedProcess[str]:
         return self.run("backup.sh", str(self.app_dir), "kametrix", owner, "1800", version, keep, NEW, MIGRATE)
+
+
+def index_of(calls: list[str], *words: str) -> int:
+    """Where the first call holding all `words` is in the call log."""
+    return next(i for i, call in enumerate(calls) if all(word in call.split() for word in words))
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Server:
     app_dir, state = tmp_path / "opt" / "kametrix", tmp_path / "state"
     (app_dir / "bin").mkdir(parents=True)
+    (app_dir / "proxy").mkdir()
     state.mkdir()
     for name in SCRIPTS:
         target = app_dir / "bin" / name
         target.write_bytes((SCRIPTS_DIR / name).read_bytes())
         target.chmod(0o755)
+    for colour in COLOURS:
+        (app_dir / "proxy" / f"{colour}.conf").write_text(f"# traffic goes to {colour}\n")
     (app_dir / ".env").write_text("POSTGRES_USER='kametrix'\n")
     return Server(app_dir, state)
 
@@ -93,38 +124,117 @@ def test_up_refuses_an_image_that_is_not_pinned_by_digest(server: Server) -> Non
 
 
 def test_up_refuses_a_non_numeric_retention(server: Server) -> None:
-    result = server.run("up.sh", str(server.app_dir), "kametrix", "v2@x", "1800", "v2", NEW, MIGRATE, *HEALTH, "all")
+    result = server.run("up.sh", str(server.app_dir), "kametrix", "v2@x", "1800", "v2", NEW, MIGRATE, *CUTOVER, "all")
     assert result.returncode == 1 and "IMAGES_TO_KEEP: allowed 2-100; received 'all'" in result.stderr
 
 
-def test_health_is_polled_until_the_build_reports_valid(server: Server) -> None:
+def test_a_release_starts_on_the_idle_colour_and_takes_traffic_only_once_healthy(server: Server) -> None:
     server.live("v1", OLD)
-    server.fact("healthy_after", f"{NEW} 3\n{OLD} 1\n")
+    server.fact("healthy_after", f"{NEW} 3\n")
     result = server.up("v2", NEW)
     assert result.returncode == 0, result.stderr
-    assert "healthy after 3 attempt(s)" in result.stdout
+    assert "healthy on green after 3 attempt(s)" in result.stdout
     assert "previous=v1" in result.stdout
-    record = (server.app_dir / "release.env").read_text()
-    assert f"APP_IMAGE={NEW}" in record and "VERSION=v2" in record and f"PREVIOUS_IMAGE={OLD}" in record
+    calls = server.calls()
+    started, reloaded, stopped = index_of(calls, "up", "app-green"), index_of(calls, "kill"), index_of(calls, "stop")
+    assert started < reloaded < stopped, calls
+    assert "app-blue" in calls[stopped], "the old colour was not the one stopped"
+    assert (server.read("proxy_colour"), server.read("colour_green"), server.read("colour_blue")) == ("green", NEW, "")
+    assert (server.app_dir / "proxy" / "live.conf").read_text() == "# traffic goes to green\n"
+    record = server.record()
+    assert record["VERSION"] == "v2" and record["APP_IMAGE"] == NEW and record["PREVIOUS_IMAGE"] == OLD
+    assert (record["LIVE_COLOUR"], record["GREEN_IMAGE"], record["BLUE_IMAGE"]) == ("green", NEW, OLD)
     assert not (server.app_dir / ".release-lock").exists(), "a finished release kept the lock"
 
 
-def test_a_release_that_never_turns_healthy_is_rolled_back_to_the_previous_image(server: Server) -> None:
+def test_a_release_that_never_turns_healthy_is_never_switched_to(server: Server) -> None:
     server.live("v2", OLD, previous="v1")
-    server.fact("healthy_after", f"{OLD} 1\n")
+    record = server.record()
     result = server.up("v3", NEW)
     assert result.returncode == 1
-    assert "release v3 failed its health check; restored v2" in result.stderr
-    assert server.read("app_image") == OLD, "the previous image is not serving again"
-    assert f"APP_IMAGE={OLD}" in (server.app_dir / "release.env").read_text(), "the failed release was recorded live"
+    assert "not healthy on green after 5 attempts" in result.stderr
+    assert f"release v3 was not switched to (see above); v2 ({OLD}) keeps serving" in result.stderr
+    assert not any(call.startswith("compose") and " kill " in call for call in server.calls()), "the proxy reloaded"
+    assert server.read("proxy_colour") == "blue" and server.read("colour_blue") == OLD, "the live colour moved"
+    assert server.read("colour_green") == "", "the unhealthy colour was left running"
+    assert server.record() == record, "the failed release was recorded"
     assert not (server.app_dir / ".release-lock").exists(), "a failed release kept the lock"
 
 
-def test_a_failed_first_release_stops_the_app_and_says_nothing_could_be_restored(server: Server) -> None:
+def test_a_failed_first_release_says_nothing_serves_and_starts_no_proxy(server: Server) -> None:
     result = server.up("v1", NEW)
     assert result.returncode == 1
-    assert "no earlier version is recorded to restore" in result.stderr
-    assert server.read("app_image") == ""
+    assert "no earlier version is recorded, so nothing serves yet" in result.stderr
+    assert server.read("colour_blue") == "" and server.read("proxy_colour") == ""
+
+
+def test_the_first_release_on_the_single_container_layout_replaces_its_app_once_the_new_colour_is_healthy(
+    server: Server,
+) -> None:
+    (server.app_dir / "release.env").write_text(f"VERSION=v1\nAPP_IMAGE={OLD}\nMIGRATE_IMAGE={MIGRATE}\n")
+    server.fact("single_container_app", OLD)
+    server.fact("healthy_after", f"{NEW} 1\n")
+    result = server.up("v2", NEW)
+    assert result.returncode == 0, result.stderr
+    calls = server.calls()
+    assert index_of(calls, "up", "app-blue") < index_of(calls, "up", "--remove-orphans", "proxy"), calls
+    assert server.read("single_container_app") == "", "the single-container app was left behind"
+    assert (server.read("proxy_colour"), server.read("colour_blue")) == ("blue", NEW)
+    assert server.record()["PREVIOUS_VERSION"] == "v1"
+
+
+def test_a_proxy_that_does_not_answer_leaves_the_recorded_live_colour_alone(server: Server) -> None:
+    server.live("v1", OLD)
+    server.fact("proxy_slow", "yes")
+    server.fact("healthy_after", f"{NEW} 1\n")
+    server.up("v2", NEW)
+    assert server.read("colour_blue") == OLD and server.read("colour_green") == NEW, server.calls()
+
+
+@pytest.mark.parametrize(("draining", "checks"), [(2, 3), (99, 3)])
+def test_the_old_colour_stops_once_the_proxy_has_drained_it_or_the_drain_time_is_up(
+    server: Server, draining: int, checks: int
+) -> None:
+    server.live("v1", OLD)
+    server.fact("healthy_after", f"{NEW} 1\n")
+    server.fact("draining", str(draining))
+    result = server.up("v2", NEW)
+    assert result.returncode == 0, result.stderr
+    calls = server.calls()
+    drain_checks = [i for i, call in enumerate(calls) if "shutting" in call]
+    assert len(drain_checks) == checks, calls
+    assert drain_checks[-1] < index_of(calls, "stop", "app-blue"), "the old colour stopped before the drain"
+
+
+def test_a_proxy_that_does_not_take_the_new_colour_leaves_both_colours_running(server: Server) -> None:
+    server.live("v1", OLD)
+    server.fact("healthy_after", f"{NEW} 1\n")
+    server.fact("reload_ignored", "yes")
+    result = server.up("v2", NEW)
+    assert result.returncode == 1
+    assert "the proxy did not switch to green within 10s; both colours keep running" in result.stderr
+    assert "a reason the proxy logged" in result.stderr
+    assert (server.read("colour_blue"), server.read("colour_green")) == (OLD, NEW)
+    assert server.record()["APP_IMAGE"] == OLD
+
+
+def test_a_rollback_to_an_image_still_on_the_host_pulls_nothing(server: Server) -> None:
+    server.live("v2", NEW, previous="v1", previous_image=OLD)
+    server.fact("images_present", f"{OLD}\n{NEW}\n")
+    server.fact("healthy_after", f"{OLD} 1\n")
+    result = server.up("v1", OLD)
+    assert result.returncode == 0, result.stderr
+    assert not any(call.startswith("pull") for call in server.calls()), server.calls()
+    assert server.read("proxy_colour") == "green" and server.read("colour_green") == OLD
+
+
+def test_an_image_missing_from_the_host_is_pulled_before_anything_starts(server: Server) -> None:
+    server.live("v1", OLD)
+    server.fact("healthy_after", f"{NEW} 1\n")
+    result = server.up("v2", NEW)
+    assert result.returncode == 0, result.stderr
+    calls = server.calls()
+    assert index_of(calls, "pull", NEW) < index_of(calls, "up", "app-green"), calls
 
 
 def test_rerunning_a_live_release_converges_and_keeps_its_previous_version(server: Server) -> None:
@@ -133,6 +243,7 @@ def test_rerunning_a_live_release_converges_and_keeps_its_previous_version(serve
     result = server.up("v2", NEW)
     assert result.returncode == 0, result.stderr
     assert "previous=v1" in result.stdout
+    assert server.read("proxy_colour") == "green" and server.read("colour_green") == NEW
 
 
 def test_pruning_keeps_the_newest_images_and_never_the_live_or_previous_one(server: Server) -> None:
@@ -205,40 +316,39 @@ def test_a_failed_migration_stops_the_release_with_the_live_version_serving(serv
     result = server.run("migrate.sh", str(server.app_dir), "kametrix", "v4@x", "1800", "v4", NEW, MIGRATE)
     assert result.returncode == 1
     assert "migrations of v4 failed; the live version (v2) keeps serving" in result.stderr
-    assert server.read("app_image") == OLD
+    assert server.read("colour_blue") == OLD and server.read("proxy_colour") == "blue"
 
 
-def test_env_is_written_from_stdin_with_mode_600_and_restarts_a_live_app(server: Server) -> None:
+def test_new_settings_start_on_the_idle_colour_and_take_over_from_the_live_one(server: Server) -> None:
     server.live("v2", OLD)
     server.fact("healthy_after", f"{OLD} 1\n")
-    result = server.run("env.sh", str(server.app_dir), "kametrix", "settings", "1800", *HEALTH, stdin="A='2'\n")
+    result = server.env("A='2'\n")
     assert result.returncode == 0, result.stderr
     env = server.app_dir / ".env"
     assert env.read_text() == "A='2'\n" and stat.S_IMODE(env.stat().st_mode) == 0o600
-    assert server.read("app_env") == "A='2'\n", "the app was not restarted with the new settings"
+    assert server.read("env_green") == "A='2'\n", "the idle colour did not start with the new settings"
+    assert (server.read("proxy_colour"), server.read("colour_green"), server.read("colour_blue")) == ("green", OLD, "")
+    assert stat.S_IMODE((server.app_dir / "proxy" / "live.conf").stat().st_mode) == 0o644, "nginx cannot read it"
 
 
 def test_an_unchanged_env_restarts_nothing(server: Server) -> None:
     server.live("v2", OLD)
-    result = server.run(
-        "env.sh", str(server.app_dir), "kametrix", "settings", "1800", *HEALTH, stdin="POSTGRES_USER='kametrix'\n"
-    )
+    result = server.env("POSTGRES_USER='kametrix'\n")
     assert result.returncode == 0 and ".env unchanged" in result.stdout
     assert "up" not in server.read("calls.log")
 
 
-def test_settings_that_break_the_app_are_rolled_back(server: Server) -> None:
+def test_settings_that_break_the_app_are_never_switched_to_and_the_previous_env_is_restored(server: Server) -> None:
     server.live("v2", OLD)
-    server.fact("healthy_after", f"{OLD} 99\n")
-    result = server.run(
-        "env.sh", str(server.app_dir), "kametrix", "settings", "1800", "http://x", "1", "1", stdin="B='broken'\n"
-    )
+    result = server.env("B='broken'\n")
     assert result.returncode == 1
+    assert "the previous .env is restored and v2 keeps serving with it" in result.stderr
     assert (server.app_dir / ".env").read_text() == "POSTGRES_USER='kametrix'\n", "the broken .env stayed"
+    assert (server.read("proxy_colour"), server.read("colour_blue"), server.read("colour_green")) == ("blue", OLD, "")
 
 
 def test_an_empty_env_on_stdin_changes_nothing(server: Server) -> None:
-    result = server.run("env.sh", str(server.app_dir), "kametrix", "settings", "1800", *HEALTH, stdin="")
+    result = server.env("")
     assert result.returncode == 1 and "empty .env" in result.stderr
     assert (server.app_dir / ".env").read_text() == "POSTGRES_USER='kametrix'\n"
     assert [p.name for p in server.app_dir.iterdir() if p.name.startswith(".env.")] == []

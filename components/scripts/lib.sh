@@ -44,6 +44,26 @@ live() {
   sed -n "s/^$key=//p" "$LIVE_RELEASE" | tail -n 1
 }
 
+# Sets KEY=VALUE lines of the live release record and keeps its other lines; the record is replaced whole.
+record() {
+  local pair
+  PARTIAL_FILE="$(mktemp "$LIVE_RELEASE.XXXXXX")"
+  if [[ -f "$LIVE_RELEASE" ]]; then
+    cp "$LIVE_RELEASE" "$PARTIAL_FILE"
+  fi
+  for pair in "$@"; do
+    sed -i "/^${pair%%=*}=/d" "$PARTIAL_FILE"
+  done
+  printf '%s\n' "$@" >>"$PARTIAL_FILE"
+  mv -f "$PARTIAL_FILE" "$LIVE_RELEASE"
+  PARTIAL_FILE=""
+}
+
+# Pulls an image pinned by digest unless the host has it already: a digest always names the same image.
+pull_missing() {
+  docker image inspect "$1" >/dev/null 2>&1 || docker pull --quiet "$1"
+}
+
 # Holds the release lock for OWNER: one step at a time (flock), and no step of another release
 # until OWNER's release ends or its lock is older than STALE_SECONDS.
 acquire_release_lock() {

@@ -13,7 +13,7 @@ require_digest_ref APP_IMAGE "$APP_IMAGE"
 require_digest_ref MIGRATE_IMAGE "$MIGRATE_IMAGE"
 
 acquire_release_lock "$owner" "$stale"
-docker pull --quiet "$MIGRATE_IMAGE"
+pull_missing "$MIGRATE_IMAGE"
 compose up --detach --wait postgres
 if ! compose --profile migrate run --rm --no-deps migrate; then
   die "migrations of $version failed; the live version ($(live VERSION)) keeps serving and nothing was switched"

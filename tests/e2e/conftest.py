@@ -37,6 +37,7 @@ def target() -> Iterator[LocalTarget]:
 
 
 def new_stage(target: LocalTarget, app_port: int, postgres_port: int) -> LocalStack:
+    """A stage of its own: its proxy serves the app on `app_port`, its colours answer on the next two ports."""
     name = f"kametrix-e2e-{uuid.uuid4().hex[:8]}"
     return LocalStack(
         target=target,
@@ -47,7 +48,10 @@ def new_stage(target: LocalTarget, app_port: int, postgres_port: int) -> LocalSt
             "app.composeProject": name,
             "app.appContainer": f"{name}-app",
             "app.dbContainer": f"{name}-db",
-            "app.appPort": app_port,
+            "app.proxyPort": app_port,
+            "app.bluePort": app_port + 1,
+            "app.greenPort": app_port + 2,
+            "app.proxyImage": target.proxy_image,
             "app.url": f"http://127.0.0.1:{app_port}",
             "app.postgresPort": postgres_port,
             "app.postgresImage": target.postgres_image,

@@ -3,8 +3,9 @@
 ``ensure_target()`` starts, on this machine and as root, what a release touches on a
 server: a Docker Engine (``dockerd``), an OCI registry on 127.0.0.1:5000 and an SSH
 server on 127.0.0.1:2222 whose sessions reach that Docker Engine, then builds a
-PostgreSQL image without downloading any image. ``build_app_versions()`` builds the
-stand-in app (``tests/e2e/standin_app``) in versions v1..v4 and pushes them.
+PostgreSQL image and the stages' proxy image (Debian's nginx) without downloading
+any image. ``build_app_versions()`` builds the stand-in app (``tests/e2e/standin_app``)
+in versions v1..v4 and pushes them.
 ``stop_target()`` stops exactly the daemons this module started, by their pid files.
 
 Everything lives under one cache folder, ``$KAMETRIX_TARGET_DIR`` or
@@ -70,6 +71,7 @@ SSH_PORT = 2222
 SSH_USER = "root"
 REGISTRY = "127.0.0.1:5000"
 POSTGRES_IMAGE = f"{REGISTRY}/kametrix/postgres:15"
+PROXY_IMAGE = f"{REGISTRY}/kametrix/proxy:nginx-1.22"
 APP_REPOSITORY = f"{REGISTRY}/kametrix/kametrix"
 DEBIAN_SUITE = "bookworm"
 # The base image of both the PostgreSQL image and the stand-in app.
@@ -129,6 +131,7 @@ class LocalTarget:
     registry: str
     docker_host: str  # unix:///.../docker.sock of the target's dockerd
     postgres_image: str
+    proxy_image: str
     app_repository: str
     target_dir: str
 
@@ -902,16 +905,17 @@ def _push(layout: _Layout, env: Mapping[str, str], image: str) -> str:
     return f"{image.rpartition(':')[0]}@{digest}"
 
 
-def _ensure_postgres_image(layout: _Layout, env: Mapping[str, str], base: str) -> None:
-    sources = sorted((STANDIN_DIR / "postgres").iterdir())
+def _ensure_base_derived_image(layout: _Layout, env: Mapping[str, str], base: str, name: str, image: str) -> None:
+    """Build ``standin_app/<name>`` on the base image and push it as ``image``, unless it is current."""
+    sources = sorted((STANDIN_DIR / name).iterdir())
     h = hashlib.sha256(_image_id(env, base).encode())
     _hash_paths(sources, h)
     input_hash = h.hexdigest()
-    if _current(env, [POSTGRES_IMAGE], input_hash) is not None:
+    if _current(env, [image], input_hash) is not None:
         return
-    context = _stage_context(layout, "postgres", sources)
-    _build(layout, env, context, POSTGRES_IMAGE, input_hash, {"BASE_IMAGE": base})
-    _push(layout, env, POSTGRES_IMAGE)
+    context = _stage_context(layout, name, sources)
+    _build(layout, env, context, image, input_hash, {"BASE_IMAGE": base})
+    _push(layout, env, image)
 
 
 def _layout_and_env() -> tuple[_Layout, dict[str, str]]:
@@ -933,6 +937,7 @@ def _target(layout: _Layout) -> LocalTarget:
         registry=REGISTRY,
         docker_host=layout.docker_host,
         postgres_image=POSTGRES_IMAGE,
+        proxy_image=PROXY_IMAGE,
         app_repository=APP_REPOSITORY,
         target_dir=str(layout.root),
     )
@@ -940,7 +945,7 @@ def _target(layout: _Layout) -> LocalTarget:
 
 def ensure_target() -> LocalTarget:
     """Start (or reuse) dockerd, the registry and sshd, and build (or reuse) the
-    PostgreSQL image; return the connection facts. Idempotent; seconds when warm."""
+    PostgreSQL and proxy images; return the connection facts. Idempotent; seconds when warm."""
     layout, env = _layout_and_env()
     if os.geteuid() != 0:
         raise TargetError("the local target runs dockerd and sshd: run as root")
@@ -954,7 +959,8 @@ def ensure_target() -> LocalTarget:
         _start_registry(layout)
         _start_sshd(layout, target)
         base = _ensure_base_image(layout, env)
-        _ensure_postgres_image(layout, env, base)
+        _ensure_base_derived_image(layout, env, base, "postgres", POSTGRES_IMAGE)
+        _ensure_base_derived_image(layout, env, base, "proxy", PROXY_IMAGE)
         return target
 
 
@@ -1061,6 +1067,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "docker_host": target.docker_host,
         "registry": target.registry,
         "postgres_image": target.postgres_image,
+        "proxy_image": target.proxy_image,
     }
     if not args.no_apps:
         info["app_versions"] = build_app_versions(target)

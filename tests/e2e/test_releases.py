@@ -1,8 +1,8 @@
 """Releases, rollbacks and faults of one stage, on a real Docker host over real SSH.
 
 The tests run in order against one stage: each starts from the state the previous one left,
-as a stage's history would. Every assertion reads the real server: the app's answers, the
-database's rows, the files on disk.
+as a stage's history would. Every assertion reads the real server: the app's answers through
+the stage's proxy, the database's rows, the files on disk.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 
 from components.image import VersionNotInRegistryError
 from tests.e2e.engine import LocalStack, UpdateResult, server_steps
+from tests.e2e.load import Load
 
 RELEASE_STEPS = ["server-backup", "server-migrate", "server-up"]
 ALL_STEPS = ["server-files", "server-env", *RELEASE_STEPS]
@@ -33,9 +34,13 @@ def explain(result: UpdateResult) -> str:
     return "\n".join(lines)
 
 
+def app_url(stage: LocalStack, path: str) -> str:
+    """Where the front proxy would send a request: the stage's proxy."""
+    return f"http://127.0.0.1:{stage.overrides['app.proxyPort']}{path}"
+
+
 def app_get(stage: LocalStack, path: str) -> Any:
-    port = stage.overrides["app.appPort"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+    with urllib.request.urlopen(app_url(stage, path), timeout=5) as response:  # noqa: S310 - http on loopback
         return json.loads(response.read())
 
 
@@ -85,6 +90,18 @@ def release_lock_held(stage: LocalStack) -> bool:
     return stage.target.ssh(f"test -e {app_dir(stage)}/.release-lock").returncode == 0
 
 
+def recorded(stage: LocalStack, key: str) -> str:
+    """A value of the server's release record."""
+    lines = on_server(stage, f"cat {app_dir(stage)}/release.env").splitlines()
+    return dict(line.split("=", 1) for line in lines)[key]
+
+
+def running_colours(stage: LocalStack) -> list[str]:
+    name = stage.overrides["app.appContainer"]
+    names = stage.target.docker("ps", "--format", "{{.Names}}", "--filter", f"name=^{name}-(blue|green)$")
+    return sorted(line.rpartition("-")[2] for line in names.stdout.decode().split())
+
+
 def test_first_release_on_an_empty_server(stage: LocalStack) -> None:
     result = stage.up("v1.0.0")
     assert result.ok, explain(result)
@@ -95,6 +112,7 @@ def test_first_release_on_an_empty_server(stage: LocalStack) -> None:
     assert migrations(stage) == ["001_create_customers", "002_create_calls"]
     assert row_counts(stage)["customers"] == 3
     assert on_server(stage, f"stat -c %a {app_dir(stage)}/.env").strip() == "600"
+    assert running_colours(stage) == ["blue"] and recorded(stage, "LIVE_COLOUR") == "blue"
     assert not release_lock_held(stage)
     steps_of_first_release.update({s.name: s.create for s in server_steps(stage.declare("v1.0.0"))})
 
@@ -106,6 +124,8 @@ def test_a_release_with_a_new_migration_keeps_the_data_and_backs_it_up(stage: Lo
     assert result.ok, explain(result)
     assert result.ran() == RELEASE_STEPS, "a release re-ran more than the release steps"
     assert served_version(stage) == "v2.0.0"
+    assert running_colours(stage) == ["green"], "the old colour was not stopped after the switch"
+    assert recorded(stage, "GREEN_IMAGE") == recorded(stage, "APP_IMAGE")
     assert migrations(stage)[-1] == "003_add_customer_email"
     assert row_counts(stage) == before, "v1's rows did not survive the release"
 
@@ -120,13 +140,16 @@ def test_a_release_with_a_new_migration_keeps_the_data_and_backs_it_up(stage: Lo
     on_server(stage, f"docker exec {container} dropdb -U kametrix restored")
 
 
-def test_a_release_that_never_turns_healthy_is_rolled_back_automatically(stage: LocalStack) -> None:
+def test_a_release_that_never_turns_healthy_is_never_switched_to(stage: LocalStack) -> None:
     result = stage.up("v3.0.0")
     assert not result.ok
     failed = result.failed
     assert failed is not None and failed.name == "server-up", explain(result)
-    assert "release v3.0.0 failed its health check; restored v2.0.0" in failed.stderr
+    assert "not healthy on blue after 20 attempts" in failed.stderr
+    assert "release v3.0.0 was not switched to (see above); v2.0.0" in failed.stderr
+    assert "keeps serving" in failed.stderr
     assert served_version(stage) == "v2.0.0"
+    assert running_colours(stage) == ["green"] and recorded(stage, "VERSION") == "v2.0.0"
     assert not release_lock_held(stage)
 
 
@@ -146,20 +169,17 @@ def test_a_release_whose_migration_fails_leaves_the_live_version_and_the_databas
 def test_a_rollback_by_config_runs_the_original_commands_and_keeps_the_newer_schema(stage: LocalStack) -> None:
     result = stage.up("v1.0.0")
     assert result.ok, explain(result)
+    up = result.runs[-1]
+    assert up.name == "server-up" and up.stdout.startswith("healthy on"), "the image still on the host was pulled"
     assert served_version(stage) == "v1.0.0"
     assert "003_add_customer_email" in migrations(stage), "a rollback must not run down-migrations"
     again = {s.name: s.create for s in server_steps(stage.declare("v1.0.0"))}
     assert again == steps_of_first_release
 
 
-def container_id(stage: LocalStack) -> str:
-    name = stage.overrides["app.appContainer"]
-    return stage.target.docker("ps", "--all", "--quiet", "--filter", f"name=^{name}$").stdout.decode().strip()
-
-
 def test_a_connection_dropped_mid_step_converges_when_the_update_is_run_again(stage: LocalStack) -> None:
-    serving = container_id(stage)
-    dropped = stage.up("v2.0.0", drop=("server-up", lambda: container_id(stage) != serving))
+    serving = running_colours(stage)
+    dropped = stage.up("v2.0.0", drop=("server-up", lambda: running_colours(stage) != serving))
     assert dropped.failed is not None and dropped.failed.name == "server-up", explain(dropped)
     assert dropped.failed.returncode == 255
     result = stage.up("v2.0.0")
@@ -237,6 +257,25 @@ def test_changing_an_app_secret_rewrites_env_and_restarts_only_the_app(stage: Lo
     check = app_get(stage, "/api/env-check")
     expected = hashlib.sha256(b"TESTSECRET-rotated-stripe-key").hexdigest()
     assert expected in json.dumps(check), "the app does not see the rotated secret"
+    assert served_version(stage) == live
+
+
+def test_no_request_fails_while_releases_switch_colours_under_load(stage: LocalStack) -> None:
+    """A correctness check, not a timing test: constant load through the proxy, zero failed requests
+    through a release, a release that never turns healthy, a rollback and a settings change."""
+    live = served_version(stage)
+    other = "v1.0.0" if live == "v2.0.0" else "v2.0.0"
+    with Load(app_url(stage, "/api/version"), rate=100) as load:
+        released = stage.up(other)
+        never_healthy = stage.up("v3.0.0")
+        rolled_back = stage.up(live)
+        stage.secrets["smtpPass"] = "TESTSECRET-rotated-smtp-pass"
+        settings = stage.up(live)
+    assert released.ok and rolled_back.ok, explain(released) + explain(rolled_back)
+    assert never_healthy.failed is not None and never_healthy.failed.name == "server-up", explain(never_healthy)
+    assert settings.ran() == ["server-env"] and settings.ok, explain(settings)
+    assert load.result.requests >= 500, load.result
+    assert load.result.failed == 0, load.result
     assert served_version(stage) == live
 
 
