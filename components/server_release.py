@@ -82,7 +82,6 @@ class ServerRelease(pulumi.ComponentResource):
         settings_owner = (app_dir, app.compose_project, "settings", stale)
 
         self.steps = {}
-        previous: list[pulumi.Resource] = []
 
         def command(
             step_name: str,
@@ -101,12 +100,12 @@ class ServerRelease(pulumi.ComponentResource):
                 logging=remote.Logging.NONE if prints_secrets else remote.Logging.STDOUT_AND_STDERR,
                 opts=pulumi.ResourceOptions(
                     parent=self,
-                    depends_on=list(previous),
+                    # Each step waits for the one declared before it.
+                    depends_on=list(self.steps.values())[-1:],
                     additional_secret_outputs=["stdout", "stderr"] if prints_secrets else None,
                 ),
             )
             self.steps[step_name] = resource
-            previous[:] = [resource]
             return resource
 
         quoted_dir = shlex.quote(app_dir)
