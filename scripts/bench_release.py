@@ -17,7 +17,7 @@ sys.path.insert(0, str(PROJECT_DIR))
 
 from tests.e2e.conftest import new_stage, remove_stage  # noqa: E402  - the project root is on the path only now
 from tests.e2e.engine import UpdateResult  # noqa: E402
-from tests.e2e.target import build_app_versions, ensure_target, stop_target, target_status  # noqa: E402
+from tests.e2e.target import running_target  # noqa: E402
 
 SCENARIOS = (
     ("first release", "v1.0.0", True),
@@ -36,22 +36,18 @@ def row(name: str, result: UpdateResult, wall: float) -> str:
 
 
 def main() -> None:
-    already_running = all(target_status().values())
-    target = ensure_target()
-    build_app_versions(target)
-    stage = new_stage(target, app_port=13100, postgres_port=15532)
-    try:
-        print(f"{'':<20}" + "".join(f"{s.removeprefix('server-'):>9}" for s in STEPS) + f"{'total s':>9}")
-        for name, version, expected_ok in SCENARIOS:
-            started = time.monotonic()
-            result = stage.up(version)
-            print(row(name, result, time.monotonic() - started), flush=True)
-            if result.ok != expected_ok:
-                raise SystemExit(f"{name}: expected {'success' if expected_ok else 'failure'}: {result.runs}")
-    finally:
-        remove_stage(stage)
-        if not already_running:
-            stop_target()
+    with running_target() as target:
+        stage = new_stage(target, app_port=13100, postgres_port=15532)
+        try:
+            print(f"{'':<20}" + "".join(f"{s.removeprefix('server-'):>9}" for s in STEPS) + f"{'total s':>9}")
+            for name, version, expected_ok in SCENARIOS:
+                started = time.monotonic()
+                result = stage.up(version)
+                print(row(name, result, time.monotonic() - started), flush=True)
+                if result.ok != expected_ok:
+                    raise SystemExit(f"{name}: expected {'success' if expected_ok else 'failure'}: {result.runs}")
+        finally:
+            remove_stage(stage)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from tests.e2e import old_layout  # noqa: E402
 from tests.e2e.conftest import new_stage, remove_stage  # noqa: E402
 from tests.e2e.engine import LocalStack  # noqa: E402
 from tests.e2e.load import Load, LoadResult  # noqa: E402
-from tests.e2e.target import build_app_versions, ensure_target, stop_target, target_status  # noqa: E402
+from tests.e2e.target import LocalTarget, running_target  # noqa: E402
 
 # scenario, version, whether the update is to succeed
 RELEASES = (
@@ -83,11 +83,13 @@ def main() -> None:
     parser.add_argument("--steady-seconds", type=float, default=15, help="length of the steady-state rows")
     args = parser.parse_args()
 
-    already_running = all(target_status().values())
-    target = ensure_target()
+    with running_target() as target:
+        compare(target, args.rate, args.steady_seconds)
+
+
+def compare(target: LocalTarget, rate: int, steady_seconds: float) -> None:
     stages: list[LocalStack] = []
     try:
-        build_app_versions(target)
         ours_stage = new_stage(target, app_port=13600, postgres_port=16000)
         baseline_stage = new_stage(target, app_port=13700, postgres_port=16100)
         stages += [ours_stage, baseline_stage]
@@ -99,11 +101,11 @@ def main() -> None:
         lines = []
         for pipeline, stage, run in (("ours", ours_stage, ours), ("baseline", baseline_stage, baseline)):
             url = f"http://127.0.0.1:{stage.overrides['app.proxyPort']}/api/version"
-            result, wall, _ = measure(url, args.rate, steady(args.steady_seconds))
+            result, wall, _ = measure(url, rate, steady(steady_seconds))
             lines.append(row(pipeline, "steady state (no release)", result, wall))
             print(lines[-1], file=sys.stderr, flush=True)
             for scenario, version, expected in RELEASES:
-                result, wall, succeeded = measure(url, args.rate, run(stage, version))
+                result, wall, succeeded = measure(url, rate, run(stage, version))
                 if succeeded != expected:
                     raise SystemExit(f"{pipeline}, {scenario}: expected {'success' if expected else 'a failure'}")
                 lines.append(row(pipeline, scenario, result, wall))
@@ -111,15 +113,13 @@ def main() -> None:
 
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         print(f"{when}, {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}; load: hey,")
-        print(f"{args.rate} requests/s from 4 workers, one connection per request, GET /api/version")
+        print(f"{rate} requests/s from 4 workers, one connection per request, GET /api/version")
         print(f"{'pipeline':<10}{'scenario':<30}{'requests':>9}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}{'wall s':>9}")
         print("\n".join(lines))
     finally:
         for stage in stages:
             remove_stage(stage)
             target.docker("image", "rm", f"{stage.overrides['app.composeProject']}-app:rollback", check=False)
-        if not already_running:
-            stop_target()
 
 
 if __name__ == "__main__":

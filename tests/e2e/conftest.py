@@ -9,14 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.engine import LocalStack
-from tests.e2e.target import (
-    APP_VERSIONS,
-    LocalTarget,
-    build_app_versions,
-    ensure_target,
-    stop_target,
-    target_status,
-)
+from tests.e2e.target import APP_VERSIONS, LocalTarget, running_target
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,12 +21,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def target() -> Iterator[LocalTarget]:
     """The local target for the whole run; stopped afterwards unless it was already running."""
-    already_running = all(target_status().values())
-    running = ensure_target()
-    build_app_versions(running)
-    yield running
-    if not already_running:
-        stop_target()
+    with running_target() as running:
+        yield running
 
 
 def new_stage(target: LocalTarget, app_port: int, postgres_port: int) -> LocalStack:

@@ -1042,6 +1042,20 @@ def target_status() -> dict[str, int | None]:
     }
 
 
+@contextlib.contextmanager
+def running_target() -> Iterator[LocalTarget]:
+    """The target with the stand-in app's versions pushed, for one run; stopped afterwards
+    unless it was already running when the run began."""
+    already_running = all(target_status().values())
+    target = ensure_target()
+    try:
+        build_app_versions(target)
+        yield target
+    finally:
+        if not already_running:
+            stop_target()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.e2e.target",
