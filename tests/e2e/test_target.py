@@ -163,6 +163,8 @@ def app(target: LocalTarget, ref: str, env: Path) -> Iterator[str]:
 
 
 def runner_tag(target: LocalTarget, version: str) -> str:
+    """The tag ``build_app_versions`` pushed for ``version``: only versions of this revision exist."""
+    assert version in APP_VERSIONS, f"{version} is not a stand-in version ({', '.join(APP_VERSIONS)})"
     return f"{target.app_repository}:{version}"
 
 
@@ -294,14 +296,14 @@ def test_v1_migrates_and_reports_a_healthy_valid_build(
 ) -> None:
     with postgres(target) as db:
         env = env_file(tmp_path, db, free_port(13000))
-        done = migrate(target, f"{runner_tag(target, 'v1')}-migrate", env)
+        done = migrate(target, f"{runner_tag(target, 'v1.0.0')}-migrate", env)
         assert done.returncode == 0, done.stderr.decode()
         assert b"All migrations have been successfully applied." in done.stdout
         assert sql(target, db, "SELECT count(*) FROM customers") == "3"
         assert sql(
             target, db, "SELECT string_agg(migration_name, ',' ORDER BY migration_name) FROM _prisma_migrations"
         ) == ("001_create_customers,002_create_calls")
-        again = migrate(target, f"{runner_tag(target, 'v1')}-migrate", env)
+        again = migrate(target, f"{runner_tag(target, 'v1.0.0')}-migrate", env)
         assert again.returncode == 0 and b"No pending migrations to apply." in again.stdout
 
         with app(target, app_refs["v1.0.0"], env) as base:
@@ -329,7 +331,7 @@ def test_v1_migrates_and_reports_a_healthy_valid_build(
 def test_v3_never_reports_a_valid_build(target: LocalTarget, app_refs: dict[str, str], tmp_path: Path) -> None:
     with postgres(target) as db:
         env = env_file(tmp_path, db, free_port(13000))
-        assert migrate(target, f"{runner_tag(target, 'v3')}-migrate", env).returncode == 0
+        assert migrate(target, f"{runner_tag(target, 'v3.0.0')}-migrate", env).returncode == 0
         with app(target, app_refs["v3.0.0"], env) as base:
             wait_for("v3 database check healthy", lambda: http_get(f"{base}/api/health")[0] == 200)
             status, quick = http_get(f"{base}/api/health?quick=true")
@@ -344,12 +346,12 @@ def test_v4_migration_fails_and_leaves_the_schema_unchanged(
 ) -> None:
     with postgres(target) as db:
         env = env_file(tmp_path, db, free_port(13000))
-        assert migrate(target, f"{runner_tag(target, 'v2')}-migrate", env).returncode == 0
+        assert migrate(target, f"{runner_tag(target, 'v2.0.0')}-migrate", env).returncode == 0
         before = schema(target, db)
         assert "CREATE TABLE public.appointments" in before
         rows_before = sql(target, db, "SELECT count(*) FROM customers")
 
-        done = migrate(target, f"{runner_tag(target, 'v4')}-migrate", env)
+        done = migrate(target, f"{runner_tag(target, 'v4.0.0')}-migrate", env)
 
         assert done.returncode != 0
         assert b"004_broken_vip_flag" in done.stderr
