@@ -264,7 +264,7 @@ class _Layout:
         self.docker_config = root / "daemon.json"
         self.registry_pid = self.run / "registry.pid"
         self.registry_config = root / "registry.yml"
-        self.registry_data = root / "registry-data"
+        self.registry_data = root / f"registry-data-{_revision_key()}"
         self.sshd_pid = self.run / "sshd.pid"
         self.sshd_config = root / "sshd_config"
         self.host_key = self.ssh / "ssh_host_ed25519_key"
@@ -582,15 +582,24 @@ def registry_digest(image: str) -> str | None:
     return digest if status == 200 and digest else None
 
 
+def _revision_key() -> str:
+    """A hash of what this revision builds and pushes: this module (tags, versions, build
+    steps) and the stand-in's sources. The registry's storage is keyed by it, so a run can
+    only resolve images and tags that this revision pushed, never ones an older build left."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    _hash_paths([STANDIN_DIR], h)
+    return h.hexdigest()[:12]
+
+
+def _remove_other_registry_storage(layout: _Layout) -> None:
+    for path in layout.root.glob("registry-data*"):
+        if path != layout.registry_data and path.is_dir():
+            shutil.rmtree(path)
+
+
 def _start_registry(layout: _Layout) -> None:
-    if _running_pid(layout.registry_pid, "docker-registry") is not None and _registry_ready():
-        return
-    _terminate(layout.registry_pid, "docker-registry")
-    if _port_in_use(5000):
-        raise TargetError("127.0.0.1:5000 is taken by a process this target did not start")
-    layout.registry_data.mkdir(parents=True, exist_ok=True)
     layout.run.mkdir(parents=True, exist_ok=True)
-    _write_if_changed(
+    changed = _write_if_changed(
         layout.registry_config,
         "\n".join(
             [
@@ -610,6 +619,13 @@ def _start_registry(layout: _Layout) -> None:
             ]
         ),
     )
+    if not changed and _running_pid(layout.registry_pid, "docker-registry") is not None and _registry_ready():
+        return
+    _terminate(layout.registry_pid, "docker-registry")
+    if _port_in_use(5000):
+        raise TargetError("127.0.0.1:5000 is taken by a process this target did not start")
+    _remove_other_registry_storage(layout)
+    layout.registry_data.mkdir(parents=True, exist_ok=True)
     log = layout.logs / "registry.log"
     binary = _which("docker-registry", "/usr/bin/docker-registry")
     pid = _spawn([binary, "serve", str(layout.registry_config)], log)
@@ -978,6 +994,16 @@ def app_build_args(version: str, input_hash: str) -> dict[str, str]:
     }
 
 
+def _untag_other_app_images(env: Mapping[str, str], repository: str, keep: Sequence[str]) -> None:
+    """Remove the local tags of ``repository`` that this revision does not build: `docker run`
+    of a tag uses a local image without asking the registry, so a tag an older build left
+    here would answer for a version this revision no longer has."""
+    listed = _run([_docker_cli(), "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository], env=env)
+    stale = sorted(set(listed.split()) - set(keep) - {f"{repository}:<none>"})
+    if stale:
+        _run([_docker_cli(), "image", "rm", *stale], env=env)
+
+
 def build_app_versions(target: LocalTarget) -> dict[str, str]:
     """Build and push the stand-in app's versions (see ``APP_VERSIONS``): the runner as
     ``<app_repository>:<version>``, the builder as ``<app_repository>:<version>-migrate``.
@@ -1001,6 +1027,7 @@ def build_app_versions(target: LocalTarget) -> dict[str, str]:
         images = [
             f"{target.app_repository}:{version}{suffix}" for version in APP_VERSIONS for suffix in ("", "-migrate")
         ]
+        _untag_other_app_images(env, target.app_repository, images)
         current = _current(env, images, input_hash)
         if current is not None:
             repo = target.app_repository

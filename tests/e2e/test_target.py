@@ -281,6 +281,17 @@ def test_postgres_image_initialises_a_database_that_dumps_and_restores(target: L
 # --- the stand-in app ----------------------------------------------------------------
 
 
+def test_only_tags_this_revision_built_can_be_resolved(target: LocalTarget, app_refs: dict[str, str]) -> None:
+    built = {f"{version}{suffix}" for version in APP_VERSIONS for suffix in ("", "-migrate")}
+    repository = target.app_repository.removeprefix(f"{target.registry}/")
+    status, listed = http_get(f"http://{target.registry}/v2/{repository}/tags/list")
+    assert status == 200 and set(listed["tags"]) == built
+    local = target.docker("image", "ls", "--format", "{{.Tag}}", target.app_repository).stdout.decode().split()
+    assert set(local) == built
+    storages = sorted(path.name for path in Path(target.target_dir).glob("registry-data*"))
+    assert len(storages) == 1, f"registry storage of older builds left behind: {storages}"
+
+
 def test_app_versions_are_pushed_by_digest(target: LocalTarget, app_refs: dict[str, str]) -> None:
     assert set(app_refs) == set(APP_VERSIONS)
     assert len(set(app_refs.values())) == len(app_refs)

@@ -1,0 +1,78 @@
+"""What installing the local target (`.ci/install-target`) leaves on this machine: nothing that
+starts at boot, nothing listening beyond loopback, and a Docker Compose that no clone owns."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.target import LocalTarget, target_status
+
+pytestmark = pytest.mark.e2e
+
+INSTALL_SCRIPT = Path(__file__).resolve().parents[2] / ".ci" / "install-target"
+# What Debian's docker.io, containerd, openssh-server and docker-registry enable at boot.
+BOOT_UNITS = {"docker.service", "docker.socket", "containerd.service", "ssh.service", "docker-registry.service"}
+COMPOSE_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
+TCP_LISTEN = "0A"
+
+
+def units_started_at_boot() -> set[str]:
+    return {link.name for link in Path("/etc/systemd/system").glob("*.wants/*")}
+
+
+def listening_addresses(pid: int) -> list[str]:
+    """Local addresses of the TCP sockets process ``pid`` listens on."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with_socket = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
+        if with_socket:
+            inodes.add(with_socket.group(1))
+    addresses = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == TCP_LISTEN and inode in inodes:
+                addresses.append(_decode(local))
+    return addresses
+
+
+def _decode(local: str) -> str:
+    """/proc/net/tcp's ``0100007F:1388`` (little-endian words) -> ``127.0.0.1``."""
+    hex_address = local.split(":")[0]
+    words = [bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8)]
+    return str(ipaddress.ip_address(b"".join(words)))
+
+
+def test_no_service_the_target_installs_starts_at_boot(target: LocalTarget) -> None:
+    assert units_started_at_boot() & BOOT_UNITS == set()
+
+
+def test_debians_registry_config_listens_on_loopback_only(target: LocalTarget) -> None:
+    config = yaml.safe_load(Path("/etc/docker/registry/config.yml").read_text())
+    assert config["http"]["addr"] == "127.0.0.1:5000"
+
+
+def test_the_targets_daemons_listen_on_loopback_only(target: LocalTarget) -> None:
+    pids = {name: pid for name, pid in target_status().items() if pid is not None}
+    assert set(pids) >= {"dockerd", "docker-registry", "sshd"}
+    listening = {name: listening_addresses(pid) for name, pid in pids.items()}
+    assert listening["docker-registry"] and listening["sshd"], listening
+    for name, addresses in listening.items():
+        assert all(ipaddress.ip_address(address).is_loopback for address in addresses), (name, addresses)
+
+
+def test_docker_compose_is_a_system_plugin_that_outlives_any_clone(target: LocalTarget) -> None:
+    pinned = re.search(r"^compose_version=(\S+)$", INSTALL_SCRIPT.read_text(), re.MULTILINE)
+    assert pinned is not None
+    assert COMPOSE_PLUGIN.is_file() and not COMPOSE_PLUGIN.is_symlink()
+    assert not Path.home().joinpath(".docker/cli-plugins/docker-compose").is_symlink()
+    version = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip() == pinned.group(1)
