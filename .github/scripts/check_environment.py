@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 PLAN_NOTE = (
-    "required reviewers need a public repository or, for a private one, GitHub Team or Enterprise "
+    "required reviewers need a public repository or, for a private or internal one, GitHub Enterprise "
     "(README, One-time setup)"
 )
 

@@ -139,6 +139,22 @@ def pulumi_cli() -> Path:
     return cli
 
 
+def install(bin_dir: Path, name: str, text: str) -> None:
+    """A stand-in command, first on the runner's PATH."""
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+
+
+@pytest.fixture
+def with_jq(bin_dir: Path) -> Path:
+    """The runner's real jq beside the stand-ins (GitHub's runners have it)."""
+    jq = shutil.which("jq")
+    if jq is None:
+        pytest.skip("jq is not installed (the GitHub runners have it)")
+    (bin_dir / "jq").symlink_to(jq)
+    return bin_dir
+
+
 @pytest.fixture
 def bin_dir(tmp_path: Path) -> Path:
     path = tmp_path / "bin"

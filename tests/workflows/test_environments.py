@@ -171,7 +171,7 @@ def test_an_environment_github_created_bare_fails_the_check_naming_each_missing_
     assert result.returncode == 1
     errors = [line for line in result.stdout.splitlines() if line.startswith("::error::")]
     assert len(errors) == 3, result.stdout
-    assert "required reviewer" in errors[0] and "GitHub Team or Enterprise" in errors[0]
+    assert "required reviewer" in errors[0] and "GitHub Enterprise" in errors[0]
     assert "bypass" in errors[1] and "deployment branch policy" in errors[2]
 
 

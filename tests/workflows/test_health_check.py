@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.workflows.conftest import Runner
+from tests.workflows.conftest import Runner, install
 from tests.workflows.model import deploy_jobs
 
 EXPECTED = "3f9c2a1d7b8e4f6a0c5d2e9b1a7f3c8d4e6b2a90"
@@ -34,14 +33,10 @@ def test_every_deploy_ends_with_the_one_health_check() -> None:
     ],
 )
 def test_the_health_check_wants_a_valid_build_of_the_deployed_commit(
-    body: str, healthy: bool, runner: Runner, tmp_path: Path
+    body: str, healthy: bool, runner: Runner, with_jq: Path, tmp_path: Path
 ) -> None:
-    if shutil.which("jq") is None:
-        pytest.skip("jq is not installed (the GitHub runners have it)")
     (tmp_path / "body.json").write_text(body.replace("SHORT", EXPECTED[:7]).replace("SHA", EXPECTED))
-    (runner.bin_dir / "curl").write_text(f'#!/bin/sh\necho "$*" >>"{tmp_path}/curl.log"\ncat "{tmp_path}/body.json"\n')
-    (runner.bin_dir / "curl").chmod(0o755)
-    (runner.bin_dir / "jq").symlink_to(shutil.which("jq") or "jq")
+    install(runner.bin_dir, "curl", f'#!/bin/sh\necho "$*" >>"{tmp_path}/curl.log"\ncat "{tmp_path}/body.json"\n')
     (tmp_path / "curl.log").write_text("")
     result = runner.script("health-check", "--url", "https://app.kametrix.example/", "--expected-sha", EXPECTED)
     assert (result.code == 0) == healthy, result.log

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflows.conftest import Runner
+from tests.workflows.conftest import Runner, install
 from tests.workflows.model import job, logical_lines
 
 FAKE_GH = r"""#!/usr/bin/env bash
@@ -19,14 +19,8 @@ if [[ "$1 $2" == "issue list" ]]; then cat "$GH_ISSUES"; fi
 
 
 @pytest.fixture
-def gh(runner: Runner, tmp_path: Path) -> Path:
-    import shutil
-
-    if shutil.which("jq") is None:
-        pytest.skip("jq is not installed (the GitHub runners have it)")
-    (runner.bin_dir / "gh").write_text(FAKE_GH)
-    (runner.bin_dir / "gh").chmod(0o755)
-    (runner.bin_dir / "jq").symlink_to(shutil.which("jq") or "jq")
+def gh(runner: Runner, with_jq: Path, tmp_path: Path) -> Path:
+    install(runner.bin_dir, "gh", FAKE_GH)
     return tmp_path / "gh.log"
 
 

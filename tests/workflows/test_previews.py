@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflows.conftest import Runner
-from tests.workflows.model import ACTIONS, WORKFLOWS, job, triggers
+from tests.workflows.conftest import Runner, install
+from tests.workflows.model import ACTIONS, WORKFLOWS, Job, Step, job, triggers
 
 MARKER = "<!-- kametrix-deploy preview: staging -->"
 
@@ -55,10 +55,7 @@ def test_the_comment_is_posted_after_a_failed_preview_too() -> None:
 def test_the_preview_step_records_its_outcome_instead_of_failing(
     runner: Runner, pulumi_exit: int, outcome: str
 ) -> None:
-    (runner.bin_dir / "pulumi").write_text(f"#!/bin/sh\necho 'preview output for' \"$@\"\nexit {pulumi_exit}\n")
-    (runner.bin_dir / "pulumi").chmod(0o755)
-    from tests.workflows.model import Job, Step
-
+    install(runner.bin_dir, "pulumi", f"#!/bin/sh\necho 'preview output for' \"$@\"\nexit {pulumi_exit}\n")
     step = Step(ACTIONS["preview"]["runs"]["steps"][0], Job("ci.yml", "preview-staging", {}, WORKFLOWS["ci.yml"]))
     result = runner.step(step, {"STACK": "staging"})
     assert result.code == 0 and result.outputs == {"outcome": outcome}, result.log
@@ -92,14 +89,8 @@ done
 
 
 @pytest.fixture
-def gh(runner: Runner, tmp_path: Path) -> Path:
-    import shutil
-
-    if shutil.which("jq") is None:
-        pytest.skip("jq is not installed (the GitHub runners have it)")
-    (runner.bin_dir / "gh").write_text(FAKE_GH)
-    (runner.bin_dir / "gh").chmod(0o755)
-    (runner.bin_dir / "jq").symlink_to(shutil.which("jq") or "jq")
+def gh(runner: Runner, with_jq: Path, tmp_path: Path) -> Path:
+    install(runner.bin_dir, "gh", FAKE_GH)
     pages = tmp_path / "pages"
     pages.mkdir()
     return pages

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflows.conftest import Runner, checkout, git
+from tests.workflows.conftest import Result, Runner, checkout, git
 from tests.workflows.model import ACTIONS, ROOT, SCRIPT_PATHS, WORKFLOW_PATHS, job, jobs
 
 BOT = "kametrix-release[bot]"
@@ -33,6 +33,24 @@ def change_version(runner: Runner, stage: str, version: str) -> None:
 
 def pushed_file(origin: Path, branch: str, stage: str) -> str:
     return git(origin, "show", f"{branch}:Pulumi.{stage}.yaml")
+
+
+def push_elsewhere(tmp_path: Path, origin: Path, edit: dict[str, str], message: str) -> None:
+    """Someone else pushes to main meanwhile: `edit` maps a file to a regex substitution `old=>new` or new text."""
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "--quiet", str(origin), str(other))
+    for name, change in edit.items():
+        path = other / name
+        old, arrow, new = change.partition("=>")
+        path.write_text(re.sub(old, new, path.read_text()) if arrow else change)
+    git(other, "add", ".")
+    git(other, "commit", "--quiet", "-m", message)
+    git(other, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+
+
+def revert(runner: Runner, bump_sha: str) -> Result:
+    what = ["--what", "release v1.5.0"]
+    return runner.script("revert-version-change", "--stage", "production", "--bump", bump_sha, *what, env=release_env())
 
 
 def bump(runner: Runner, **flags: str) -> tuple[int, dict[str, str], str]:
@@ -89,12 +107,7 @@ def test_a_rollback_commit_records_its_reason_as_data(main_checkout: Runner, ori
 
 
 def test_a_version_change_is_refused_when_the_branch_moved(main_checkout: Runner, origin: Path, tmp_path: Path) -> None:
-    other = tmp_path / "other"
-    git(tmp_path, "clone", "--quiet", str(origin), str(other))
-    (other / "README.md").write_text("moved\n")
-    git(other, "add", ".")
-    git(other, "commit", "--quiet", "-m", "someone else's change")
-    git(other, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+    push_elsewhere(tmp_path, origin, {"README.md": "moved\n"}, "someone else's change")
     change_version(main_checkout, "production", "v1.5.0")
     code, outputs, _ = bump(
         main_checkout, stage="production", kind="release", version="v1.5.0", commit="2" * 40, from_="v1.4.2"
@@ -117,23 +130,8 @@ def test_a_failed_update_is_reverted_on_top_of_a_branch_that_moved_meanwhile(
     """A revert rejected because main moved left the failed version for the queued deploy to redeploy."""
     original = pushed_file(origin, "main", "production")
     bump_sha = push_bump(main_checkout)
-    other = tmp_path / "other"
-    git(tmp_path, "clone", "--quiet", str(origin), str(other))
-    (other / "docs.md").write_text("merged during pulumi up\n")
-    git(other, "add", ".")
-    git(other, "commit", "--quiet", "-m", "a merge during the update")
-    git(other, "push", "--quiet", "origin", "HEAD:refs/heads/main")
-
-    result = main_checkout.script(
-        "revert-version-change",
-        "--stage",
-        "production",
-        "--bump",
-        bump_sha,
-        "--what",
-        "release v1.5.0",
-        env=release_env(),
-    )
+    push_elsewhere(tmp_path, origin, {"docs.md": "merged during pulumi up\n"}, "a merge during the update")
+    result = revert(main_checkout, bump_sha)
     assert result.code == 0 and result.outputs == {"reverted": "true"}, result.log
     assert pushed_file(origin, "main", "production") == original, "main pins the version the server runs again"
     assert git(origin, "show", "main:docs.md") == "merged during pulumi up", "the other change stays"
@@ -144,21 +142,9 @@ def test_a_failed_update_is_reverted_on_top_of_a_branch_that_moved_meanwhile(
 
 def test_a_revert_leaves_a_newer_version_change_alone(main_checkout: Runner, origin: Path, tmp_path: Path) -> None:
     bump_sha = push_bump(main_checkout)
-    (tmp_path / "other").mkdir()
-    other = checkout(tmp_path / "other", origin, "main")
-    change_version(Runner(other, main_checkout.bin_dir), "production", "v1.5.1")
-    git(other, "commit", "--quiet", "-am", "someone pinned another version")
-    git(other, "push", "--quiet", "origin", "HEAD:refs/heads/main")
-    result = main_checkout.script(
-        "revert-version-change",
-        "--stage",
-        "production",
-        "--bump",
-        bump_sha,
-        "--what",
-        "release v1.5.0",
-        env=release_env(),
-    )
+    newer = {"Pulumi.production.yaml": "(kametrix-deploy:version: ).*=>\\g<1>v1.5.1"}
+    push_elsewhere(tmp_path, origin, newer, "someone pinned another version")
+    result = revert(main_checkout, bump_sha)
     assert result.code != 0 and "reverted" not in result.outputs, result.log
     assert "not reverting" in result.log
     assert "kametrix-deploy:version: v1.5.1" in pushed_file(origin, "main", "production")
