@@ -95,12 +95,13 @@ class Runner:
             (self.work / ".github" / "scripts").symlink_to(SCRIPT_DIR)
         return self._run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step.run], env or {})
 
-    def pulumi(self, *args: str) -> str:
+    def pulumi(self, *args: str, stdin: str | None = None) -> str:
         assert self.pulumi_dir is not None
         done = subprocess.run(
             [str(self.pulumi_dir / "pulumi"), *args],
             cwd=self.work,
             env=self.env({}),
+            input=stdin,
             capture_output=True,
             text=True,
             check=True,

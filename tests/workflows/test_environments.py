@@ -322,3 +322,15 @@ def test_deploy_jobs_check_out_the_head_of_the_stage_branch() -> None:
         stacks = sorted(j.stacks())
         for concrete_ref, concrete_stack in j.expansions([ref, *stacks]):
             assert concrete_ref == BRANCH_OF_STAGE[concrete_stack], f"{j.label}: checks out {concrete_ref!r}"
+
+
+def test_a_previews_passphrase_decrypts_the_stages_registry_token(stack_runner: Runner) -> None:
+    """Why the gate exists, shown with the real CLI: the preview environment's two secrets (backend URL and
+    passphrase) are all it takes to read a secret that can push an image production pulls."""
+    token = "TESTSECRET-registry-write-token"
+    stack_runner.pulumi("config", "set", "--secret", "--stack", "staging", "registryPassword", stdin=token)
+    assert token not in (stack_runner.work / "Pulumi.staging.yaml").read_text(), "stored encrypted"
+    preview_secrets = set(declared_environments()["staging-preview"]["secrets"])
+    assert {"PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE"} <= preview_secrets
+    assert stack_runner.pulumi("config", "get", "--stack", "staging", "registryPassword") == token
+    assert declared_environments()["staging-preview"]["reviewers"], "so a reviewer approves every staging preview"
