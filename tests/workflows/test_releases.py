@@ -131,6 +131,8 @@ def test_a_failed_update_is_reverted_on_top_of_a_branch_that_moved_meanwhile(
     original = pushed_file(origin, "main", "production")
     bump_sha = push_bump(main_checkout)
     push_elsewhere(tmp_path, origin, {"docs.md": "merged during pulumi up\n"}, "a merge during the update")
+    with (main_checkout.work / "Pulumi.production.yaml").open("a") as left_by_the_update:
+        left_by_the_update.write("# a local change the failed update left behind\n")
     result = revert(main_checkout, bump_sha)
     assert result.code == 0 and result.outputs == {"reverted": "true"}, result.log
     assert pushed_file(origin, "main", "production") == original, "main pins the version the server runs again"
