@@ -295,3 +295,18 @@ def test_versions_resolve_to_exactly_one_app_commit(runner: Runner, app_history:
 def test_a_recorded_version_resolves_to_its_recorded_commit(runner: Runner) -> None:
     result = runner.script("resolve-version", "--version", "v1.4.1", "--recorded", "1" * 40)
     assert result.code == 0 and result.outputs == {"commit": "1" * 40}, result.log
+
+
+def test_the_rollback_summary_records_the_reason_escaped(runner: Runner) -> None:
+    step = next(s for s in job("rollback.yml", "rollback").steps() if s.raw.get("name") == "Summary (with the reason)")
+    env = {
+        "STAGE": "production",
+        "REASON": "EU <cards> `fail` | badly",
+        "FROM_VERSION": "v1.4.2",
+        "TO_VERSION": "v1.4.1",
+    }
+    result = runner.step(step, env)
+    assert result.code == 0, result.log
+    assert "**Reason:** EU &lt;cards&gt; &#96;fail&#96; | badly" in result.summary
+    assert "| from | v1.4.2 |" in result.summary and "| to | v1.4.1 |" in result.summary
+    assert "| stack update | - |" in result.summary and "| stack file reverted | no |" in result.summary
