@@ -96,6 +96,16 @@ class GitHubApp(_Model):
     installation_id: Annotated[str, _matching(r"\d+", "a numeric installation ID")]
 
 
+class ReadOnlyEnvironmentSettings(_Model):
+    """A GitHub environment where a workflow only reads the stack (`pulumi preview`), never deploys it."""
+
+    reviewers: Reviewers = Field(default_factory=Reviewers)
+    deployment_branches: list[BranchPattern] = Field(default_factory=list)
+    """Empty: any branch (pull requests); the reviewers are then the gate."""
+    variables: dict[EnvName, str] = Field(default_factory=dict)
+    """E.g. AWS_ROLE_ARN of a read-only role on the state bucket."""
+
+
 class GitHubSettings(_Model):
     owner: GitHubLogin
     repository: Annotated[str, _matching(r"[A-Za-z0-9._-]+", "a repository name without owner")]
@@ -111,6 +121,11 @@ class GitHubSettings(_Model):
     variables: dict[EnvName, str] = Field(default_factory=dict)
     app: GitHubApp | None = None
     """Authenticate as a GitHub App (private key in the `githubAppPrivateKey` secret) instead of a token."""
+    preview: ReadOnlyEnvironmentSettings | None = None
+    """`<environment>-preview`, where pull requests preview the stack. The preview runs the PR's program with the
+    stage's passphrase, so its reviewers approve each preview."""
+    drift: ReadOnlyEnvironmentSettings | None = None
+    """`<environment>-drift`, where the scheduled drift check previews the stack from the stage's branch."""
     releases: dict[Version, CommitSha] = Field(default_factory=dict)
     """Every version published as a GitHub release, with its commit. Kept declared so a rollback to one of
     them finds its release record in place instead of trying to create it again."""
@@ -488,6 +503,8 @@ def _stage_policy(stack: str, plain: _Sections, key: Any) -> list[Problem]:
         problems.append(
             Problem(key("github"), f"required for the {stack} stack: its GitHub environment is declared here")
         )
+    if stack in ("staging", "production") and github is not None:
+        problems.extend(_read_only_environment_policy(github, key))
     if stack == "production":
         if github is not None and github.reviewers.count == 0:
             problems.append(
@@ -546,6 +563,38 @@ def _stage_policy(stack: str, plain: _Sections, key: Any) -> list[Problem]:
         )
     if plain.app is not None:
         problems.extend(_port_clashes(plain.app, key))
+    return problems
+
+
+def _read_only_environment_policy(github: GitHubSettings, key: Any) -> list[Problem]:
+    """The workflows preview every stage in `<environment>-preview` and check its drift in `<environment>-drift`:
+    both must be declared (GitHub would create a missing one without protection), and since a preview of a pull
+    request runs the PR's program with the stage's passphrase, someone approves it first."""
+    problems = []
+    if github.preview is None or github.preview.reviewers.count == 0:
+        problems.append(
+            Problem(
+                key("github.preview.reviewers"),
+                f"{github.environment}-preview runs pull requests' code with the stage's passphrase; allowed: 1–6 "
+                "users and/or 1–6 teams who approve each preview; received none",
+            )
+        )
+    if github.drift is None or not github.drift.deployment_branches:
+        problems.append(
+            Problem(
+                key("github.drift.deploymentBranches"),
+                f"{github.environment}-drift must name the branch the drift check runs from; allowed: "
+                f"{', '.join(github.deployment_branches)}; received none",
+            )
+        )
+    elif not set(github.drift.deployment_branches) <= set(github.deployment_branches):
+        problems.append(
+            Problem(
+                key("github.drift.deploymentBranches"),
+                f"allowed: branches the stage deploys from ({', '.join(github.deployment_branches)}); "
+                f"received {', '.join(github.drift.deployment_branches)}",
+            )
+        )
     return problems
 
 

@@ -116,7 +116,7 @@ def test_a_wait_timer_outside_0_to_43200_minutes_is_refused(minutes: int) -> Non
 @pytest.mark.parametrize("minutes", [0, 43200])
 def test_wait_timer_bounds_are_accepted(minutes: int) -> None:
     deployment = kit.run_stack("production", overrides={"github.waitTimer": minutes})
-    environment = deployment.one("github:index/repositoryEnvironment:RepositoryEnvironment")
+    environment = deployment.one("github:index/repositoryEnvironment:RepositoryEnvironment", "github-environment")
     assert environment.inputs["waitTimer"] == minutes, environment.urn
 
 

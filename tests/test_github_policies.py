@@ -14,8 +14,9 @@ ENV_VARIABLE = "github:index/actionsEnvironmentVariable:ActionsEnvironmentVariab
 GITHUB_PROVIDER = "pulumi:providers:github"
 
 
-def environment_of(deployment: Deployment) -> Resource:
-    return deployment.one(ENVIRONMENT)
+def environment_of(deployment: Deployment, kind: str = "") -> Resource:
+    """The stage's deploy environment, or its `-preview` / `-drift` environment."""
+    return deployment.one(ENVIRONMENT, f"github-{kind}-environment" if kind else "github-environment")
 
 
 def test_production_cannot_be_deployed_without_an_approval_that_admins_cannot_bypass() -> None:
@@ -49,23 +50,24 @@ def test_staging_deploys_only_from_develop() -> None:
         "protectedBranches": False,
         "customBranchPolicies": True,
     }, environment.urn
-    patterns = [p.inputs["branchPattern"] for p in staging.of_type(BRANCH_POLICY)]
-    assert patterns == ["develop"], [p.urn for p in staging.of_type(BRANCH_POLICY)]
+    policies = [p for p in staging.of_type(BRANCH_POLICY) if p.inputs["environment"] == "staging"]
+    assert [p.inputs["branchPattern"] for p in policies] == ["develop"], [p.urn for p in policies]
 
 
 def test_production_deploys_only_from_main() -> None:
     production = kit.run_stack("production")
-    policies = production.of_type(BRANCH_POLICY)
+    policies = [p for p in production.of_type(BRANCH_POLICY) if p.inputs["environment"] == "production"]
     assert [p.inputs["branchPattern"] for p in policies] == ["main"], [p.urn for p in policies]
 
 
 def test_each_deployment_branch_gets_its_own_policy_in_its_environment() -> None:
     staging = kit.run_stack("staging", overrides={"github.deploymentBranches": ["develop", "release/*"]})
     environment = environment_of(staging)
-    for policy in staging.of_type(BRANCH_POLICY):
+    policies = [p for p in staging.of_type(BRANCH_POLICY) if p.name.startswith("github-branch-")]
+    for policy in policies:
         assert environment.urn in policy.dependencies, f"{policy.urn} does not wait for its environment"
         assert policy.inputs["environment"] == "staging", policy.urn
-    assert sorted(p.inputs["branchPattern"] for p in staging.of_type(BRANCH_POLICY)) == ["develop", "release/*"]
+    assert sorted(p.inputs["branchPattern"] for p in policies) == ["develop", "release/*"]
 
 
 def test_wait_timer_and_self_review_come_from_config() -> None:
@@ -82,7 +84,7 @@ def test_every_declared_secret_reaches_its_environment_as_a_secret() -> None:
         "SENTRY_AUTH_TOKEN": "TESTSECRET-sentry",
     }
     staging = kit.run_stack("staging", secrets={"githubEnvironmentSecrets": declared})
-    secrets = {s.inputs["secretName"]: s for s in staging.of_type(ENV_SECRET)}
+    secrets = {s.inputs["secretName"]: s for s in staging.of_type(ENV_SECRET) if s.inputs["environment"] == "staging"}
     assert set(secrets) == set(declared)
     for name, resource in secrets.items():
         assert resource.is_secret("value"), f"{resource.urn}: value is not a secret"
@@ -93,7 +95,11 @@ def test_every_declared_secret_reaches_its_environment_as_a_secret() -> None:
 
 def test_the_environment_publishes_the_app_url_and_stack_name() -> None:
     production = kit.run_stack("production", overrides={"github.variables": {"SENTRY_ENVIRONMENT": "production"}})
-    variables = {v.inputs["variableName"]: v.inputs["value"] for v in production.of_type(ENV_VARIABLE)}
+    variables = {
+        v.inputs["variableName"]: v.inputs["value"]
+        for v in production.of_type(ENV_VARIABLE)
+        if v.inputs["environment"] == "production"
+    }
     assert variables == {
         "APP_URL": "https://app.kametrix.example",
         "PULUMI_STACK": "production",

@@ -1,0 +1,51 @@
+# shellcheck shell=bash
+# Shared by the workflow scripts in .github/scripts: arguments, step outputs, the version grammar
+# and the release bot's git. Sourced, never run: it only defines functions and constants.
+
+# The versions the registry holds; the same grammar as components/config.py VERSION_PATTERN.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+VERSION_PATTERN='^(v[0-9]+\.[0-9]+\.[0-9]+|v[0-9]{4}\.[0-9]{2}\.[0-9]{2}-[0-9a-f]{7,40}|staging-[0-9a-f]{7,40})$'
+VERSION_FORMATS='v1.2.3, vYYYY.MM.DD-<sha7> or staging-<sha7>'
+
+# fail MESSAGE: an error annotation on the run, then stop.
+fail() {
+  printf '::error::%s\n' "$*"
+  exit 1
+}
+
+# need_value FLAG VALUE: a named flag got its value.
+need_value() {
+  [[ -n "${2:-}" && "$2" != --* ]] || fail "$(basename "$0"): $1 needs a value"
+}
+
+# output NAME VALUE: one step output (read back as steps.<id>.outputs.NAME).
+output() {
+  printf '%s=%s\n' "$1" "$2" >>"${GITHUB_OUTPUT:?GITHUB_OUTPUT is not set}"
+}
+
+# branch_of_stage STAGE: the branch a stage deploys from.
+branch_of_stage() {
+  case "$1" in
+    staging) echo develop ;;
+    production) echo main ;;
+    *) fail "stage: allowed staging, production; received '$1'" ;;
+  esac
+}
+
+# bot_git ARGS...: git as the release bot, authenticated with PUSH_TOKEN (the release App's
+# token) through the environment, so the token is never in argv, a remote URL or .git/config.
+bot_git() {
+  local auth
+  auth=$(printf 'x-access-token:%s' "${PUSH_TOKEN:?PUSH_TOKEN is not set}" | base64 -w0)
+  echo "::add-mask::$auth"
+  GIT_CONFIG_COUNT=3 \
+    GIT_CONFIG_KEY_0="http.${GITHUB_SERVER_URL:?}/.extraheader" GIT_CONFIG_VALUE_0="AUTHORIZATION: basic $auth" \
+    GIT_CONFIG_KEY_1=user.name GIT_CONFIG_VALUE_1="${RELEASE_BOT:?RELEASE_BOT is not set}" \
+    GIT_CONFIG_KEY_2=user.email GIT_CONFIG_VALUE_2="$RELEASE_BOT@users.noreply.github.com" \
+    git "$@"
+}
+
+# run_url: this workflow run, for commit messages and summaries.
+run_url() {
+  printf '%s/%s/actions/runs/%s' "${GITHUB_SERVER_URL:?}" "${GITHUB_REPOSITORY:?}" "${GITHUB_RUN_ID:?}"
+}

@@ -1,0 +1,82 @@
+"""ONE open issue per subject: a failed production deployment, a drifted stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.workflows.conftest import Runner, install
+from tests.workflows.model import job, logical_lines
+
+FAKE_GH = r"""#!/usr/bin/env bash
+# Stand-in for gh: `issue list` answers from $GH_ISSUES; every call is recorded.
+set -euo pipefail
+echo "$*" >>"$GH_LOG"
+if [[ "$1 $2" == "issue list" ]]; then cat "$GH_ISSUES"; fi
+"""
+
+
+@pytest.fixture
+def gh(runner: Runner, with_jq: Path, tmp_path: Path) -> Path:
+    install(runner.bin_dir, "gh", FAKE_GH)
+    return tmp_path / "gh.log"
+
+
+def upsert(runner: Runner, log: Path, open_issues: list[dict[str, object]], *args: str) -> list[str]:
+    issues = log.parent / "issues.json"
+    issues.write_text(json.dumps(open_issues))
+    log.write_text("")
+    result = runner.script("upsert-issue", *args, env={"GH_LOG": str(log), "GH_ISSUES": str(issues), "GH_TOKEN": "x"})
+    assert result.code == 0, result.log
+    return [line for line in log.read_text().splitlines() if not line.startswith("label create")]
+
+
+DEPLOYMENT = ["--title", "Production deployment failed", "--label", "deployment", "--label", "production"]
+
+
+def test_a_failure_opens_the_issue_once_and_comments_on_it_while_it_is_open(runner: Runner, gh: Path) -> None:
+    body = runner.work / "body.md"
+    body.write_text("failed")
+    calls = upsert(runner, gh, [], *DEPLOYMENT, "--body-file", str(body))
+    assert calls[0].startswith(
+        "issue list --repo kametrix-org/kametrix-deploy --state open --label deployment --label production"
+    )
+    assert calls[1].startswith("issue create --repo kametrix-org/kametrix-deploy --title Production deployment failed")
+    calls = upsert(
+        runner, gh, [{"number": 7, "title": "Production deployment failed"}], *DEPLOYMENT, "--body-file", str(body)
+    )
+    assert calls[1] == f"issue comment 7 --repo kametrix-org/kametrix-deploy --body-file {body}"
+    assert len(calls) == 2
+
+
+def test_a_clean_drift_check_closes_only_its_stages_issue(runner: Runner, gh: Path) -> None:
+    open_issues = [
+        {"number": 3, "title": "Drift detected: production"},
+        {"number": 4, "title": "Drift detected: staging"},
+    ]
+    calls = upsert(
+        runner, gh, open_issues, "--title", "Drift detected: staging", "--label", "drift", "--close", "clean"
+    )
+    assert calls[1] == "issue close 4 --repo kametrix-org/kametrix-deploy --comment clean"
+    assert (
+        upsert(runner, gh, [], "--title", "Drift detected: staging", "--label", "drift", "--close", "clean")[1:] == []
+    )
+
+
+def test_failures_of_both_deploy_workflows_land_in_the_one_deployment_issue() -> None:
+    for workflow in ("deploy-production.yml", "rollback.yml"):
+        reporter = job(workflow, "report-failure")
+        assert "failure" in reporter.condition
+        assert reporter.raw["concurrency"]["group"] == "deployment-issue-production", "two failures, one issue"
+        assert 'upsert-issue --title "Production deployment failed" --label deployment --label production' in (
+            " ".join(logical_lines(reporter.run_text()).split())
+        )
+
+
+def test_drift_opens_updates_and_closes_its_stages_issue() -> None:
+    script = " ".join(logical_lines(job("drift.yml", "drift").run_text()).split())
+    assert 'upsert-issue --title "Drift detected: $STAGE" --label drift --close' in script
+    assert 'upsert-issue --title "Drift detected: $STAGE" --label drift --body-file "$body"' in script
+    assert 'pulumi preview --stack "$STAGE" --refresh --expect-no-changes' in script

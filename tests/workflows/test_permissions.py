@@ -1,0 +1,65 @@
+"""Least privilege: every job states its permissions, and holds a scope only where its own steps use it."""
+
+from __future__ import annotations
+
+import re
+
+from tests.workflows.model import WORKFLOWS, Job, jobs, triggers
+
+# Scope -> how a job shows it needs that scope.
+NEEDS = {
+    ("contents", "write"): "never: pushes use the release App's token",
+    ("issues", "write"): "opens or comments on an issue (upsert-issue)",
+    ("pull-requests", "write"): "posts the preview comment (the preview action)",
+    ("actions", "write"): "dispatches a workflow (gh workflow run)",
+    ("actions", "read"): "checks its environment's protection (the setup action)",
+    ("id-token", "write"): "assumes the state backend's AWS role through OIDC (the setup action)",
+}
+
+
+def evidence(j: Job) -> dict[tuple[str, str], bool]:
+    return {
+        ("contents", "write"): False,
+        ("issues", "write"): "upsert-issue" in j.run_text() or "gh issue" in j.run_text(),
+        ("pull-requests", "write"): bool(j.uses_action("preview")),
+        ("actions", "write"): re.search(r"(?m)^\s*gh workflow run ", j.run_text()) is not None,
+        ("actions", "read"): bool(j.uses_action("setup")),
+        ("id-token", "write"): bool(j.uses_action("setup")),
+    }
+
+
+def test_top_level_permissions_are_empty() -> None:
+    for name, workflow in WORKFLOWS.items():
+        assert workflow.get("permissions") == {}, f"{name}: each job states its own permissions"
+
+
+def test_every_job_holds_exactly_the_scopes_its_steps_use() -> None:
+    offenders = []
+    for j in jobs():
+        permissions = j.raw.get("permissions")
+        if not isinstance(permissions, dict):
+            offenders.append(f"{j.label}: permissions must be an explicit mapping, not {permissions!r}")
+            continue
+        held = {(scope, level) for scope, level in permissions.items() if level != "none"}
+        held.discard(("contents", "read"))
+        for scope, needed in evidence(j).items():
+            if needed and scope not in held:
+                offenders.append(f"{j.label}: {NEEDS[scope]} without {scope[0]}: {scope[1]}")
+            if scope in held and not needed:
+                offenders.append(f"{j.label}: {scope[0]}: {scope[1]} but it never {NEEDS[scope]}")
+        unknown = held - set(NEEDS)
+        if unknown:
+            offenders.append(f"{j.label}: {sorted(unknown)} is never needed here")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_only_dispatched_jobs_change_a_branch() -> None:
+    """Only a human's Run workflow commits a version: no push, schedule or PR run changes a branch."""
+    pushing = 0
+    for j in jobs():
+        if "commit-version-change" not in j.run_text():
+            continue
+        pushing += 1
+        dispatch_only = set(triggers(j.workflow)) == {"workflow_dispatch"}
+        assert dispatch_only or "github.event_name == 'workflow_dispatch'" in j.condition, j.label
+    assert pushing == 3

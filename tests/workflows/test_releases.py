@@ -1,0 +1,312 @@
+"""Releases and rollbacks change a protected branch: the release App's token, one commit with who and why, no
+[skip ci], no second deploy of it, and a revert that lands even when the branch moved during `pulumi up`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.workflows.conftest import Result, Runner, checkout, git
+from tests.workflows.model import ACTIONS, ROOT, SCRIPT_PATHS, WORKFLOW_PATHS, job, jobs
+
+BOT = "kametrix-release[bot]"
+TOKEN = "ghs_not-a-real-token-0123456789"
+PUSHING_JOBS = {"deploy-staging.yml:release", "deploy-production.yml:release", "rollback.yml:rollback"}
+SKIP_MARKERS = re.compile(r"\[(skip ci|ci skip|no ci|skip actions|actions skip)\]|skip-checks:", re.I)
+
+
+def release_env(**extra: str) -> dict[str, str]:
+    return {"PUSH_TOKEN": TOKEN, "RELEASE_BOT": BOT, **extra}
+
+
+@pytest.fixture
+def main_checkout(tmp_path: Path, origin: Path, bin_dir: Path) -> Runner:
+    return Runner(checkout(tmp_path, origin, "main"), bin_dir)
+
+
+def change_version(runner: Runner, stage: str, version: str) -> None:
+    path = runner.work / f"Pulumi.{stage}.yaml"
+    path.write_text(re.sub(r"(kametrix-deploy:version: ).*", rf"\g<1>{version}", path.read_text()))
+
+
+def pushed_file(origin: Path, branch: str, stage: str) -> str:
+    return git(origin, "show", f"{branch}:Pulumi.{stage}.yaml")
+
+
+def push_elsewhere(tmp_path: Path, origin: Path, edit: dict[str, str], message: str) -> None:
+    """Someone else pushes to main meanwhile: `edit` maps a file to a regex substitution `old=>new` or new text."""
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "--quiet", str(origin), str(other))
+    for name, change in edit.items():
+        path = other / name
+        old, arrow, new = change.partition("=>")
+        path.write_text(re.sub(old, new, path.read_text()) if arrow else change)
+    git(other, "add", ".")
+    git(other, "commit", "--quiet", "-m", message)
+    git(other, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+
+
+def revert(runner: Runner, bump_sha: str) -> Result:
+    what = ["--what", "release v1.5.0"]
+    return runner.script("revert-version-change", "--stage", "production", "--bump", bump_sha, *what, env=release_env())
+
+
+def bump(runner: Runner, **flags: str) -> tuple[int, dict[str, str], str]:
+    args = [arg for flag, value in flags.items() for arg in (f"--{flag.rstrip('_')}", value)]
+    result = runner.script("commit-version-change", *args, env=release_env())
+    return result.code, result.outputs, result.log
+
+
+def test_a_release_commit_names_the_version_who_asked_and_the_run_and_has_no_skip_ci(
+    main_checkout: Runner, origin: Path
+) -> None:
+    change_version(main_checkout, "production", "v1.5.0")
+    code, outputs, log = bump(
+        main_checkout, stage="production", kind="release", version="v1.5.0", commit="2" * 40, from_="v1.4.2"
+    )
+    assert code == 0 and outputs["pushed"] == "true", log
+    assert outputs["bump"] == git(origin, "rev-parse", "main")
+    assert "kametrix-deploy:version: v1.5.0" in pushed_file(origin, "main", "production")
+    message = git(origin, "log", "-1", "--format=%B", "main")
+    assert message.startswith("release(production): v1.5.0\n")
+    for line in ("Version: v1.5.0", f"App-Commit: {'2' * 40}", "Previous: v1.4.2", "Requested-By: release-lead"):
+        assert line in message
+    assert "Run: https://github.com/kametrix-org/kametrix-deploy/actions/runs/4242" in message
+    assert not SKIP_MARKERS.search(message), "CI and the promotion PR's checks must run on a release commit"
+    assert git(origin, "log", "-1", "--format=%an <%ae>", "main") == f"{BOT} <{BOT}@users.noreply.github.com>"
+    assert TOKEN not in log
+
+
+def test_a_release_of_the_pinned_version_pushes_nothing(main_checkout: Runner, origin: Path) -> None:
+    before = git(origin, "rev-parse", "main")
+    code, outputs, log = bump(
+        main_checkout, stage="production", kind="release", version="v1.4.2", commit="3" * 40, from_="v1.4.2"
+    )
+    assert code == 0 and outputs == {"pushed": "false"}, log
+    assert git(origin, "rev-parse", "main") == before
+
+
+def test_a_rollback_commit_records_its_reason_as_data(main_checkout: Runner, origin: Path) -> None:
+    reason = 'bad "checkout" $(touch pwned) `id`'
+    change_version(main_checkout, "production", "v1.4.1")
+    code, outputs, log = bump(
+        main_checkout,
+        stage="production",
+        kind="rollback",
+        version="v1.4.1",
+        commit="1" * 40,
+        from_="v1.4.2",
+        reason=reason,
+    )
+    assert code == 0 and outputs["pushed"] == "true", log
+    assert not (main_checkout.work / "pwned").exists(), "the reason is data, never run"
+    message = git(origin, "log", "-1", "--format=%B", "main")
+    assert message.startswith("rollback(production): v1.4.1\n") and f"Reason: {reason}" in message
+
+
+def test_a_version_change_is_refused_when_the_branch_moved(main_checkout: Runner, origin: Path, tmp_path: Path) -> None:
+    push_elsewhere(tmp_path, origin, {"README.md": "moved\n"}, "someone else's change")
+    change_version(main_checkout, "production", "v1.5.0")
+    code, outputs, _ = bump(
+        main_checkout, stage="production", kind="release", version="v1.5.0", commit="2" * 40, from_="v1.4.2"
+    )
+    assert code != 0 and "pushed" not in outputs, "a non-fast-forward push must stop the release before pulumi up"
+
+
+def push_bump(runner: Runner, version: str = "v1.5.0") -> str:
+    change_version(runner, "production", version)
+    code, outputs, log = bump(
+        runner, stage="production", kind="release", version=version, commit="2" * 40, from_="v1.4.2"
+    )
+    assert code == 0, log
+    return outputs["bump"]
+
+
+def test_a_failed_update_is_reverted_on_top_of_a_branch_that_moved_meanwhile(
+    main_checkout: Runner, origin: Path, tmp_path: Path
+) -> None:
+    """A revert rejected because main moved left the failed version for the queued deploy to redeploy."""
+    original = pushed_file(origin, "main", "production")
+    bump_sha = push_bump(main_checkout)
+    push_elsewhere(tmp_path, origin, {"docs.md": "merged during pulumi up\n"}, "a merge during the update")
+    with (main_checkout.work / "Pulumi.production.yaml").open("a") as left_by_the_update:
+        left_by_the_update.write("# a local change the failed update left behind\n")
+    result = revert(main_checkout, bump_sha)
+    assert result.code == 0 and result.outputs == {"reverted": "true"}, result.log
+    assert pushed_file(origin, "main", "production") == original, "main pins the version the server runs again"
+    assert git(origin, "show", "main:docs.md") == "merged during pulumi up", "the other change stays"
+    subject = git(origin, "log", "-1", "--format=%s", "main")
+    assert subject == "revert(production): release v1.5.0 failed" and not SKIP_MARKERS.search(subject)
+    assert TOKEN not in result.log
+
+
+def test_a_revert_leaves_a_newer_version_change_alone(main_checkout: Runner, origin: Path, tmp_path: Path) -> None:
+    bump_sha = push_bump(main_checkout)
+    newer = {"Pulumi.production.yaml": "(kametrix-deploy:version: ).*=>\\g<1>v1.5.1"}
+    push_elsewhere(tmp_path, origin, newer, "someone pinned another version")
+    result = revert(main_checkout, bump_sha)
+    assert result.code != 0 and "reverted" not in result.outputs, result.log
+    assert "not reverting" in result.log
+    assert "kametrix-deploy:version: v1.5.1" in pushed_file(origin, "main", "production")
+
+
+def test_no_commit_a_workflow_makes_skips_ci() -> None:
+    """[skip ci] on a bump left the promotion PR's checks pending and, squashed into main, skipped the deploy."""
+    for path in [*WORKFLOW_PATHS, *SCRIPT_PATHS, *(ROOT / ".github" / "actions").glob("*/action.yml")]:
+        assert not SKIP_MARKERS.search(path.read_text()), f"{path.relative_to(ROOT)} skips CI"
+
+
+def test_branches_change_only_with_the_release_app_token_after_checking_it_is_set_up() -> None:
+    """GITHUB_TOKEN cannot push to a protected branch, and its pushes start no workflows."""
+    pushing = set()
+    for j in jobs():
+        steps = j.own_steps()
+        changing = [s for s in steps if {"commit-version-change", "revert-version-change"} & set(s.scripts())]
+        if not changing:
+            continue
+        pushing.add(j.label)
+        assert "contents" not in j.write_scopes(), f"{j.label}: pushes use the App's token, never GITHUB_TOKEN"
+        (token_step,) = j.uses_action("release-token")
+        assert steps.index(token_step) == 1, f"{j.label}: the App check comes right after the checkout"
+        for step in changing:
+            assert step.env["PUSH_TOKEN"] == f"${{{{ steps.{token_step.raw['id']}.outputs.token }}}}", j.label
+            assert step.env["RELEASE_BOT"] == f"${{{{ steps.{token_step.raw['id']}.outputs.bot }}}}", j.label
+    assert pushing == PUSHING_JOBS
+    token_action = ACTIONS["release-token"]["runs"]["steps"]
+    assert "check-release-app" in token_action[0]["run"], "the job stops first when the App is not set up"
+    assert token_action[1]["with"]["permission-contents"] == "write" and len(token_action[1]["with"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({}, ["RELEASE_APP_CLIENT_ID", "RELEASE_APP_SLUG", "RELEASE_APP_PRIVATE_KEY"]),
+        (
+            {"RELEASE_APP_CLIENT_ID": "Iv23liAbCdEf", "RELEASE_APP_SLUG": "kametrix-release"},
+            ["RELEASE_APP_PRIVATE_KEY"],
+        ),
+        ({"RELEASE_APP_SLUG": "kametrix-release", "RELEASE_APP_PRIVATE_KEY_SET": "true"}, ["RELEASE_APP_CLIENT_ID"]),
+        (
+            {
+                "RELEASE_APP_CLIENT_ID": "Iv23liAbCdEf",
+                "RELEASE_APP_SLUG": "Bad Slug",
+                "RELEASE_APP_PRIVATE_KEY_SET": "true",
+            },
+            ["RELEASE_APP_SLUG"],
+        ),
+    ],
+)
+def test_a_release_without_the_app_stops_naming_what_to_configure(
+    runner: Runner, env: dict[str, str], missing: list[str]
+) -> None:
+    result = runner.script("check-release-app", env=env)
+    assert result.code != 0, result.log
+    for name in missing:
+        assert f"missing {'secret' if 'KEY' in name else 'repository variable'} {name}" in result.log, result.log
+    assert "docs/workflows.md, One-time GitHub set-up" in result.log
+
+
+def test_a_set_up_app_passes_the_check(runner: Runner) -> None:
+    env = {
+        "RELEASE_APP_CLIENT_ID": "Iv23liAbCdEf",
+        "RELEASE_APP_SLUG": "kametrix-release",
+        "RELEASE_APP_PRIVATE_KEY_SET": "true",
+    }
+    assert runner.script("check-release-app", env=env).code == 0
+
+
+def test_a_push_by_the_release_app_is_not_deployed_a_second_time() -> None:
+    """The pushing job deploys its own commit; the push it triggers must not ask for another approval."""
+    bot_push = "github.actor != format('{0}[bot]', vars.RELEASE_APP_SLUG)"
+    for workflow in ("deploy-staging.yml", "deploy-production.yml"):
+        deploy = job(workflow, "deploy")
+        assert f"github.event_name == 'push' && {bot_push}" in deploy.condition, workflow
+    slug_check = ACTIONS["release-token"]["runs"]["steps"][2]
+    assert slug_check["env"]["TOKEN_SLUG"] == "${{ steps.token.outputs.app-slug }}", "the token is RELEASE_APP_SLUG's"
+
+
+def run_validate(runner: Runner, reason: str, ref: str) -> int:
+    step = next(s for s in job("rollback.yml", "rollback").steps() if s.raw.get("name") == "Validate the request")
+    return runner.step(step, {"STAGE": "production", "GITHUB_REF": ref, "REASON": reason}).code
+
+
+@pytest.mark.parametrize(
+    ("reason", "ref", "ok"),
+    [
+        ("checkout broken for EU customers", "refs/heads/main", True),
+        ("   ", "refs/heads/main", False),
+        ("two\nlines", "refs/heads/main", False),
+        ("x" * 501, "refs/heads/main", False),
+        ("fine reason", "refs/heads/feature/x", False),
+    ],
+)
+def test_a_rollback_needs_a_one_line_reason_and_the_stage_branch(
+    runner: Runner, reason: str, ref: str, ok: bool
+) -> None:
+    assert (run_validate(runner, reason, ref) == 0) == ok
+
+
+def test_rollback_builds_nothing() -> None:
+    rollback = job("rollback.yml", "rollback")
+    script = rollback.script_text()
+    assert "docker build" not in script and "docker push" not in script
+    assert "packages" not in rollback.raw["permissions"]
+    assert all(step.with_.get("path") != "app" for step in rollback.steps()), "no build context is checked out"
+    assert "no-build-config" in rollback.run_text()
+
+
+@pytest.fixture
+def app_history(tmp_path: Path) -> tuple[Path, list[str]]:
+    """An app repository with three commits; the second is tagged v1.2.3."""
+    repo = tmp_path / "app-history"
+    repo.mkdir()
+    git(repo, "init", "--quiet", "--initial-branch=develop")
+    commits = []
+    for index in range(3):
+        (repo / "file").write_text(str(index))
+        git(repo, "add", "file")
+        git(repo, "commit", "--quiet", "-m", f"app commit {index}")
+        commits.append(git(repo, "rev-parse", "HEAD"))
+        if index == 1:
+            git(repo, "tag", "v1.2.3")
+    return repo, commits
+
+
+def test_versions_resolve_to_exactly_one_app_commit(runner: Runner, app_history: tuple[Path, list[str]]) -> None:
+    history, commits = app_history
+    cases = {
+        f"staging-{commits[2][:7]}": commits[2],
+        f"v2025.01.15-{commits[0][:7]}": commits[0],
+        "v1.2.3": commits[1],
+        "v9.9.9": None,
+        "staging-0000000": None,
+    }
+    for version, expected in cases.items():
+        result = runner.script("resolve-version", "--version", version, "--history", str(history))
+        if expected is None:
+            assert result.code != 0, f"{version} resolved: {result.log}"
+        else:
+            assert result.code == 0 and result.outputs["commit"] == expected, f"{version}: {result.log}"
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", result.outputs["commit_time"]), result.outputs
+
+
+def test_a_recorded_version_resolves_to_its_recorded_commit(runner: Runner) -> None:
+    result = runner.script("resolve-version", "--version", "v1.4.1", "--recorded", "1" * 40)
+    assert result.code == 0 and result.outputs == {"commit": "1" * 40}, result.log
+
+
+def test_the_rollback_summary_records_the_reason_escaped(runner: Runner) -> None:
+    step = next(s for s in job("rollback.yml", "rollback").steps() if s.raw.get("name") == "Summary (with the reason)")
+    env = {
+        "STAGE": "production",
+        "REASON": "EU <cards> `fail` | badly",
+        "FROM_VERSION": "v1.4.2",
+        "TO_VERSION": "v1.4.1",
+    }
+    result = runner.step(step, env)
+    assert result.code == 0, result.log
+    assert "**Reason:** EU &lt;cards&gt; &#96;fail&#96; | badly" in result.summary
+    assert "| from | v1.4.2 |" in result.summary and "| to | v1.4.1 |" in result.summary
+    assert "| stack update | - |" in result.summary and "| stack file reverted | no |" in result.summary
