@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.image import VersionNotInRegistryError
+from components.image import RegistryAuthenticationError, RegistryUnreachableError, VersionNotInRegistryError
 from tests import kit
 from tests.kit import Deployment, Resource
 
@@ -111,6 +111,47 @@ def test_a_version_missing_from_the_registry_fails_before_any_server_step() -> N
     assert isinstance(error, VersionNotInRegistryError)
     assert "'v1.4.2'" in str(error) and f"{REPOSITORY}:v1.4.2" in str(error)
     assert deployment.of_type(COMMAND) == [], [r.urn for r in deployment.of_type(COMMAND)]
+
+
+@pytest.mark.parametrize(
+    ("reported", "kind", "names"),
+    [
+        (
+            "Got error when attempting to fetch image version kametrix-org/kametrix/kametrix:v1.4.2 from registry: "
+            "Got bad response from registry: 404 Not Found",
+            VersionNotInRegistryError,
+            ["version 'v1.4.2' is not in the registry ghcr.io", "kametrix-deploy:version"],
+        ),
+        (
+            "Got error when attempting to fetch image version kametrix-org/kametrix/kametrix:v1.4.2 from registry: "
+            "Got bad response from registry: 403 Forbidden",
+            RegistryAuthenticationError,
+            ["the registry ghcr.io refused the credentials", "image.username ('kametrix-deploy-bot')"],
+        ),
+        (
+            'Error during registry request: Head "https://ghcr.io/v2/kametrix-org/kametrix/kametrix/manifests/v1.4.2":'
+            " dial tcp: lookup ghcr.io: no such host",
+            RegistryUnreachableError,
+            ["the registry ghcr.io could not be reached", "kametrix-deploy:image.registry ('ghcr.io')"],
+        ),
+    ],
+)
+def test_a_registry_failure_says_whether_the_tag_is_missing_the_credentials_refused_or_the_registry_unreachable(
+    reported: str, kind: type[Exception], names: list[str]
+) -> None:
+    deployment, error = kit.attempt_stack(
+        "production",
+        overrides={"version": "v1.4.2"},
+        registry_tags=REGISTRY,
+        registry_failures={f"{REPOSITORY}:v1.4.2": reported},
+    )
+    assert type(error) is kind, error
+    message = str(error)
+    assert all(name in message for name in names), message
+    assert f"{REPOSITORY}:v1.4.2" in message, message
+    assert ("is not in the registry" in message) == (kind is VersionNotInRegistryError), message
+    assert "TESTSECRET" not in message, "a registry error printed a secret"
+    assert deployment.of_type(COMMAND) == [], "a server step was declared after the registry failed"
 
 
 def test_staging_builds_once_and_pushes_both_stages_of_the_dockerfile() -> None:
