@@ -183,7 +183,7 @@ step_runner() {
   if [[ -n "${SSH_CONNECTION:-}" ]]; then
     echo "$login via ssh from ${SSH_CONNECTION%% *}"
   else
-    echo "$login on $(hostname)"
+    echo "$login on $(uname -n)"
   fi
 }
 
