@@ -297,26 +297,43 @@ def test_a_switch_the_proxy_refuses_leaves_no_trace_even_after_the_proxy_restart
     other = "v1.0.0" if live == "v2.0.0" else "v2.0.0"
     record = on_server(stage, f"cat {app_dir(stage)}/release.env")
     proxy_dir = f"{app_dir(stage)}/proxy"
-    # nginx refuses to reload with this: it keeps its old config, and the switch must not pretend otherwise.
-    on_server(
-        stage, f"cp {proxy_dir}/{idle}.conf {proxy_dir}/{idle}.conf.good && echo 'not nginx;' > {proxy_dir}/{idle}.conf"
-    )
+    plan = stage.plan(other)
+    assert not isinstance(plan, BaseException), plan
+    before_up = stage.apply(plan[:-1])
+    assert before_up.ok and before_up.ran() == ALL_STEPS[:-1], explain(before_up)
+    # Installed after the files step: nginx refuses to reload with it and keeps its old config, and the switch
+    # must not pretend otherwise.
+    broken = f"{proxy_dir}/{idle}.conf"
+    on_server(stage, f"cp {broken} {broken}.good && echo 'not nginx;' > {broken}")
     try:
-        result = stage.up(other)
+        result = stage.apply(plan)
+        failed = result.failed
+        assert failed is not None and failed.name == "server-up", explain(result)
+        assert f"the proxy did not switch to {idle} within 10s; the switch is undone" in failed.stderr
+        assert f"release {other} was not switched to (see above); {live}" in failed.stderr
+        assert on_server(stage, f"cat {proxy_dir}/live.conf") == on_server(stage, f"cat {proxy_dir}/{colour}.conf")
+        assert on_server(stage, f"cat {app_dir(stage)}/release.env") == record
+        assert running_colours(stage) == [colour] and served_version(stage) == live
+        # A restart reads live.conf afresh, as after a reboot.
+        stage.target.docker("restart", f"{stage.overrides['app.composeProject']}-proxy")
+        assert answered_after_restart(stage) == live and live_colour(stage) == colour, "another version serves"
     finally:
-        on_server(stage, f"mv -f {proxy_dir}/{idle}.conf.good {proxy_dir}/{idle}.conf")
-    failed = result.failed
-    assert failed is not None and failed.name == "server-up", explain(result)
-    assert f"the proxy did not switch to {idle} within 10s; the switch is undone" in failed.stderr
-    assert f"release {other} was not switched to (see above); {live}" in failed.stderr
-    assert on_server(stage, f"cat {proxy_dir}/live.conf") == on_server(stage, f"cat {proxy_dir}/{colour}.conf")
-    assert on_server(stage, f"cat {app_dir(stage)}/release.env") == record
-    assert running_colours(stage) == [colour] and served_version(stage) == live
-    stage.target.docker("restart", f"{stage.overrides['app.composeProject']}-proxy")
-    assert served_version(stage) == live and live_colour(stage) == colour, "a restarted proxy serves another version"
+        on_server(stage, f"mv -f {broken}.good {broken}")
     assert not release_lock_held(stage)
     again = stage.up(live)
     assert again.ok, explain(again)
+
+
+def answered_after_restart(stage: LocalStack) -> str:
+    """The version the proxy serves once it listens again (a few seconds at most)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return served_version(stage)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def slow_request(stage: LocalStack, seconds: float) -> tuple[float, float, int, str]:
