@@ -638,3 +638,23 @@ def test_the_lock_command_shows_the_holder_and_frees_it_only_once_no_step_runs(s
     assert freed.returncode == 0 and "freed" in freed.stdout
     assert not (server.app_dir / ".release-lock").exists()
     assert server.backup().returncode == 0, "another release cannot start after the lock was freed"
+
+
+@pytest.mark.parametrize(
+    ("release", "staged_settings", "held"),
+    [
+        (release_of("v1.0.0", OLD), False, False),
+        (release_of("v1.0.0", OLD), True, True),
+        (release_of("v2.0.0", NEW), False, True),
+    ],
+)
+def test_a_step_keeps_the_lock_for_up_only_when_up_has_something_to_do(
+    server: Server, release: str, staged_settings: bool, held: bool
+) -> None:
+    """Going back to the live release after an update that stopped before `up` runs every step but `up`,
+    which has nothing to do: the last step that runs gives the lock back."""
+    server.live("v1.0.0", OLD)
+    if staged_settings:
+        (server.app_dir / ".env.next").write_text("A='2'\n")
+    assert server.backup(release=release).returncode == 0
+    assert (server.app_dir / ".release-lock").exists() == held

@@ -19,6 +19,10 @@ for file in "${files[@]}"; do
   mv -f "$PARTIAL_FILE" "$APP_DIR/$file"
   PARTIAL_FILE=""
 done
+PARTIAL_FILE="$APP_DIR/.files-digest.next"
+(cd "$from" && find . -type f -printf '%P\0' | sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1 >"$PARTIAL_FILE"
+mv -f "$PARTIAL_FILE" "$APP_DIR/.files-digest"
+PARTIAL_FILE=""
 rm -rf "$from"
 # What a files step killed outright left unpacked; a day old, so never what another release is unpacking.
 find "$APP_DIR" -maxdepth 1 -name '.files.*' -mmin +1440 -exec rm -rf {} +

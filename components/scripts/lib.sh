@@ -114,7 +114,7 @@ end_step() {
   trap - EXIT HUP INT TERM
   [[ -n "$PARTIAL_FILE" ]] && rm -f "$PARTIAL_FILE"
   if ((status == 0)); then
-    pause_release_lock
+    hand_on_release_lock
   else
     # Undoing is best effort: each of its commands is tried even if an earlier one failed, or if the
     # connection that started the step is gone and nothing reads its output any more.
@@ -148,6 +148,7 @@ require_record_value() {
     APP_IMAGE | MIGRATE_IMAGE | BLUE_IMAGE | GREEN_IMAGE) require_digest_ref "$key" "$value" ;;
     PREVIOUS_IMAGE) [[ -z "$value" ]] || require_digest_ref "$key" "$value" ;;
     LIVE_COLOUR) require_colour "$key" "$value" ;;
+    FILES_DIGEST) [[ "$value" =~ ^([0-9a-f]{64})?$ ]] || die "$key: allowed a sha256 digest; received '$value'" ;;
     *) die "release record: unknown key '$key'" ;;
   esac
 }
@@ -233,10 +234,36 @@ acquire_release_lock() {
   RELEASE_LOCK_OWNER="$release"
 }
 
-# Marks the release alive between its steps: the next step of the same release continues it.
-pause_release_lock() {
-  [[ -n "$RELEASE_LOCK_OWNER" && -f "$LOCK_HOLDER" ]] && touch "$LOCK_HOLDER"
-  return 0
+# What files.sh installed last: a digest of every file of the bundle.
+installed_files_digest() {
+  [[ ! -f "$APP_DIR/.files-digest" ]] || cat "$APP_DIR/.files-digest"
+}
+
+# The release `up` last switched to, named as the steps name theirs.
+live_release() {
+  local image
+  image="$(live APP_IMAGE)"
+  image="${image#*@sha256:}"
+  echo "$(live VERSION)@${image:0:12}"
+}
+
+# Whether `up` runs later in this update: it does when the release is not the live one, when settings are
+# staged, or when the installed files are not those `up` last released with. It does not in an update back
+# to the live release after one that stopped before `up`: `up` has nothing to do then.
+up_follows() {
+  [[ "$RELEASE_LOCK_OWNER" != "$(live_release)" || -f "$APP_DIR/.env.next" ]] ||
+    [[ "$(installed_files_digest)" != "$(live FILES_DIGEST)" ]]
+}
+
+# At the end of a step: the lock passes on to the release's next step (marked alive now) if `up` follows,
+# and is given back otherwise.
+hand_on_release_lock() {
+  [[ -n "$RELEASE_LOCK_OWNER" && -f "$LOCK_HOLDER" ]] || return 0
+  if up_follows; then
+    touch "$LOCK_HOLDER"
+  else
+    release_release_lock
+  fi
 }
 
 release_release_lock() {

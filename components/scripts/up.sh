@@ -34,7 +34,7 @@ if ! bash "$(dirname "$0")/switch.sh" "${cutover[@]}"; then
   die "release $version was not switched to (see above); $live_version ($live_image) keeps serving"
 fi
 record "VERSION=$version" "APP_IMAGE=$app_image" "MIGRATE_IMAGE=$migrate_image" \
-  "PREVIOUS_VERSION=$previous_version" "PREVIOUS_IMAGE=$previous_image"
+  "PREVIOUS_VERSION=$previous_version" "PREVIOUS_IMAGE=$previous_image" "FILES_DIGEST=$(installed_files_digest)"
 
 repository="${app_image%@*}"
 mapfile -t images < <(docker image ls --no-trunc --format '{{.Repository}}@{{.Digest}}' "$repository" |
