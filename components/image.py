@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pulumi
@@ -23,7 +24,19 @@ class AppImageArgs:
     registry_password: SecretStr
 
 
-class VersionNotInRegistryError(pulumi.RunError):
+class RegistryError(pulumi.RunError):
+    """The registry did not give a version's digest: the update stops before anything is declared on the server."""
+
+
+class VersionNotInRegistryError(RegistryError):
+    pass
+
+
+class RegistryAuthenticationError(RegistryError):
+    pass
+
+
+class RegistryUnreachableError(RegistryError):
     pass
 
 
@@ -84,19 +97,51 @@ class AppImage(pulumi.ComponentResource):
         else:
             lookup = pulumi.InvokeOptions(parent=self, provider=self.provider)
             self.app_ref, self.migrate_ref = (
-                pulumi.Output.from_input(f"{repository}@{_digest(repository, tag, args.version, lookup)}")
+                pulumi.Output.from_input(f"{repository}@{_digest(repository, tag, args.version, settings, lookup)}")
                 for tag in tags.values()
             )
         self.register_outputs({"appRef": self.app_ref, "migrateRef": self.migrate_ref})
 
 
-def _digest(repository: str, tag: str, version: str, lookup: pulumi.InvokeOptions) -> str:
+def _digest(repository: str, tag: str, version: str, settings: ImageSettings, lookup: pulumi.InvokeOptions) -> str:
     """Resolve now, so a missing version stops the update before anything is declared on the server."""
     try:
         return docker.get_registry_image(name=f"{repository}:{tag}", opts=lookup).sha256_digest
     except Exception as error:
-        raise VersionNotInRegistryError(
-            f"version {version!r} is not in the registry: {repository}:{tag} could not be resolved "
-            f"({error}). Allowed: a version that was built and pushed (staging builds it); "
+        raise registry_error(str(error), f"{repository}:{tag}", version, settings) from None
+
+
+# How the provider words an HTTP answer ("Got bad response from registry: 404 Not Found", "Bad credentials:
+# 401 Unauthorized") and a request that got none ("Error during registry request: ... connection refused").
+_HTTP_STATUS = re.compile(r"\b([1-5]\d\d) [A-Z]")
+_NO_ANSWER = ("registry request", "dial tcp", "no such host", "connection refused", "timeout", "tls:", "eof")
+
+
+def registry_error(reported: str, reference: str, version: str, settings: ImageSettings) -> RegistryError:
+    """The registry's failure told apart: a tag it does not hold, credentials it refuses, or no answer at all."""
+    status = int(match[1]) if (match := _HTTP_STATUS.search(reported)) else None
+    text = reported.lower()
+    registry = settings.registry
+    if status == 404 or "manifest unknown" in text:
+        return VersionNotInRegistryError(
+            f"version {version!r} is not in the registry {registry}: {reference} does not exist ({reported}). "
+            "Allowed: a version that was built and pushed (staging builds it); "
             "check kametrix-deploy:version in the stack file."
-        ) from None
+        )
+    if status in (401, 403) or "unauthorized" in text or "denied" in text or "credentials" in text:
+        return RegistryAuthenticationError(
+            f"the registry {registry} refused the credentials for {reference} ({reported}). "
+            f"Check kametrix-deploy:image.username ({settings.username!r}) and the registryPassword secret: "
+            "a token that is not expired and may read this repository's packages (write, where the stage builds); "
+            "and kametrix-deploy:image.repository: ghcr.io answers so for a repository the token cannot see."
+        )
+    if (status is not None and status >= 500) or any(sign in text for sign in _NO_ANSWER):
+        return RegistryUnreachableError(
+            f"the registry {registry} could not be reached for {reference} ({reported}). "
+            f"Check kametrix-deploy:image.registry ({registry!r}), and DNS, proxy and firewall of the machine "
+            "running the update; then the registry's status page."
+        )
+    return RegistryError(
+        f"the registry {registry} did not resolve {reference} ({reported}). "
+        "Check kametrix-deploy:version, image.registry, image.username and the registryPassword secret."
+    )

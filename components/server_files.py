@@ -17,7 +17,9 @@ from pydantic import SecretStr
 from components.config import AppSettings, ReleaseSettings
 
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
-SCRIPTS = ("lib.sh", "env.sh", "backup.sh", "migrate.sh", "switch.sh", "up.sh")
+SCRIPTS = ("lib.sh", "files.sh", "env.sh", "backup.sh", "migrate.sh", "switch.sh", "up.sh", "release-lock.sh")
+# Sourced by the others, never run: it ships without the executable bit.
+LIBRARY = "lib.sh"
 COMPOSE_FILE = "docker-compose.yml"
 # The app repository's migrate service (target-app.md): status, deploy, status again.
 MIGRATE_COMMAND = "npx prisma migrate status || true; npx prisma migrate deploy && npx prisma migrate status"
@@ -212,7 +214,7 @@ def bundle(files: Mapping[str, str]) -> str:
         for path, content in files.items():
             _add(tar, path, content.encode(), 0o644)
         for name in SCRIPTS:
-            _add(tar, f"bin/{name}", (SCRIPTS_DIR / name).read_bytes(), 0o755)
+            _add(tar, f"bin/{name}", (SCRIPTS_DIR / name).read_bytes(), 0o644 if name == LIBRARY else 0o755)
     return base64.b64encode(buffer.getvalue()).decode()
 
 

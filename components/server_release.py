@@ -1,7 +1,8 @@
 """The release on the server: files, .env, then backup -> migrate -> up, each a command over SSH.
 
-The app runs in two colours behind a proxy: `up` (and `env`, for a settings change) starts the new version on
-the idle colour, switches the proxy to it once it is healthy, drains and stops the old one.
+The app runs in two colours behind a proxy: `up`, the last step of every update that changes anything on the
+server, starts the new version with the new settings on the idle colour, switches the proxy to it once it is
+healthy, drains and stops the old one: one cutover per update. `env` only stages new settings for it.
 
 Each step is a `remote.Command` whose command line holds only plain values; the `.env` travels on
 stdin. No step has a `delete`: replacing a step runs the new one and never undoes a newer release.
@@ -56,30 +57,42 @@ class ServerRelease(pulumi.ComponentResource):
         bin_dir = f"{app_dir}/bin"
         bundle = server_files.bundle(server_files.stage_files(app, release))
         files_fingerprint = server_files.fingerprint(bundle)
+        env_file = server_files.env_file(app, args.app_secrets)
         # What the steps that move traffic need: where the proxy names its live colour, each colour's
         # health endpoint, the health gate and the drain.
-        cutover = [
-            server_files.colour_url(app),
-            *server_files.health_urls(app),
-            str(release.health_attempts),
-            str(release.health_interval_seconds),
-            str(release.drain_seconds),
-        ]
-        stale = str(release.lock_timeout_minutes * 60)
+        blue_health_url, green_health_url = server_files.health_urls(app)
+        cutover = {
+            "colour-url": server_files.colour_url(app),
+            "blue-health-url": blue_health_url,
+            "green-health-url": green_health_url,
+            "health-attempts": str(release.health_attempts),
+            "health-interval-seconds": str(release.health_interval_seconds),
+            "drain-seconds": str(release.drain_seconds),
+        }
 
-        def step(script: str, *arguments: pulumi.Input[str]) -> pulumi.Output[str]:
-            return pulumi.Output.all(*arguments).apply(
-                lambda values: shlex.join(["bash", f"{bin_dir}/{script}", *[str(v) for v in values]])
+        def flags(values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[list[str]]:
+            return pulumi.Output.all(*values.values()).apply(
+                lambda resolved: [
+                    part for name, value in zip(values, resolved, strict=True) for part in (f"--{name}", str(value))
+                ]
             )
 
-        def owner_of(app_ref: str) -> str:
+        def step(script: str, values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[str]:
+            return flags(values).apply(lambda parts: shlex.join(["bash", f"{bin_dir}/{script}", *parts]))
+
+        def release_of(app_ref: str) -> str:
             return f"{args.version}@{app_ref.rpartition(':')[2][:12]}"
 
-        owner = pulumi.Output.from_input(args.app_ref).apply(owner_of)
-        common = (app_dir, app.compose_project, owner, stale)
-        # A settings change is not a release: its lock owner does not name a version, so a release
-        # from vA to vB leaves this step untouched.
-        settings_owner = (app_dir, app.compose_project, "settings", stale)
+        # Every step of an update names its release: the release lock passes from step to step of one
+        # release and refuses the steps of another until `up`, the last step of every update, ends it.
+        common: dict[str, pulumi.Input[str]] = {
+            "app-dir": app_dir,
+            "project": app.compose_project,
+            "release": pulumi.Output.from_input(args.app_ref).apply(release_of),
+            "lock-timeout-seconds": str(release.lock_timeout_minutes * 60),
+        }
+        refs: dict[str, pulumi.Input[str]] = {"app-image": args.app_ref, "migrate-image": args.migrate_ref}
+        version = {"version": args.version}
 
         self.steps = {}
 
@@ -108,37 +121,43 @@ class ServerRelease(pulumi.ComponentResource):
             self.steps[step_name] = resource
             return resource
 
+        # The bundle is unpacked beside the live files, which only files.sh replaces, under the release lock.
         quoted_dir = shlex.quote(app_dir)
+        unpack = (
+            f'umask 022 && mkdir -p {quoted_dir} && staged="$(mktemp -d {quoted_dir}/.files.XXXXXX)"'
+            """ && trap 'rm -rf "$staged"' EXIT && base64 -d | tar -x --no-same-owner -f - -C "$staged" && """
+        )
         command(
             "files",
-            create=(
-                f"umask 022 && mkdir -p {quoted_dir} && base64 -d > {quoted_dir}/.bundle.tar"
-                f" && tar -x --no-same-owner -f {quoted_dir}/.bundle.tar -C {quoted_dir}"
-                f" && rm -f {quoted_dir}/.bundle.tar"
+            create=flags(common).apply(
+                lambda parts: f'{unpack}bash "$staged/bin/files.sh" {shlex.join(parts)} --from "$staged"'
             ),
             stdin=bundle,
         )
         command(
             "env",
-            create=step("env.sh", *settings_owner, *cutover),
-            stdin=pulumi.Output.secret(server_files.env_file(app, args.app_secrets)),
+            create=step("env.sh", common),
+            stdin=pulumi.Output.secret(env_file),
             prints_secrets=True,
         )
-        refs = (args.app_ref, args.migrate_ref)
+        release_triggers: list[pulumi.Input[str]] = [args.app_ref, args.migrate_ref, files_fingerprint]
         backup = command(
             "backup",
-            create=step("backup.sh", *common, args.version, str(release.backups_to_keep), *refs),
-            triggers=[*refs, files_fingerprint],
+            create=step("backup.sh", {**common, **version, "backups-to-keep": str(release.backups_to_keep), **refs}),
+            triggers=release_triggers,
         )
         command(
             "migrate",
-            create=step("migrate.sh", *common, args.version, *refs),
-            triggers=[*refs, files_fingerprint],
+            create=step("migrate.sh", {**common, **version, **refs}),
+            triggers=release_triggers,
         )
+        # New settings take effect here, at the update's one cutover, with whatever version it starts.
         up = command(
             "up",
-            create=step("up.sh", *common, args.version, *refs, *cutover, str(release.images_to_keep)),
-            triggers=[*refs, files_fingerprint],
+            create=step(
+                "up.sh", {**common, **version, **refs, "images-to-keep": str(release.images_to_keep), **cutover}
+            ),
+            triggers=[*release_triggers, pulumi.Output.secret(server_files.fingerprint(env_file))],
         )
         self.latest_backup = backup.stdout.apply(lambda out: _reported(out, "backup"))
         self.previous_version = up.stdout.apply(lambda out: _reported(out, "previous"))

@@ -157,8 +157,9 @@ def walk(value: Any, in_secret: bool = False) -> Iterator[tuple[Any, bool]]:
 
 
 class _Mocks(pulumi.runtime.Mocks):
-    def __init__(self, registry_tags: Mapping[str, str] | None) -> None:
+    def __init__(self, registry_tags: Mapping[str, str] | None, registry_failures: Mapping[str, str]) -> None:
         self.registry_tags = registry_tags
+        self.registry_failures = registry_failures
         self.invokes: list[tuple[str, dict[str, Any]]] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
@@ -183,6 +184,8 @@ class _Mocks(pulumi.runtime.Mocks):
             return {"id": str(numeric_id(slug)), "slug": slug, "name": slug, "nodeId": f"T_{slug}"}
         if args.token == "docker:index/getRegistryImage:getRegistryImage":
             name = args.args["name"]
+            if name in self.registry_failures:
+                return {}, [("name", self.registry_failures[name])]
             if self.registry_tags is not None and name not in self.registry_tags:
                 # How the engine reports a provider's failed read: the invoke fails, the program decides.
                 return {}, [("name", f"Got bad response from registry: 404 Not Found (manifest unknown: {name})")]
@@ -312,14 +315,16 @@ def attempt_stack(
     registry_tags: Mapping[str, str] | None = None,
     preview: bool = False,
     as_stack: str | None = None,
+    registry_failures: Mapping[str, str] | None = None,
 ) -> tuple[Deployment, BaseException | None]:
     """Run `__main__.py` fresh with the config of `Pulumi.<stack>.yaml`; return what it declared and how it failed.
 
     `registry_tags` maps `registry/repository:tag` to the digest the registry holds; None answers
-    every lookup with a made-up digest. `as_stack` runs the same config under another stack name.
+    every lookup with a made-up digest. `registry_failures` maps `registry/repository:tag` to the error
+    the provider reports for it. `as_stack` runs the same config under another stack name.
     """
     config, secret_keys = stack_config(stack, overrides, secrets)
-    mock = _Mocks(registry_tags)
+    mock = _Mocks(registry_tags, registry_failures or {})
     monitor = _RecordingMonitor(mock)
     name = as_stack or stack
     pulumi.runtime.set_mocks(mock, project=PROJECT, stack=name, preview=preview, monitor=monitor)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.image import VersionNotInRegistryError
+from components.image import RegistryAuthenticationError, RegistryUnreachableError, VersionNotInRegistryError
 from tests import kit
 from tests.kit import Deployment, Resource
 
@@ -72,9 +72,11 @@ def test_the_server_only_ever_runs_an_image_pinned_by_digest() -> None:
     assert deployment.output("imageRef") == f"{REPOSITORY}@{V142}"
 
 
-def test_a_release_changes_only_the_image_reference_and_the_release_steps() -> None:
+def test_every_step_of_a_release_runs_under_that_releases_lock_and_nothing_else_changes() -> None:
     changed = changed_between(production("v1.4.1"), production("v1.4.2"))
-    assert changed == {"server-backup", "server-migrate", "server-up"}, changed
+    assert changed == set(STEPS), changed
+    for step in steps(production("v1.4.2")).values():
+        assert f"--release v1.4.2@{V142[7:19]} " in step.plain("create"), f"{step.urn} does not name its release"
 
 
 def test_a_rollback_runs_exactly_the_server_commands_of_the_original_release() -> None:
@@ -111,6 +113,47 @@ def test_a_version_missing_from_the_registry_fails_before_any_server_step() -> N
     assert deployment.of_type(COMMAND) == [], [r.urn for r in deployment.of_type(COMMAND)]
 
 
+@pytest.mark.parametrize(
+    ("reported", "kind", "names"),
+    [
+        (
+            "Got error when attempting to fetch image version kametrix-org/kametrix/kametrix:v1.4.2 from registry: "
+            "Got bad response from registry: 404 Not Found",
+            VersionNotInRegistryError,
+            ["version 'v1.4.2' is not in the registry ghcr.io", "kametrix-deploy:version"],
+        ),
+        (
+            "Got error when attempting to fetch image version kametrix-org/kametrix/kametrix:v1.4.2 from registry: "
+            "Got bad response from registry: 403 Forbidden",
+            RegistryAuthenticationError,
+            ["the registry ghcr.io refused the credentials", "image.username ('kametrix-deploy-bot')"],
+        ),
+        (
+            'Error during registry request: Head "https://ghcr.io/v2/kametrix-org/kametrix/kametrix/manifests/v1.4.2":'
+            " dial tcp: lookup ghcr.io: no such host",
+            RegistryUnreachableError,
+            ["the registry ghcr.io could not be reached", "kametrix-deploy:image.registry ('ghcr.io')"],
+        ),
+    ],
+)
+def test_a_registry_failure_says_whether_the_tag_is_missing_the_credentials_refused_or_the_registry_unreachable(
+    reported: str, kind: type[Exception], names: list[str]
+) -> None:
+    deployment, error = kit.attempt_stack(
+        "production",
+        overrides={"version": "v1.4.2"},
+        registry_tags=REGISTRY,
+        registry_failures={f"{REPOSITORY}:v1.4.2": reported},
+    )
+    assert type(error) is kind, error
+    message = str(error)
+    assert all(name in message for name in names), message
+    assert f"{REPOSITORY}:v1.4.2" in message, message
+    assert ("is not in the registry" in message) == (kind is VersionNotInRegistryError), message
+    assert "TESTSECRET" not in message, "a registry error printed a secret"
+    assert deployment.of_type(COMMAND) == [], "a server step was declared after the registry failed"
+
+
 def test_staging_builds_once_and_pushes_both_stages_of_the_dockerfile() -> None:
     staging = kit.run_stack("staging")
     builds = {r.name: r for r in staging.of_type(IMAGE_BUILD)}
@@ -144,10 +187,11 @@ def test_the_env_file_travels_on_stdin_as_a_secret_and_its_output_is_hidden() ->
     assert {"stdout", "stderr"} <= set(env.additional_secret_outputs), env.urn
 
 
-def test_changing_one_app_secret_rewrites_env_and_nothing_else() -> None:
+def test_changing_one_app_secret_stages_it_and_cuts_over_once_without_a_backup_or_migration() -> None:
     before = kit.run_stack("production", registry_tags=REGISTRY)
     after = kit.run_stack("production", registry_tags=REGISTRY, secrets={"stripeSecretKey": "TESTSECRET-rotated"})
-    assert changed_between(before, after) == {"server-env"}
+    assert changed_between(before, after) == {"server-env", "server-up"}
+    assert steps(after)["server-up"].is_secret("triggers"), "up's trigger derived from the .env is not secret"
 
 
 def test_no_step_can_undo_a_release_and_none_relies_on_ssh_environment() -> None:
@@ -181,14 +225,32 @@ def test_the_stack_reports_what_a_release_left_behind(stack: str) -> None:
 
 def server_files(deployment: Deployment) -> dict[str, str]:
     """What the files step installs under the app directory, by path."""
+    return {name: content for name, (content, _) in server_files_with_modes(deployment).items()}
+
+
+def server_files_with_modes(deployment: Deployment) -> dict[str, tuple[str, int]]:
     bundle = base64.b64decode(steps(deployment)["server-files"].plain("stdin"))
     files = {}
     with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
         for member in tar.getmembers():
             content = tar.extractfile(member)
             assert content is not None, member.name
-            files[member.name] = content.read().decode()
+            files[member.name] = (content.read().decode(), member.mode)
     return files
+
+
+def test_the_server_scripts_are_executable_and_their_library_is_not() -> None:
+    modes = {name: mode for name, (_, mode) in server_files_with_modes(production("v1.4.2")).items()}
+    scripts = {name: mode for name, mode in modes.items() if name.startswith("bin/")}
+    assert scripts.pop("bin/lib.sh") == 0o644
+    assert scripts and set(scripts.values()) == {0o755}, scripts
+
+
+def test_the_files_step_installs_nothing_before_it_holds_the_release_lock() -> None:
+    command = steps(production("v1.4.2"))["server-files"].plain("create")
+    unpacked, _, installed = command.partition('bash "$staged/bin/files.sh"')
+    assert installed, command
+    assert '-C "$staged"' in unpacked and "mktemp -d /opt/kametrix/.files." in unpacked, command
 
 
 def test_the_app_is_reached_only_through_the_proxy_which_sends_traffic_to_the_live_colour() -> None:
@@ -222,13 +284,14 @@ def test_the_single_container_layouts_project_and_database_volume_stay() -> None
     compose = yaml.safe_load(server_files(deployment)["docker-compose.yml"])
     assert compose["volumes"] == {"postgres-data": {}}
     assert compose["services"]["postgres"]["volumes"] == ["postgres-data:/var/lib/postgresql/data"]
-    for name in ("server-env", "server-backup", "server-migrate", "server-up"):
-        assert " /opt/kametrix kametrix " in steps(deployment)[name].plain("create"), f"{name}: the project changed"
+    for name in STEPS:
+        command = steps(deployment)[name].plain("create")
+        assert "--app-dir /opt/kametrix --project kametrix " in command, f"{name}: the project changed"
 
 
-def test_the_drain_time_bounds_the_proxy_and_reaches_every_step_that_moves_traffic() -> None:
+def test_the_drain_time_bounds_the_proxy_and_reaches_the_one_step_that_moves_traffic() -> None:
     deployment = production("v1.4.2", **{"release.drainSeconds": 45})
     assert "worker_shutdown_timeout 45s;" in server_files(deployment)["proxy/nginx.conf"]
-    for name in ("server-env", "server-up"):
-        command = steps(deployment)[name].plain("create").split()
-        assert command[command.index("http://127.0.0.1:3000/.kametrix/colour") + 5] == "45", command
+    command = steps(deployment)["server-up"].plain("create").split()
+    assert command[command.index("--drain-seconds") + 1] == "45", command
+    assert "--drain-seconds" not in steps(deployment)["server-env"].plain("create"), "env must not move traffic"

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from components.server_files import COLOURS, SCRIPTS, SCRIPTS_DIR
+from components.config import VERSION_PATTERN
+from components.server_files import COLOURS, LIBRARY, SCRIPTS, SCRIPTS_DIR
 
 FAKES = Path(__file__).parent / "fake_server"
 OLD = "registry.example/kametrix@sha256:" + "a" * 64
@@ -19,13 +24,18 @@ NEW = "registry.example/kametrix@sha256:" + "b" * 64
 MIGRATE = "registry.example/kametrix@sha256:" + "c" * 64
 # Where the proxy names its colour, each colour's health endpoint (the fake curl's ports), the gate, the drain.
 CUTOVER = [
-    "http://127.0.0.1:3000/.kametrix/colour",
-    "http://127.0.0.1:3001/api/health?build=true",
-    "http://127.0.0.1:3002/api/health?build=true",
-    "5",
-    "1",
-    "3",
+    *("--colour-url", "http://127.0.0.1:3000/.kametrix/colour"),
+    *("--blue-health-url", "http://127.0.0.1:3001/api/health?build=true"),
+    *("--green-health-url", "http://127.0.0.1:3002/api/health?build=true"),
+    *("--health-attempts", "5"),
+    *("--health-interval-seconds", "1"),
+    *("--drain-seconds", "3"),
 ]
+
+
+def release_of(version: str, image: str) -> str:
+    """The release a step names, as the program does: the version and the start of the image's digest."""
+    return f"{version}@{image.rpartition(':')[2][:12]}"
 
 
 @dataclass
@@ -49,6 +59,13 @@ class Server:
             check=False,
         )
 
+    def common(self, release: str) -> list[str]:
+        return ["--app-dir", str(self.app_dir), "--project", "kametrix", "--release", release]
+
+    def step(self, script: str, release: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """A release step, with the flags every step takes."""
+        return self.run(script, *self.common(release), "--lock-timeout-seconds", "1800", *args, stdin=stdin)
+
     def fact(self, name: str, value: str) -> None:
         (self.state / name).write_text(value)
 
@@ -68,23 +85,65 @@ class Server:
             f"PREVIOUS_VERSION={previous}\nPREVIOUS_IMAGE={previous_image}\n"
             f"LIVE_COLOUR={colour}\n{colour.upper()}_IMAGE={image}\n"
         )
+        (self.app_dir / "proxy" / "live.conf").write_text(f"# traffic goes to {colour}\n")
         self.fact(f"colour_{colour}", image)
+        self.fact(f"env_{colour}", (self.app_dir / ".env").read_text())
         self.fact("proxy_colour", colour)
 
     def record(self) -> dict[str, str]:
         lines = (self.app_dir / "release.env").read_text().splitlines()
         return dict(line.split("=", 1) for line in lines)
 
-    def up(self, version: str, image: str, keep: str = "3") -> subprocess.CompletedProcess[str]:
-        return self.run(
-            "up.sh", str(self.app_dir), "kametrix", f"{version}@x", "1800", version, image, MIGRATE, *CUTOVER, keep
+    def file(self, name: str) -> str:
+        path = self.app_dir / name
+        return path.read_text() if path.exists() else ""
+
+    def up(
+        self, version: str, image: str, keep: str = "3", release: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.step(
+            "up.sh",
+            release or release_of(version, image),
+            *("--version", version, "--app-image", image, "--migrate-image", MIGRATE),
+            *("--images-to-keep", keep),
+            *CUTOVER,
         )
 
-    def env(self, stdin: str, cutover: list[str] = CUTOVER) -> subprocess.CompletedProcess[str]:
-        return self.run("env.sh", str(self.app_dir), "kametrix", "settings", "1800", *cutover, stdin=stdin)
+    def env(self, stdin: str, release: str = release_of("v2.0.0", OLD)) -> subprocess.CompletedProcess[str]:
+        return self.step("env.sh", release, stdin=stdin)
 
-    def backup(self, version: str = "v2", keep: str = "2", owner: str = "v2@x") -> subprocess.CompletedProcess[str]:
-        return self.run("backup.sh", str(self.app_dir), "kametrix", owner, "1800", version, keep, NEW, MIGRATE)
+    def backup(
+        self, version: str = "v2.0.0", keep: str = "2", release: str = release_of("v2.0.0", NEW)
+    ) -> subprocess.CompletedProcess[str]:
+        return self.step(
+            "backup.sh",
+            release,
+            *("--version", version, "--backups-to-keep", keep, "--app-image", NEW, "--migrate-image", MIGRATE),
+        )
+
+    def migrate(self, version: str, image: str) -> subprocess.CompletedProcess[str]:
+        return self.step(
+            "migrate.sh",
+            release_of(version, image),
+            *("--version", version, "--app-image", image, "--migrate-image", MIGRATE),
+        )
+
+    def lock(self) -> dict[str, str]:
+        lines = (self.app_dir / ".release-lock").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines)
+
+    @contextmanager
+    def step_running(self) -> Iterator[None]:
+        """A step of a release runs meanwhile: it holds the lock's mutex, as every step does."""
+        holder = subprocess.Popen(
+            ["flock", str(self.app_dir / ".release-lock.mutex"), "sleep", "30"], start_new_session=True
+        )
+        try:
+            time.sleep(0.3)
+            yield
+        finally:
+            os.killpg(holder.pid, signal.SIGTERM)
+            holder.wait()
 
 
 def index_of(calls: list[str], *words: str) -> int:
@@ -101,22 +160,95 @@ def server(tmp_path: Path) -> Server:
     for name in SCRIPTS:
         target = app_dir / "bin" / name
         target.write_bytes((SCRIPTS_DIR / name).read_bytes())
-        target.chmod(0o755)
+        target.chmod(0o644 if name == LIBRARY else 0o755)
     for colour in COLOURS:
         (app_dir / "proxy" / f"{colour}.conf").write_text(f"# traffic goes to {colour}\n")
     (app_dir / ".env").write_text("POSTGRES_USER='kametrix'\n")
     return Server(app_dir, state)
 
 
-@pytest.mark.parametrize("script", ["up.sh", "backup.sh", "migrate.sh", "env.sh", "switch.sh"])
-def test_every_step_refuses_a_wrong_argument_count_with_its_usage(server: Server, script: str) -> None:
+STEP_SCRIPTS = ["files.sh", "env.sh", "backup.sh", "migrate.sh", "up.sh", "switch.sh"]
+
+
+# --- scripts an operator can read -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", STEP_SCRIPTS)
+def test_every_step_takes_named_flags_and_refuses_anything_else_with_its_usage(server: Server, script: str) -> None:
     result = server.run(script, "only-one")
     assert result.returncode == 1
-    assert f"usage: {script}" in result.stderr and "received 1 arguments" in result.stderr
+    assert f"usage: {script} --app-dir VALUE --project VALUE" in result.stderr
+    assert "unknown argument 'only-one'" in result.stderr
+    missing = server.run(script, "--app-dir", str(server.app_dir))
+    assert missing.returncode == 1 and "(missing --project)" in missing.stderr
+    assert server.read("calls.log") == "", "docker was called before the flags were checked"
+
+
+def test_the_library_does_nothing_when_sourced_and_is_not_executable() -> None:
+    assert not os.access(SCRIPTS_DIR / LIBRARY, os.X_OK), "lib.sh is executable"
+    variables = "compgen -v | grep -vxE 'PIPESTATUS|_|BASH_.*|before|after'"
+    compare = f'before="$({variables})"; source "$1"; after="$({variables})"; trap -p; diff <(echo "$before") -'
+    compare += f' <<<"$({variables})"'
+    sourced = subprocess.run(
+        ["bash", "-c", compare, "bash", str(SCRIPTS_DIR / LIBRARY)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (sourced.returncode, sourced.stdout, sourced.stderr) == (0, "", ""), (
+        "sourcing lib.sh set, trapped or printed"
+    )
+
+
+@pytest.mark.parametrize(
+    "version",
+    ["v1.2.3", "v2026.11.28-3f9c2a1", "staging-3f9c2a1", "latest", "v1.2", "v1.2.3; rm -rf /", "staging-XYZ1234"],
+)
+def test_the_server_accepts_exactly_the_versions_the_stack_accepts(version: str) -> None:
+    checked = subprocess.run(
+        ["bash", "-c", f'source {SCRIPTS_DIR / LIBRARY}; require_version VERSION "$1"', "bash", version],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (checked.returncode == 0) == bool(VERSION_PATTERN.fullmatch(version)), checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ("VERSION=latest", "VERSION: allowed v1.2.3"),
+        (f"APP_IMAGE={NEW[:-1]}", "APP_IMAGE: allowed an image pinned by digest"),
+        ("LIVE_COLOUR=red", "LIVE_COLOUR: allowed blue or green"),
+        ("SOMETHING=else", "unknown key 'SOMETHING'"),
+    ],
+)
+def test_nothing_unchecked_is_written_to_the_release_record(server: Server, pair: str, message: str) -> None:
+    server.live("v1.0.0", OLD)
+    before = server.file("release.env")
+    write = f'source {SCRIPTS_DIR / LIBRARY}; LIVE_RELEASE="$1/release.env"; record "$2"'
+    recorded = subprocess.run(
+        ["bash", "-c", write, "bash", str(server.app_dir), pair],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert recorded.returncode == 1 and message in recorded.stderr, recorded.stderr
+    assert server.file("release.env") == before
+
+
+def test_up_refuses_an_unchecked_version_before_touching_anything(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    before = server.file("release.env")
+    result = server.up("v2.0.0;reboot", NEW, release=release_of("v2.0.0", NEW))
+    assert result.returncode == 1 and "VERSION: allowed v1.2.3" in result.stderr
+    assert "received 'v2.0.0;reboot'" in result.stderr
+    assert server.read("calls.log") == "" and server.file("release.env") == before
+    assert not (server.app_dir / ".release-lock").exists()
 
 
 def test_up_refuses_an_image_that_is_not_pinned_by_digest(server: Server) -> None:
-    result = server.up("v2", "registry.example/kametrix:latest")
+    result = server.up("v2.0.0", "registry.example/kametrix:latest", release=release_of("v2.0.0", NEW))
     assert result.returncode == 1
     assert "APP_IMAGE: allowed an image pinned by digest" in result.stderr
     assert "received 'registry.example/kametrix:latest'" in result.stderr
@@ -124,36 +256,39 @@ def test_up_refuses_an_image_that_is_not_pinned_by_digest(server: Server) -> Non
 
 
 def test_up_refuses_a_non_numeric_retention(server: Server) -> None:
-    result = server.run("up.sh", str(server.app_dir), "kametrix", "v2@x", "1800", "v2", NEW, MIGRATE, *CUTOVER, "all")
+    result = server.up("v2.0.0", NEW, keep="all")
     assert result.returncode == 1 and "IMAGES_TO_KEEP: allowed 2-100; received 'all'" in result.stderr
 
 
+# --- releases and the switch ------------------------------------------------------------------------------
+
+
 def test_a_release_starts_on_the_idle_colour_and_takes_traffic_only_once_healthy(server: Server) -> None:
-    server.live("v1", OLD)
+    server.live("v1.0.0", OLD)
     server.fact("healthy_after", f"{NEW} 3\n")
-    result = server.up("v2", NEW)
+    result = server.up("v2.0.0", NEW)
     assert result.returncode == 0, result.stderr
     assert "healthy on green after 3 attempt(s)" in result.stdout
-    assert "previous=v1" in result.stdout
+    assert "previous=v1.0.0" in result.stdout
     calls = server.calls()
     started, reloaded, stopped = index_of(calls, "up", "app-green"), index_of(calls, "kill"), index_of(calls, "stop")
     assert started < reloaded < stopped, calls
     assert "app-blue" in calls[stopped], "the old colour was not the one stopped"
     assert (server.read("proxy_colour"), server.read("colour_green"), server.read("colour_blue")) == ("green", NEW, "")
-    assert (server.app_dir / "proxy" / "live.conf").read_text() == "# traffic goes to green\n"
+    assert server.file("proxy/live.conf") == "# traffic goes to green\n"
     record = server.record()
-    assert record["VERSION"] == "v2" and record["APP_IMAGE"] == NEW and record["PREVIOUS_IMAGE"] == OLD
+    assert record["VERSION"] == "v2.0.0" and record["APP_IMAGE"] == NEW and record["PREVIOUS_IMAGE"] == OLD
     assert (record["LIVE_COLOUR"], record["GREEN_IMAGE"], record["BLUE_IMAGE"]) == ("green", NEW, OLD)
     assert not (server.app_dir / ".release-lock").exists(), "a finished release kept the lock"
 
 
 def test_a_release_that_never_turns_healthy_is_never_switched_to(server: Server) -> None:
-    server.live("v2", OLD, previous="v1")
+    server.live("v2.0.0", OLD, previous="v1.0.0")
     record = server.record()
-    result = server.up("v3", NEW)
+    result = server.up("v3.0.0", NEW)
     assert result.returncode == 1
     assert "not healthy on green after 5 attempts" in result.stderr
-    assert f"release v3 was not switched to (see above); v2 ({OLD}) keeps serving" in result.stderr
+    assert f"release v3.0.0 was not switched to (see above); v2.0.0 ({OLD}) keeps serving" in result.stderr
     assert not any(call.startswith("compose") and " kill " in call for call in server.calls()), "the proxy reloaded"
     assert server.read("proxy_colour") == "blue" and server.read("colour_blue") == OLD, "the live colour moved"
     assert server.read("colour_green") == "", "the unhealthy colour was left running"
@@ -162,7 +297,7 @@ def test_a_release_that_never_turns_healthy_is_never_switched_to(server: Server)
 
 
 def test_a_failed_first_release_says_nothing_serves_and_starts_no_proxy(server: Server) -> None:
-    result = server.up("v1", NEW)
+    result = server.up("v1.0.0", NEW)
     assert result.returncode == 1
     assert "no earlier version is recorded, so nothing serves yet" in result.stderr
     assert server.read("colour_blue") == "" and server.read("proxy_colour") == ""
@@ -171,34 +306,35 @@ def test_a_failed_first_release_says_nothing_serves_and_starts_no_proxy(server: 
 def test_the_first_release_on_the_single_container_layout_replaces_its_app_once_the_new_colour_is_healthy(
     server: Server,
 ) -> None:
-    (server.app_dir / "release.env").write_text(f"VERSION=v1\nAPP_IMAGE={OLD}\nMIGRATE_IMAGE={MIGRATE}\n")
+    (server.app_dir / "release.env").write_text(f"VERSION=v1.0.0\nAPP_IMAGE={OLD}\nMIGRATE_IMAGE={MIGRATE}\n")
     server.fact("single_container_app", OLD)
     server.fact("healthy_after", f"{NEW} 1\n")
-    result = server.up("v2", NEW)
+    result = server.up("v2.0.0", NEW)
     assert result.returncode == 0, result.stderr
     calls = server.calls()
     assert index_of(calls, "up", "app-blue") < index_of(calls, "up", "--remove-orphans", "proxy"), calls
     assert server.read("single_container_app") == "", "the single-container app was left behind"
     assert (server.read("proxy_colour"), server.read("colour_blue")) == ("blue", NEW)
-    assert server.record()["PREVIOUS_VERSION"] == "v1"
+    assert server.record()["PREVIOUS_VERSION"] == "v1.0.0"
 
 
 def test_a_proxy_that_does_not_answer_leaves_the_recorded_live_colour_alone(server: Server) -> None:
-    server.live("v1", OLD)
+    server.live("v1.0.0", OLD)
     server.fact("proxy_slow", "yes")
     server.fact("healthy_after", f"{NEW} 1\n")
-    server.up("v2", NEW)
-    assert server.read("colour_blue") == OLD and server.read("colour_green") == NEW, server.calls()
+    server.up("v2.0.0", NEW)
+    assert server.read("colour_blue") == OLD, server.calls()
+    assert index_of(server.calls(), "up", "app-green") < index_of(server.calls(), "stop", "app-green")
 
 
 @pytest.mark.parametrize(("draining", "checks"), [(2, 3), (99, 3)])
 def test_the_old_colour_stops_once_the_proxy_has_drained_it_or_the_drain_time_is_up(
     server: Server, draining: int, checks: int
 ) -> None:
-    server.live("v1", OLD)
+    server.live("v1.0.0", OLD)
     server.fact("healthy_after", f"{NEW} 1\n")
     server.fact("draining", str(draining))
-    result = server.up("v2", NEW)
+    result = server.up("v2.0.0", NEW)
     assert result.returncode == 0, result.stderr
     calls = server.calls()
     drain_checks = [i for i, call in enumerate(calls) if "shutting" in call]
@@ -206,71 +342,182 @@ def test_the_old_colour_stops_once_the_proxy_has_drained_it_or_the_drain_time_is
     assert drain_checks[-1] < index_of(calls, "stop", "app-blue"), "the old colour stopped before the drain"
 
 
-def test_a_proxy_that_does_not_take_the_new_colour_leaves_both_colours_running(server: Server) -> None:
-    server.live("v1", OLD)
+def test_a_switch_whose_proxy_reload_fails_is_undone_completely(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    (server.app_dir / ".env.next").write_text("A='new'\n")
+    record = server.record()
     server.fact("healthy_after", f"{NEW} 1\n")
     server.fact("reload_ignored", "yes")
-    result = server.up("v2", NEW)
+    result = server.up("v2.0.0", NEW)
     assert result.returncode == 1
-    assert "the proxy did not switch to green within 10s; both colours keep running" in result.stderr
+    assert "the proxy did not switch to green within 10s; the switch is undone" in result.stderr
     assert "a reason the proxy logged" in result.stderr
-    assert (server.read("colour_blue"), server.read("colour_green")) == (OLD, NEW)
-    assert server.record()["APP_IMAGE"] == OLD
+    assert f"release v2.0.0 was not switched to (see above); v1.0.0 ({OLD}) keeps serving" in result.stderr
+    # Proxy config, record and running colours all name the version that kept serving: a restart of the
+    # proxy, which reads live.conf, still sends traffic to it.
+    assert server.file("proxy/live.conf") == "# traffic goes to blue\n"
+    assert not (server.app_dir / "proxy" / "live.conf.previous").exists()
+    assert server.record() == record
+    assert (server.read("proxy_colour"), server.read("colour_blue"), server.read("colour_green")) == ("blue", OLD, "")
+    assert server.file(".env") == "POSTGRES_USER='kametrix'\n", "the live colour's settings were not put back"
+    assert server.file(".env.next") == "A='new'\n", "the declared settings are no longer staged for the next run"
+    assert not (server.app_dir / ".release-lock").exists()
+
+
+def test_a_switch_cut_off_midway_is_put_back_in_line_with_the_proxy_by_the_next_run(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    # What a switch killed outright (no undo) between installing live.conf and reloading leaves behind.
+    (server.app_dir / "proxy" / "live.conf").write_text("# traffic goes to green\n")
+    (server.app_dir / ".env.previous").write_text("POSTGRES_USER='kametrix'\n")
+    (server.app_dir / ".env").write_text("A='new'\n")
+    server.fact("reload_ignored", "yes")
+    result = server.up("v2.0.0", NEW)
+    assert result.returncode == 1, result.stderr
+    assert server.file("proxy/live.conf") == "# traffic goes to blue\n"
+    assert server.file(".env") == "POSTGRES_USER='kametrix'\n" and server.file(".env.next") == "A='new'\n"
+    assert server.read("env_green") == "A='new'\n", "the next run did not start with the staged settings"
 
 
 def test_a_rollback_to_an_image_still_on_the_host_pulls_nothing(server: Server) -> None:
-    server.live("v2", NEW, previous="v1", previous_image=OLD)
+    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
     server.fact("images_present", f"{OLD}\n{NEW}\n")
     server.fact("healthy_after", f"{OLD} 1\n")
-    result = server.up("v1", OLD)
+    result = server.up("v1.0.0", OLD)
     assert result.returncode == 0, result.stderr
     assert not any(call.startswith("pull") for call in server.calls()), server.calls()
     assert server.read("proxy_colour") == "green" and server.read("colour_green") == OLD
 
 
 def test_an_image_missing_from_the_host_is_pulled_before_anything_starts(server: Server) -> None:
-    server.live("v1", OLD)
+    server.live("v1.0.0", OLD)
     server.fact("healthy_after", f"{NEW} 1\n")
-    result = server.up("v2", NEW)
+    result = server.up("v2.0.0", NEW)
     assert result.returncode == 0, result.stderr
     calls = server.calls()
     assert index_of(calls, "pull", NEW) < index_of(calls, "up", "app-green"), calls
 
 
 def test_rerunning_a_live_release_converges_and_keeps_its_previous_version(server: Server) -> None:
-    server.live("v2", NEW, previous="v1", previous_image=OLD)
+    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
     server.fact("healthy_after", f"{NEW} 1\n")
-    result = server.up("v2", NEW)
+    result = server.up("v2.0.0", NEW)
     assert result.returncode == 0, result.stderr
-    assert "previous=v1" in result.stdout
+    assert "previous=v1.0.0" in result.stdout
     assert server.read("proxy_colour") == "green" and server.read("colour_green") == NEW
 
 
 def test_pruning_keeps_the_newest_images_and_never_the_live_or_previous_one(server: Server) -> None:
-    server.live("v5", OLD)
+    server.live("v5.0.0", OLD)
     server.fact("healthy_after", f"{NEW} 1\n")
     listed = [NEW, MIGRATE, *(f"registry.example/kametrix@sha256:{str(i) * 64}" for i in range(1, 6)), OLD]
     server.fact("images", "".join(f"{image}\n" for image in listed))
-    result = server.up("v6", NEW, keep="3")
+    result = server.up("v6.0.0", NEW, keep="3")
     assert result.returncode == 0, result.stderr
     removed = server.read("removed_images").split()
     assert removed == [f"registry.example/kametrix@sha256:{str(i) * 64}" for i in range(2, 6)]
     assert OLD not in removed and NEW not in removed
 
 
+# --- settings: one cutover per update ---------------------------------------------------------------------
+
+
+def test_new_settings_are_staged_and_never_move_traffic_by_themselves(server: Server) -> None:
+    server.live("v2.0.0", OLD)
+    result = server.env("A='2'\n")
+    assert result.returncode == 0, result.stderr
+    assert "new settings staged" in result.stdout
+    staged = server.app_dir / ".env.next"
+    assert staged.read_text() == "A='2'\n" and stat.S_IMODE(staged.stat().st_mode) == 0o600
+    assert server.file(".env") == "POSTGRES_USER='kametrix'\n", "the live colour's settings changed under it"
+    assert server.read("calls.log") == "", "env.sh moved traffic"
+    assert server.lock()["RELEASE"] == release_of("v2.0.0", OLD), "the lock does not pass on to the update's up"
+
+
+def test_a_settings_only_change_moves_colours_behind_the_gate_once(server: Server) -> None:
+    server.live("v2.0.0", OLD)
+    server.fact("healthy_after", f"{OLD} 1\n")
+    assert server.env("A='2'\n").returncode == 0
+    result = server.up("v2.0.0", OLD)
+    assert result.returncode == 0, result.stderr
+    assert server.read("env_green") == "A='2'\n", "the idle colour did not start with the new settings"
+    assert (server.read("proxy_colour"), server.read("colour_green"), server.read("colour_blue")) == ("green", OLD, "")
+    env = server.app_dir / ".env"
+    assert env.read_text() == "A='2'\n" and stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert not (server.app_dir / ".env.next").exists() and not (server.app_dir / ".env.previous").exists()
+    assert stat.S_IMODE((server.app_dir / "proxy" / "live.conf").stat().st_mode) == 0o644, "nginx cannot read it"
+    assert not (server.app_dir / ".release-lock").exists()
+
+
+def test_settings_only_the_new_version_accepts_start_with_it_in_one_cutover(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    server.fact("healthy_after", f"{OLD} 1\n{NEW} 1\n")
+    server.fact("rejects", f"{OLD} FEATURE=\n")
+    assert server.env("FEATURE='on'\n", release=release_of("v2.0.0", NEW)).returncode == 0
+    result = server.up("v2.0.0", NEW)
+    assert result.returncode == 0, result.stderr
+    calls = server.calls()
+    starts = [call for call in calls if re.search(r" up .*app-(blue|green) ", call)]
+    reloads = [call for call in calls if " kill " in call]
+    drains = [call for call in calls if " stop " in call]
+    assert (len(starts), len(reloads), len(drains)) == (1, 1, 1), calls
+    assert (server.read("colour_green"), server.read("env_green")) == (NEW, "FEATURE='on'\n")
+    assert server.file(".env") == "FEATURE='on'\n"
+
+
+def test_settings_that_break_the_live_version_switch_nothing_and_the_previous_env_stays(server: Server) -> None:
+    server.live("v2.0.0", OLD)
+    server.fact("healthy_after", f"{OLD} 1\n")
+    server.fact("rejects", f"{OLD} broken\n")
+    assert server.env("B='broken'\n").returncode == 0
+    result = server.up("v2.0.0", OLD)
+    assert result.returncode == 1
+    assert f"v2.0.0 ({OLD}) keeps serving" in result.stderr
+    assert server.file(".env") == "POSTGRES_USER='kametrix'\n", "the broken .env stayed"
+    assert (server.read("proxy_colour"), server.read("colour_blue"), server.read("colour_green")) == ("blue", OLD, "")
+    assert not any(" kill " in call for call in server.calls()), "the proxy was reloaded"
+
+
+def test_an_unchanged_env_restarts_nothing_and_drops_settings_staged_earlier(server: Server) -> None:
+    server.live("v2.0.0", OLD)
+    (server.app_dir / ".env.next").write_text("A='reverted since'\n")
+    result = server.env("POSTGRES_USER='kametrix'\n")
+    assert result.returncode == 0 and ".env unchanged" in result.stdout
+    assert server.read("calls.log") == "" and not (server.app_dir / ".env.next").exists()
+
+
+def test_before_the_first_release_the_env_is_installed_at_once(server: Server) -> None:
+    (server.app_dir / ".env").unlink()
+    result = server.env("A='1'\n", release=release_of("v1.0.0", NEW))
+    assert result.returncode == 0 and ".env installed" in result.stdout
+    assert stat.S_IMODE((server.app_dir / ".env").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("stdin", ["", "A='1'\nnot a setting TESTSECRET-x\nB=unquoted\n"])
+def test_an_empty_or_malformed_env_changes_nothing_and_is_never_echoed(server: Server, stdin: str) -> None:
+    result = server.env(stdin)
+    assert result.returncode == 1
+    assert ("empty .env" if not stdin else "received other lines (2,3)") in result.stderr
+    assert "TESTSECRET" not in result.stderr + result.stdout
+    assert server.file(".env") == "POSTGRES_USER='kametrix'\n"
+    assert [p.name for p in server.app_dir.iterdir() if p.name.startswith(".env.")] == []
+
+
+# --- backup and migrate -----------------------------------------------------------------------------------
+
+
 def test_backup_dumps_verifies_and_keeps_the_newest(server: Server) -> None:
     backups = server.app_dir / "backups"
     backups.mkdir()
     for stamp in ("20260101T000000Z", "20260102T000000Z", "20260103T000000Z"):
-        (backups / f"{stamp}-v1.dump").write_text("old")
+        (backups / f"{stamp}-v1.0.0.dump").write_text("old")
     result = server.backup(keep="2")
     assert result.returncode == 0, result.stderr
     kept = sorted(p.name for p in backups.glob("*.dump"))
-    assert len(kept) == 2 and kept[0] == "20260103T000000Z-v1.dump" and kept[1].endswith("-v2.dump")
+    assert len(kept) == 2 and kept[0] == "20260103T000000Z-v1.0.0.dump" and kept[1].endswith("-v2.0.0.dump")
     path = result.stdout.split("backup=")[1].strip()
     assert Path(path).read_text() == "PGDMP-custom-format-dump"
     assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
-    assert (server.app_dir / ".release-lock").read_text().startswith("v2@x "), "backup must hold the release lock"
+    assert server.lock()["RELEASE"] == release_of("v2.0.0", NEW), "backup must hold the release lock"
 
 
 def test_an_empty_database_has_nothing_to_back_up(server: Server) -> None:
@@ -294,61 +541,120 @@ def test_a_failed_backup_stops_the_release_and_leaves_no_partial_file(
     assert not (server.app_dir / ".release-lock").exists(), "a failed step kept the release lock"
 
 
-def test_another_release_in_progress_is_refused_with_a_clear_message(server: Server) -> None:
-    (server.app_dir / ".release-lock").write_text(f"v7@other {int(time.time())}\n")
-    result = server.backup(owner="v8@mine")
-    assert result.returncode == 1
-    assert (
-        "release v7@other of kametrix is in progress" in result.stderr and "refusing to start v8@mine" in result.stderr
-    )
-    assert (server.app_dir / ".release-lock").read_text().startswith("v7@other"), "the other release lost its lock"
-
-
-def test_a_stale_lock_is_taken_over_and_the_same_release_may_continue(server: Server) -> None:
-    (server.app_dir / ".release-lock").write_text(f"v7@other {int(time.time()) - 7200}\n")
-    assert server.backup(owner="v8@mine").returncode == 0
-    assert server.backup(owner="v8@mine").returncode == 0, "the release's own next step was refused"
-
-
 def test_a_failed_migration_stops_the_release_with_the_live_version_serving(server: Server) -> None:
-    server.live("v2", OLD)
+    server.live("v2.0.0", OLD)
     server.fact("migrate_status", "1")
-    result = server.run("migrate.sh", str(server.app_dir), "kametrix", "v4@x", "1800", "v4", NEW, MIGRATE)
+    result = server.migrate("v4.0.0", NEW)
     assert result.returncode == 1
-    assert "migrations of v4 failed; the live version (v2) keeps serving" in result.stderr
+    assert "migrations of v4.0.0 failed; the live version (v2.0.0) keeps serving" in result.stderr
     assert server.read("colour_blue") == OLD and server.read("proxy_colour") == "blue"
 
 
-def test_new_settings_start_on_the_idle_colour_and_take_over_from_the_live_one(server: Server) -> None:
-    server.live("v2", OLD)
-    server.fact("healthy_after", f"{OLD} 1\n")
-    result = server.env("A='2'\n")
-    assert result.returncode == 0, result.stderr
-    env = server.app_dir / ".env"
-    assert env.read_text() == "A='2'\n" and stat.S_IMODE(env.stat().st_mode) == 0o600
-    assert server.read("env_green") == "A='2'\n", "the idle colour did not start with the new settings"
-    assert (server.read("proxy_colour"), server.read("colour_green"), server.read("colour_blue")) == ("green", OLD, "")
-    assert stat.S_IMODE((server.app_dir / "proxy" / "live.conf").stat().st_mode) == 0o644, "nginx cannot read it"
+# --- the release lock -------------------------------------------------------------------------------------
 
 
-def test_an_unchanged_env_restarts_nothing(server: Server) -> None:
-    server.live("v2", OLD)
-    result = server.env("POSTGRES_USER='kametrix'\n")
-    assert result.returncode == 0 and ".env unchanged" in result.stdout
-    assert "up" not in server.read("calls.log")
+def files_step(server: Server, release: str) -> subprocess.CompletedProcess[str]:
+    """The files step as the program runs it: the bundle unpacked into a folder of its own, then files.sh."""
+    staged = server.app_dir / ".files.test"
+    (staged / "bin").mkdir(parents=True, exist_ok=True)
+    for name in SCRIPTS:
+        (staged / "bin" / name).write_bytes((SCRIPTS_DIR / name).read_bytes())
+    (staged / "docker-compose.yml").write_text(f"# rendered for {release}\n")
+    return server.run("files.sh", *server.common(release), "--lock-timeout-seconds", "1800", "--from", str(staged))
 
 
-def test_settings_that_break_the_app_are_never_switched_to_and_the_previous_env_is_restored(server: Server) -> None:
-    server.live("v2", OLD)
-    result = server.env("B='broken'\n")
+def test_the_lock_passes_through_every_step_of_one_update_and_ends_with_up(server: Server) -> None:
+    release = release_of("v2.0.0", NEW)
+    server.live("v1.0.0", OLD)
+    server.fact("healthy_after", f"{NEW} 1\n")
+    holders = []
+    assert files_step(server, release).returncode == 0
+    holders.append(server.lock())
+    assert server.env("A='2'\n", release=release).returncode == 0
+    holders.append(server.lock())
+    assert server.backup(release=release).returncode == 0
+    holders.append(server.lock())
+    assert server.migrate("v2.0.0", NEW).returncode == 0
+    holders.append(server.lock())
+    assert [holder["STEP"] for holder in holders] == ["files", "env", "backup", "migrate"]
+    assert {holder["RELEASE"] for holder in holders} == {release}
+    assert len({holder["SINCE"] for holder in holders}) == 1, "the lock's start moved between steps"
+    assert server.up("v2.0.0", NEW).returncode == 0
+    assert not (server.app_dir / ".release-lock").exists()
+    assert server.file("docker-compose.yml") == f"# rendered for {release}\n"
+    assert not (server.app_dir / ".files.test").exists(), "the unpacked bundle was left behind"
+
+
+def test_the_lock_says_which_release_holds_it_which_step_who_runs_it_and_since_when(server: Server) -> None:
+    assert server.backup().returncode == 0
+    holder = server.lock()
+    assert holder["RELEASE"] == release_of("v2.0.0", NEW) and holder["STEP"] == "backup"
+    assert re.fullmatch(r"\d+", holder["PID"]) and abs(int(holder["SINCE"]) - time.time()) < 30
+    assert holder["BY"].startswith(subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip())
+
+
+@pytest.mark.parametrize("script", ["files", "backup"])
+def test_another_release_in_progress_is_refused_even_by_the_files_step(server: Server, script: str) -> None:
+    assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
+    mine = release_of("v8.0.0", NEW)
+    result = files_step(server, mine) if script == "files" else server.backup(release=mine)
     assert result.returncode == 1
-    assert "the previous .env is restored and v2 keeps serving with it" in result.stderr
-    assert (server.app_dir / ".env").read_text() == "POSTGRES_USER='kametrix'\n", "the broken .env stayed"
-    assert (server.read("proxy_colour"), server.read("colour_blue"), server.read("colour_green")) == ("blue", OLD, "")
+    assert f"release {release_of('v7.0.0', OLD)}, step backup (pid " in result.stderr
+    assert f"of kametrix is in progress; refusing to start {mine}" in result.stderr
+    assert "bin/release-lock.sh" in result.stderr, "the message does not say how to see or free the lock"
+    assert server.lock()["RELEASE"] == release_of("v7.0.0", OLD), "the other release lost its lock"
+    assert server.file("docker-compose.yml") == "", "files were installed under another release's lock"
 
 
-def test_an_empty_env_on_stdin_changes_nothing(server: Server) -> None:
-    result = server.env("")
-    assert result.returncode == 1 and "empty .env" in result.stderr
-    assert (server.app_dir / ".env").read_text() == "POSTGRES_USER='kametrix'\n"
-    assert [p.name for p in server.app_dir.iterdir() if p.name.startswith(".env.")] == []
+def test_a_step_of_another_release_waits_for_a_running_step_and_is_refused(server: Server) -> None:
+    assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
+    with server.step_running():
+        result = files_step(server, release_of("v8.0.0", NEW))
+    assert result.returncode == 1 and "another step has been running for over 2s" in result.stderr
+    assert server.file("docker-compose.yml") == ""
+
+
+def test_a_stale_lock_is_taken_over_and_the_same_release_may_continue(server: Server) -> None:
+    assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
+    two_hours_ago = time.time() - 7200
+    os.utime(server.app_dir / ".release-lock", (two_hours_ago, two_hours_ago))
+    taken = server.backup()
+    assert taken.returncode == 0 and "taking over the stale release lock" in taken.stderr
+    assert server.backup().returncode == 0, "the release's own next step was refused"
+
+
+def test_the_lock_command_shows_the_holder_and_frees_it_only_once_no_step_runs(server: Server) -> None:
+    assert server.run("release-lock.sh").stdout == f"the release lock of {server.app_dir} is free\n"
+    assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
+    shown = server.run("release-lock.sh")
+    assert shown.returncode == 0 and "no step of that release runs" in shown.stdout
+    assert f"held by release {release_of('v7.0.0', OLD)}, step backup" in shown.stdout
+    assert (server.app_dir / ".release-lock").exists(), "showing the lock freed it"
+    with server.step_running():
+        refused = server.run("release-lock.sh", "--free")
+    assert refused.returncode == 1 and "a step runs now (backup" in refused.stderr
+    assert (server.app_dir / ".release-lock").exists(), "a lock was freed while a step ran"
+    freed = server.run("release-lock.sh", "--free")
+    assert freed.returncode == 0 and "freed" in freed.stdout
+    assert not (server.app_dir / ".release-lock").exists()
+    assert server.backup().returncode == 0, "another release cannot start after the lock was freed"
+
+
+@pytest.mark.parametrize(
+    ("release", "staged_settings", "held"),
+    [
+        (release_of("v1.0.0", OLD), False, False),
+        (release_of("v1.0.0", OLD), True, True),
+        (release_of("v2.0.0", NEW), False, True),
+    ],
+)
+def test_a_step_keeps_the_lock_for_up_only_when_up_has_something_to_do(
+    server: Server, release: str, staged_settings: bool, held: bool
+) -> None:
+    """Going back to the live release after an update that stopped before `up` runs every step but `up`,
+    which has nothing to do: the last step that runs gives the lock back."""
+    server.live("v1.0.0", OLD)
+    if staged_settings:
+        (server.app_dir / ".env.next").write_text("A='2'\n")
+    assert server.backup(release=release).returncode == 0
+    assert (server.app_dir / ".release-lock").exists() == held

@@ -3,19 +3,18 @@
 # pg_dump (custom format), verified with pg_restore --list, newest KEEP kept.
 # An empty server (no database yet) has nothing to back up; any other failure stops the release.
 set -euo pipefail
-usage="backup.sh APP_DIR PROJECT OWNER STALE_SECONDS VERSION KEEP APP_IMAGE MIGRATE_IMAGE"
-[[ $# -eq 8 ]] || { echo "error: usage: $usage (received $# arguments)" >&2; exit 1; }
-APP_DIR="$1" PROJECT="$2"
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-owner="$3" stale="$4" version="$5" keep="$6"
-export APP_IMAGE="$7" MIGRATE_IMAGE="$8"
-require_number KEEP "$keep" 1 1000
+parse_flags backup.sh "app-dir project release lock-timeout-seconds version backups-to-keep app-image migrate-image" "$@"
+begin_step
+version="${FLAGS[version]}" keep="${FLAGS[backups-to-keep]}"
+export APP_IMAGE="${FLAGS[app-image]}" MIGRATE_IMAGE="${FLAGS[migrate-image]}"
+require_number BACKUPS_TO_KEEP "$keep" 1 1000
 require_digest_ref APP_IMAGE "$APP_IMAGE"
 require_digest_ref MIGRATE_IMAGE "$MIGRATE_IMAGE"
-[[ "$version" =~ ^[A-Za-z0-9._-]+$ ]] || die "VERSION: allowed letters, digits, '.', '_' and '-'; received '$version'"
+require_version VERSION "$version"
 
-acquire_release_lock "$owner" "$stale"
+acquire_release_lock "${FLAGS[release]}" "${FLAGS[lock-timeout-seconds]}" backup
 backups="$APP_DIR/backups"
 mkdir -p "$backups"
 chmod 700 "$backups"

@@ -1,21 +1,41 @@
 # shellcheck shell=bash
-# Shared by the release steps: argument checks, the stage's compose invocation, the release lock.
-# Callers set APP_DIR and PROJECT, then source this file.
-
-LOCK_HOLDER="$APP_DIR/.release-lock"
-LOCK_MUTEX="$APP_DIR/.release-lock.mutex"
-LIVE_RELEASE="$APP_DIR/release.env"
-# How long one step waits for a step of another release to finish before refusing.
-LOCK_WAIT_SECONDS="${LOCK_WAIT_SECONDS:-120}"
+# Shared by the release steps: named flags, checks of every value they write, the stage's compose
+# invocation, the live release record and the release lock. Sourcing it only defines functions; a step
+# calls parse_flags, then begin_step.
 
 die() {
   echo "error: $*" >&2
   exit 1
 }
 
-require_args() {
-  local expected="$1" got="$2" usage="$3"
-  [[ "$got" -eq "$expected" ]] || die "usage: $usage (expected $expected arguments, received $got)"
+# Reads `--name value` pairs into FLAGS. Every name in NAMES is required, any other flag is refused.
+#   parse_flags SCRIPT "name other-name ..." "$@"
+parse_flags() {
+  local script="$1" names="$2" name usage=""
+  shift 2
+  for name in $names; do
+    usage+=" --$name VALUE"
+  done
+  usage="usage: $script$usage"
+  declare -gA FLAGS=()
+  while (($# > 0)); do
+    name="${1#--}"
+    [[ "$1" == --* && " $names " == *" $name "* ]] || die "$usage (unknown argument '$1')"
+    (($# >= 2)) || die "$usage ($1 has no value)"
+    FLAGS[$name]="$2"
+    shift 2
+  done
+  for name in $names; do
+    [[ -v "FLAGS[$name]" ]] || die "$usage (missing --$name)"
+  done
+}
+
+# `--name value` for each of NAMES, as received: how a step hands its flags on to another script.
+forward_flags() {
+  local name
+  for name in "$@"; do
+    printf '%s\n' "--$name" "${FLAGS[$name]}"
+  done
 }
 
 require_number() {
@@ -27,8 +47,83 @@ require_number() {
 
 require_digest_ref() {
   local name="$1" value="$2"
-  [[ "$value" =~ ^[^[:space:]@]+@sha256:[0-9a-f]{64}$ ]] ||
+  [[ "$value" =~ ^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$ ]] ||
     die "$name: allowed an image pinned by digest (repository@sha256:<64 hex>); received '$value'"
+}
+
+# The stack's version formats (components/config.py, VERSION_PATTERN).
+require_version() {
+  local name="$1" value="$2"
+  [[ "$value" =~ ^(v[0-9]+\.[0-9]+\.[0-9]+|v[0-9]{4}\.[0-9]{2}\.[0-9]{2}-[0-9a-f]{7,40}|staging-[0-9a-f]{7,40})$ ]] ||
+    die "$name: allowed v1.2.3, vYYYY.MM.DD-<short sha> or staging-<short sha>; received '$value'"
+}
+
+# A release: its version and the start of its image's digest, as the program names it (v1.2.3@0123456789ab).
+require_release() {
+  local value="$1"
+  require_version "release version" "${value%@*}"
+  [[ "$value" =~ @[0-9a-f]{12}$ ]] || die "release: allowed <version>@<12 hex of the image digest>; received '$value'"
+}
+
+require_colour() {
+  local name="$1" value="$2"
+  [[ "$value" == blue || "$value" == green ]] || die "$name: allowed blue or green; received '$value'"
+}
+
+require_url() {
+  local name="$1" value="$2"
+  [[ "$value" =~ ^http://127\.0\.0\.1:[0-9]{1,5}/[A-Za-z0-9._/?=\&-]*$ ]] ||
+    die "$name: allowed an http URL on 127.0.0.1; received '$value'"
+}
+
+# The stage's files on the server.
+use_app_dir() {
+  APP_DIR="$1"
+  [[ "$APP_DIR" =~ ^/[A-Za-z0-9._/-]+$ ]] || die "app-dir: allowed an absolute path; received '$APP_DIR'"
+  LOCK_HOLDER="$APP_DIR/.release-lock"
+  LOCK_MUTEX="$APP_DIR/.release-lock.mutex"
+  LIVE_RELEASE="$APP_DIR/release.env"
+  PARTIAL_FILE="" UNDO="" RELEASE_LOCK_OWNER=""
+}
+
+# The flags of a switch: where the proxy names its colour, each colour's health endpoint, the gate, the drain.
+require_cutover_flags() {
+  require_url COLOUR_URL "${FLAGS[colour-url]}"
+  require_url BLUE_HEALTH_URL "${FLAGS[blue-health-url]}"
+  require_url GREEN_HEALTH_URL "${FLAGS[green-health-url]}"
+  require_number HEALTH_ATTEMPTS "${FLAGS[health-attempts]}" 1 600
+  require_number HEALTH_INTERVAL_SECONDS "${FLAGS[health-interval-seconds]}" 1 60
+  require_number DRAIN_SECONDS "${FLAGS[drain-seconds]}" 1 3600
+}
+
+# Sets the step's paths and cleanup. Every step: a failure, or a signal such as a dropped connection's
+# SIGHUP, ends its release: it undoes what the step left half-done (UNDO names a function), gives the
+# release lock back and removes the step's partial file.
+begin_step() {
+  PROJECT="${FLAGS[project]}"
+  [[ "$PROJECT" =~ ^[a-z0-9][a-z0-9_-]*$ ]] || die "project: allowed a compose project name; received '$PROJECT'"
+  use_app_dir "${FLAGS[app-dir]}"
+  trap end_step EXIT
+  trap 'exit 129' HUP
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+end_step() {
+  local status=$?
+  trap - EXIT HUP INT TERM
+  [[ -n "$PARTIAL_FILE" ]] && rm -f "$PARTIAL_FILE"
+  if ((status == 0)); then
+    hand_on_release_lock
+  else
+    # Undoing is best effort: each of its commands is tried even if an earlier one failed, or if the
+    # connection that started the step is gone and nothing reads its output any more.
+    set +e
+    trap '' PIPE
+    [[ -z "$UNDO" ]] || "$UNDO"
+    release_release_lock
+  fi
+  exit "$status"
 }
 
 # The stage's compose project; APP_IMAGE and MIGRATE_IMAGE in the environment pin its images.
@@ -37,16 +132,33 @@ compose() {
     --file "$APP_DIR/docker-compose.yml" --env-file "$APP_DIR/.env" "$@"
 }
 
-# A value of the live release record (KEY=VALUE lines that only these scripts write).
+# A value of a KEY=VALUE file that only these scripts write: the live release record unless FILE is given.
 live() {
-  local key="$1"
-  [[ -f "$LIVE_RELEASE" ]] || return 0
-  sed -n "s/^$key=//p" "$LIVE_RELEASE" | tail -n 1
+  local key="$1" file="${2:-$LIVE_RELEASE}"
+  [[ -f "$file" ]] || return 0
+  sed -n "s/^$key=//p" "$file" | tail -n 1
+}
+
+# Each value the live release record may hold, checked before it is written.
+require_record_value() {
+  local key="$1" value="$2"
+  case "$key" in
+    VERSION) require_version "$key" "$value" ;;
+    PREVIOUS_VERSION) [[ -z "$value" ]] || require_version "$key" "$value" ;;
+    APP_IMAGE | MIGRATE_IMAGE | BLUE_IMAGE | GREEN_IMAGE) require_digest_ref "$key" "$value" ;;
+    PREVIOUS_IMAGE) [[ -z "$value" ]] || require_digest_ref "$key" "$value" ;;
+    LIVE_COLOUR) require_colour "$key" "$value" ;;
+    FILES_DIGEST) [[ "$value" =~ ^([0-9a-f]{64})?$ ]] || die "$key: allowed a sha256 digest; received '$value'" ;;
+    *) die "release record: unknown key '$key'" ;;
+  esac
 }
 
 # Sets KEY=VALUE lines of the live release record and keeps its other lines; the record is replaced whole.
 record() {
   local pair
+  for pair in "$@"; do
+    require_record_value "${pair%%=*}" "${pair#*=}"
+  done
   PARTIAL_FILE="$(mktemp "$LIVE_RELEASE.XXXXXX")"
   if [[ -f "$LIVE_RELEASE" ]]; then
     cp "$LIVE_RELEASE" "$PARTIAL_FILE"
@@ -55,6 +167,7 @@ record() {
     sed -i "/^${pair%%=*}=/d" "$PARTIAL_FILE"
   done
   printf '%s\n' "$@" >>"$PARTIAL_FILE"
+  chmod 644 "$PARTIAL_FILE"
   mv -f "$PARTIAL_FILE" "$LIVE_RELEASE"
   PARTIAL_FILE=""
 }
@@ -64,43 +177,98 @@ pull_missing() {
   docker image inspect "$1" >/dev/null 2>&1 || docker pull --quiet "$1"
 }
 
-# Holds the release lock for OWNER: one step at a time (flock), and no step of another release
-# until OWNER's release ends or its lock is older than STALE_SECONDS.
+# Who runs this step: the login and, over SSH, the address it came from.
+step_runner() {
+  local login
+  login="$(id -un)"
+  if [[ -n "${SSH_CONNECTION:-}" ]]; then
+    echo "$login via ssh from ${SSH_CONNECTION%% *}"
+  else
+    echo "$login on $(uname -n)"
+  fi
+}
+
+# Writes the lock holder: which release, since when, the step it runs now, that step's process and who runs
+# it. Its modification time is the release's last sign of life.
+write_lock_holder() {
+  local release="$1" since="$2" step="$3"
+  PARTIAL_FILE="$(mktemp "$LOCK_HOLDER.XXXXXX")"
+  printf '%s\n' "RELEASE=$release" "SINCE=$since" "STEP=$step" "PID=$$" "BY=$(step_runner)" >"$PARTIAL_FILE"
+  chmod 644 "$PARTIAL_FILE"
+  mv -f "$PARTIAL_FILE" "$LOCK_HOLDER"
+  PARTIAL_FILE=""
+}
+
+# One line naming the holder of the release lock, for messages.
+describe_lock_holder() {
+  local now since active
+  [[ -f "$LOCK_HOLDER" ]] || { echo "no release recorded in $LOCK_HOLDER"; return 0; }
+  now="$(date +%s)" since="$(live SINCE "$LOCK_HOLDER")" active="$(stat -c %Y "$LOCK_HOLDER")"
+  printf 'release %s, step %s (pid %s) run by %s, holding the lock since %s (last active %ss ago)' \
+    "$(live RELEASE "$LOCK_HOLDER")" "$(live STEP "$LOCK_HOLDER")" "$(live PID "$LOCK_HOLDER")" \
+    "$(live BY "$LOCK_HOLDER")" "$(date -u -d "@${since:-0}" +%Y-%m-%dT%H:%M:%SZ)" "$((now - active))"
+}
+
+# Holds the release lock for RELEASE from its first step to the end of `up`: one step at a time (flock), and
+# no step of another release until RELEASE ends or has shown no sign of life for STALE_SECONDS.
 acquire_release_lock() {
-  local owner="$1" stale_seconds="$2" holder since now
+  local release="$1" stale_seconds="$2" step="$3" wait_seconds="${LOCK_WAIT_SECONDS:-120}" holder="" since
+  require_release "$release"
+  require_number LOCK_TIMEOUT_SECONDS "$stale_seconds" 60 86400
   exec 8>"$LOCK_MUTEX"
-  flock -w "$LOCK_WAIT_SECONDS" 8 ||
-    die "a step of another release of $PROJECT has been running for over ${LOCK_WAIT_SECONDS}s; refusing to start $owner"
+  if ! flock -w "$wait_seconds" 8; then
+    die "another step has been running for over ${wait_seconds}s ($(describe_lock_holder)); refusing to start $release"
+  fi
+  since="$(date +%s)"
   if [[ -f "$LOCK_HOLDER" ]]; then
-    read -r holder since <"$LOCK_HOLDER" || true
-    now="$(date +%s)"
-    if [[ "$holder" != "$owner" && $((now - ${since:-0})) -lt "$stale_seconds" ]]; then
-      die "release $holder of $PROJECT is in progress (lock $LOCK_HOLDER, taken $((now - since))s ago); refusing to start $owner. It expires after ${stale_seconds}s; remove the file only if no release is running"
+    holder="$(live RELEASE "$LOCK_HOLDER")"
+    if [[ "$holder" == "$release" ]]; then
+      since="$(live SINCE "$LOCK_HOLDER")"
+    elif (($(date +%s) - $(stat -c %Y "$LOCK_HOLDER") < stale_seconds)); then
+      die "$(describe_lock_holder) of $PROJECT is in progress; refusing to start $release. The lock expires after ${stale_seconds}s without a sign of life; to see it or free it once no step of that release runs: bash $APP_DIR/bin/release-lock.sh [--free]"
+    else
+      echo "taking over the stale release lock of $(describe_lock_holder)" >&2
     fi
   fi
-  printf '%s %s\n' "$owner" "$(date +%s)" >"$LOCK_HOLDER.tmp"
-  mv -f "$LOCK_HOLDER.tmp" "$LOCK_HOLDER"
-  RELEASE_LOCK_OWNER="$owner"
+  write_lock_holder "$release" "$since" "$step"
+  RELEASE_LOCK_OWNER="$release"
+}
+
+# What files.sh installed last: a digest of every file of the bundle.
+installed_files_digest() {
+  [[ ! -f "$APP_DIR/.files-digest" ]] || cat "$APP_DIR/.files-digest"
+}
+
+# The release `up` last switched to, named as the steps name theirs.
+live_release() {
+  local image
+  image="$(live APP_IMAGE)"
+  image="${image#*@sha256:}"
+  echo "$(live VERSION)@${image:0:12}"
+}
+
+# Whether `up` runs later in this update: it does when the release is not the live one, when settings are
+# staged, or when the installed files are not those `up` last released with. It does not in an update back
+# to the live release after one that stopped before `up`: `up` has nothing to do then.
+up_follows() {
+  [[ "$RELEASE_LOCK_OWNER" != "$(live_release)" || -f "$APP_DIR/.env.next" ]] ||
+    [[ "$(installed_files_digest)" != "$(live FILES_DIGEST)" ]]
+}
+
+# At the end of a step: the lock passes on to the release's next step (marked alive now) if `up` follows,
+# and is given back otherwise.
+hand_on_release_lock() {
+  [[ -n "$RELEASE_LOCK_OWNER" && -f "$LOCK_HOLDER" ]] || return 0
+  if up_follows; then
+    touch "$LOCK_HOLDER"
+  else
+    release_release_lock
+  fi
 }
 
 release_release_lock() {
-  local holder=""
-  [[ -f "$LOCK_HOLDER" ]] && read -r holder _ <"$LOCK_HOLDER"
-  if [[ -n "${RELEASE_LOCK_OWNER:-}" && "$holder" == "$RELEASE_LOCK_OWNER" ]]; then
+  if [[ -n "$RELEASE_LOCK_OWNER" && "$(live RELEASE "$LOCK_HOLDER")" == "$RELEASE_LOCK_OWNER" ]]; then
     rm -f "$LOCK_HOLDER"
   fi
+  return 0
 }
-
-# Every step: a failure, or a signal such as a dropped connection's SIGHUP, ends its release.
-# It gives the release lock back and removes the step's partial file, if any.
-PARTIAL_FILE=""
-end_step() {
-  local status=$?
-  [[ -n "$PARTIAL_FILE" ]] && rm -f "$PARTIAL_FILE"
-  ((status == 0)) || release_release_lock
-  exit "$status"
-}
-trap end_step EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM

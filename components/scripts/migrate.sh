@@ -2,17 +2,17 @@
 # Applies the new version's migrations while the current version keeps serving.
 # A failed migration stops the release; nothing is switched.
 set -euo pipefail
-usage="migrate.sh APP_DIR PROJECT OWNER STALE_SECONDS VERSION APP_IMAGE MIGRATE_IMAGE"
-[[ $# -eq 7 ]] || { echo "error: usage: $usage (received $# arguments)" >&2; exit 1; }
-APP_DIR="$1" PROJECT="$2"
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-owner="$3" stale="$4" version="$5"
-export APP_IMAGE="$6" MIGRATE_IMAGE="$7"
+parse_flags migrate.sh "app-dir project release lock-timeout-seconds version app-image migrate-image" "$@"
+begin_step
+version="${FLAGS[version]}"
+export APP_IMAGE="${FLAGS[app-image]}" MIGRATE_IMAGE="${FLAGS[migrate-image]}"
+require_version VERSION "$version"
 require_digest_ref APP_IMAGE "$APP_IMAGE"
 require_digest_ref MIGRATE_IMAGE "$MIGRATE_IMAGE"
 
-acquire_release_lock "$owner" "$stale"
+acquire_release_lock "${FLAGS[release]}" "${FLAGS[lock-timeout-seconds]}" migrate
 pull_missing "$MIGRATE_IMAGE"
 compose up --detach --wait postgres
 if ! compose --profile migrate run --rm --no-deps migrate; then

@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# Releases the new image: switch.sh starts it beside the live version and moves traffic to it once it
-# is healthy. If it never turns healthy, nothing was switched: the live version kept serving, and the
-# step fails naming both versions. Then records the release, prunes old images and ends the release.
+# Releases the new image, with the new settings if env.sh staged any: switch.sh starts it beside the live
+# version and moves traffic to it once it is healthy. If it never turns healthy, nothing was switched: the
+# live version kept serving, and the step fails naming both versions. Then records the release, prunes old
+# images and ends the release. Every update that changes anything on the server ends with this step.
 set -euo pipefail
-usage="up.sh APP_DIR PROJECT OWNER STALE_SECONDS VERSION APP_IMAGE MIGRATE_IMAGE COLOUR_URL BLUE_HEALTH_URL GREEN_HEALTH_URL ATTEMPTS INTERVAL_SECONDS DRAIN_SECONDS IMAGES_TO_KEEP"
-[[ $# -eq 14 ]] || { echo "error: usage: $usage (received $# arguments)" >&2; exit 1; }
-APP_DIR="$1" PROJECT="$2"
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-owner="$3" stale="$4" version="$5" app_image="$6" migrate_image="$7"
-cutover=("${@:8:6}")
-keep="${14}"
+cutover_flags=(colour-url blue-health-url green-health-url health-attempts health-interval-seconds drain-seconds)
+parse_flags up.sh "app-dir project release lock-timeout-seconds version app-image migrate-image images-to-keep \
+  ${cutover_flags[*]}" "$@"
+begin_step
+version="${FLAGS[version]}" app_image="${FLAGS[app-image]}" migrate_image="${FLAGS[migrate-image]}"
+keep="${FLAGS[images-to-keep]}"
+require_version VERSION "$version"
 require_digest_ref APP_IMAGE "$app_image"
 require_digest_ref MIGRATE_IMAGE "$migrate_image"
 require_number IMAGES_TO_KEEP "$keep" 2 100
+require_cutover_flags
 
-acquire_release_lock "$owner" "$stale"
+acquire_release_lock "${FLAGS[release]}" "${FLAGS[lock-timeout-seconds]}" up
 pull_missing "$app_image"
 live_image="$(live APP_IMAGE)" live_version="$(live VERSION)"
 
@@ -25,12 +28,13 @@ else
   previous_version="$live_version" previous_image="$live_image"
 fi
 
-if ! "$(dirname "$0")/switch.sh" "$APP_DIR" "$PROJECT" "$app_image" "$migrate_image" "${cutover[@]}"; then
+mapfile -t cutover < <(forward_flags app-dir project app-image migrate-image "${cutover_flags[@]}")
+if ! bash "$(dirname "$0")/switch.sh" "${cutover[@]}"; then
   [[ -n "$live_version" ]] || die "release $version was not switched to (see above); no earlier version is recorded, so nothing serves yet"
   die "release $version was not switched to (see above); $live_version ($live_image) keeps serving"
 fi
 record "VERSION=$version" "APP_IMAGE=$app_image" "MIGRATE_IMAGE=$migrate_image" \
-  "PREVIOUS_VERSION=$previous_version" "PREVIOUS_IMAGE=$previous_image"
+  "PREVIOUS_VERSION=$previous_version" "PREVIOUS_IMAGE=$previous_image" "FILES_DIGEST=$(installed_files_digest)"
 
 repository="${app_image%@*}"
 mapfile -t images < <(docker image ls --no-trunc --format '{{.Repository}}@{{.Digest}}' "$repository" |

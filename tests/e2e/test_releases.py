@@ -8,9 +8,12 @@ the stage's proxy, the database's rows, the files on disk.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shlex
+import socket
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -122,7 +125,8 @@ def test_a_release_with_a_new_migration_keeps_the_data_and_backs_it_up(stage: Lo
     before = row_counts(stage)
     result = stage.up("v2.0.0")
     assert result.ok, explain(result)
-    assert result.ran() == RELEASE_STEPS, "a release re-ran more than the release steps"
+    assert result.ran() == ALL_STEPS, "every step of a release runs under its release lock"
+    assert ".env unchanged" in result.runs[1].stdout, "a release changed the settings"
     assert served_version(stage) == "v2.0.0"
     assert running_colours(stage) == ["green"], "the old colour was not stopped after the switch"
     assert recorded(stage, "GREEN_IMAGE") == recorded(stage, "APP_IMAGE")
@@ -210,7 +214,7 @@ def test_a_connection_dropped_mid_step_converges_when_the_update_is_run_again(st
 
 def test_two_releases_of_one_stage_at_once_never_interleave(stage: LocalStack) -> None:
     rival = LocalStack(stage.target, stage.overrides, stage.known_versions, copy.deepcopy(stage.recorded))
-    for name in RELEASE_STEPS:
+    for name in ALL_STEPS:
         rival.recorded.pop(name, None)
     results: dict[str, UpdateResult] = {}
     # Two operators' updates: each declared by the program, then applied at the same time.
@@ -230,9 +234,11 @@ def test_two_releases_of_one_stage_at_once_never_interleave(stage: LocalStack) -
     assert len(winners) == 1 and len(losers) == 1, summary
     refused = results[losers[0]].failed
     assert refused is not None and "is in progress" in refused.stderr and "refusing to start" in refused.stderr, summary
-    assert results[winners[0]].ran() == RELEASE_STEPS, summary
+    assert f"release {winners[0]}@" in refused.stderr and "bin/release-lock.sh" in refused.stderr, summary
+    assert results[winners[0]].ran() == ALL_STEPS, summary
     assert served_version(stage) == winners[0]
     assert not release_lock_held(stage)
+    assert "is free" in on_server(stage, f"bash {app_dir(stage)}/bin/release-lock.sh")
     if winners[0] == "v1.0.0":  # bring the module's own checkpoint back in line with the server
         stage.recorded.update(rival.recorded)
 
@@ -246,23 +252,145 @@ def test_a_version_missing_from_the_registry_fails_before_any_server_step(stage:
     assert served_version(stage) == live
 
 
-def test_changing_an_app_secret_rewrites_env_and_restarts_only_the_app(stage: LocalStack) -> None:
-    live = served_version(stage)
+def live_colour(stage: LocalStack) -> str:
+    """The colour the stage's proxy sends traffic to."""
+    with urllib.request.urlopen(app_url(stage, "/.kametrix/colour"), timeout=5) as response:  # noqa: S310 - loopback
+        return str(response.read().decode().strip())
+
+
+def sees_secret(stage: LocalStack, value: str) -> bool:
+    return hashlib.sha256(value.encode()).hexdigest() in json.dumps(app_get(stage, "/api/env-check"))
+
+
+def test_changing_an_app_secret_moves_colours_once_and_backs_up_nothing(stage: LocalStack) -> None:
+    live, colour = served_version(stage), live_colour(stage)
     stage.secrets["stripeSecretKey"] = "TESTSECRET-rotated-stripe-key"
     result = stage.up(live)
     assert result.ok, explain(result)
-    assert result.ran() == ["server-env"]
-    import hashlib
-
-    check = app_get(stage, "/api/env-check")
-    expected = hashlib.sha256(b"TESTSECRET-rotated-stripe-key").hexdigest()
-    assert expected in json.dumps(check), "the app does not see the rotated secret"
+    assert result.ran() == ["server-env", "server-up"]
+    assert sees_secret(stage, "TESTSECRET-rotated-stripe-key"), "the app does not see the rotated secret"
+    assert live_colour(stage) != colour and running_colours(stage) == [live_colour(stage)]
     assert served_version(stage) == live
+
+
+def test_a_settings_and_version_change_starts_the_new_version_with_the_new_settings_in_one_cutover(
+    stage: LocalStack,
+) -> None:
+    live, colour = served_version(stage), live_colour(stage)
+    other = "v1.0.0" if live == "v2.0.0" else "v2.0.0"
+    stage.secrets["smtpPass"] = "TESTSECRET-smtp-with-the-release"
+    result = stage.up(other)
+    assert result.ok, explain(result)
+    assert result.ran() == ALL_STEPS
+    up = result.runs[-1]
+    assert up.stdout.count("healthy on ") == 1 and "with the new settings" in up.stdout, up.stdout
+    # Two cutovers would have moved traffic away and back: the colour would be the one it was.
+    assert live_colour(stage) != colour and running_colours(stage) == [live_colour(stage)]
+    assert served_version(stage) == other and sees_secret(stage, "TESTSECRET-smtp-with-the-release")
+    assert not on_server(stage, f"ls -A {app_dir(stage)} | grep -x '.env.next' || true").strip()
+    assert not release_lock_held(stage)
+
+
+def test_a_switch_the_proxy_refuses_leaves_no_trace_even_after_the_proxy_restarts(stage: LocalStack) -> None:
+    live, colour = served_version(stage), live_colour(stage)
+    idle = "green" if colour == "blue" else "blue"
+    other = "v1.0.0" if live == "v2.0.0" else "v2.0.0"
+    record = on_server(stage, f"cat {app_dir(stage)}/release.env")
+    proxy_dir = f"{app_dir(stage)}/proxy"
+    plan = stage.plan(other)
+    assert not isinstance(plan, BaseException), plan
+    before_up = stage.apply(plan[:-1])
+    assert before_up.ok and before_up.ran() == ALL_STEPS[:-1], explain(before_up)
+    # Installed after the files step: nginx refuses to reload with it and keeps its old config, and the switch
+    # must not pretend otherwise.
+    broken = f"{proxy_dir}/{idle}.conf"
+    on_server(stage, f"cp {broken} {broken}.good && echo 'not nginx;' > {broken}")
+    try:
+        result = stage.apply(plan)
+        failed = result.failed
+        assert failed is not None and failed.name == "server-up", explain(result)
+        assert f"the proxy did not switch to {idle} within 10s; the switch is undone" in failed.stderr
+        assert f"release {other} was not switched to (see above); {live}" in failed.stderr
+        assert on_server(stage, f"cat {proxy_dir}/live.conf") == on_server(stage, f"cat {proxy_dir}/{colour}.conf")
+        assert on_server(stage, f"cat {app_dir(stage)}/release.env") == record
+        assert running_colours(stage) == [colour] and served_version(stage) == live
+        # A restart reads live.conf afresh, as after a reboot.
+        stage.target.docker("restart", f"{stage.overrides['app.composeProject']}-proxy")
+        assert answered_after_restart(stage) == live and live_colour(stage) == colour, "another version serves"
+    finally:
+        on_server(stage, f"mv -f {broken}.good {broken}")
+    assert not release_lock_held(stage)
+    again = stage.up(live)
+    assert again.ok, explain(again)
+
+
+def answered_after_restart(stage: LocalStack) -> str:
+    """The version the proxy serves once it listens again (a few seconds at most)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return served_version(stage)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def slow_request(stage: LocalStack, seconds: float) -> tuple[float, float, int, str]:
+    """GET /api/version whose request body trickles in over `seconds`: the request is in flight at the proxy
+    all that time. Returns when it started and ended, the status and the version that answered."""
+    started = time.monotonic()
+    length = max(1, int(seconds * 4))
+    port = int(stage.overrides["app.proxyPort"])
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds + 30) as connection:
+        head = f"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+        connection.sendall(head.encode())
+        for _ in range(length):
+            time.sleep(0.25)
+            connection.sendall(b"x")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.decode().partition("\r\n")
+    body = rest.partition("\r\n\r\n")[2]
+    version = json.loads(body)["version"] if body.startswith("{") else body
+    return started, time.monotonic(), int(status_line.split()[1]), str(version)
+
+
+def test_requests_in_flight_when_the_switch_happens_complete_whatever_their_length(stage: LocalStack) -> None:
+    live = served_version(stage)
+    other = "v1.0.0" if live == "v2.0.0" else "v2.0.0"
+    lengths = [1.0, 4.0, 8.0]  # up to the local stack's drainSeconds (10)
+    answers: list[tuple[float, float, int, str]] = []
+    stop = threading.Event()
+
+    def keep_sending(length: float) -> None:
+        while not stop.is_set():
+            answers.append(slow_request(stage, length))
+
+    senders = [threading.Thread(target=keep_sending, args=(length,)) for length in lengths for _ in range(2)]
+    for sender in senders:
+        sender.start()
+        time.sleep(0.5)
+    try:
+        result = stage.up(other)
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join(timeout=60)
+    assert result.ok, explain(result)
+    assert answers and all(status == 200 for _, _, status, _ in answers), answers
+    # A request the old version answered ended after one that started later was answered by the new version:
+    # it was in flight at the switch, and it completed.
+    old_ends = [end for _, end, _, version in answers if version == live]
+    new_starts = [start for start, _, _, version in answers if version == other]
+    assert old_ends and new_starts and max(old_ends) > min(new_starts), answers
 
 
 def test_no_request_fails_while_releases_switch_colours_under_load(stage: LocalStack) -> None:
     """A correctness check, not a timing test: constant load through the proxy, zero failed requests
-    through a release, a release that never turns healthy, a rollback and a settings change."""
+    through a release, a release that never turns healthy, a rollback, a settings change and a settings
+    change together with a release."""
     live = served_version(stage)
     other = "v1.0.0" if live == "v2.0.0" else "v2.0.0"
     with Load(app_url(stage, "/api/version"), rate=100) as load:
@@ -271,12 +399,15 @@ def test_no_request_fails_while_releases_switch_colours_under_load(stage: LocalS
         rolled_back = stage.up(live)
         stage.secrets["smtpPass"] = "TESTSECRET-rotated-smtp-pass"
         settings = stage.up(live)
+        stage.secrets["smtpPass"] = "TESTSECRET-smtp-pass-with-a-release"
+        settings_and_version = stage.up(other)
     assert released.ok and rolled_back.ok, explain(released) + explain(rolled_back)
     assert never_healthy.failed is not None and never_healthy.failed.name == "server-up", explain(never_healthy)
-    assert settings.ran() == ["server-env"] and settings.ok, explain(settings)
+    assert settings.ran() == ["server-env", "server-up"] and settings.ok, explain(settings)
+    assert settings_and_version.ok, explain(settings_and_version)
     assert load.result.requests >= 500, load.result
     assert load.result.failed == 0, load.result
-    assert served_version(stage) == live
+    assert served_version(stage) == other
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The stage's release lock, for an operator on the server. Shows which release holds it, since when, the step
+# it runs or ran last, who runs it, and whether a step of it still runs. With --free, frees the lock of a
+# release that no step runs for any more (its runner was cancelled, or it died between two steps); a lock
+# that a running step holds is never freed.
+#   bash <appDir>/bin/release-lock.sh [--free]
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+case "${1:-}" in
+  "") free=no ;;
+  --free) free=yes ;;
+  *) die "usage: release-lock.sh [--free] (received '$*')" ;;
+esac
+use_app_dir "$(cd "$(dirname "$0")/.." && pwd)"
+
+if [[ ! -f "$LOCK_HOLDER" ]]; then
+  echo "the release lock of $APP_DIR is free"
+  exit 0
+fi
+echo "the release lock of $APP_DIR is held by $(describe_lock_holder)"
+# Every step, and any process it started, holds the mutex while it runs: taking it proves that none does.
+exec 8>"$LOCK_MUTEX"
+if ! flock -n 8; then
+  die "a step runs now ($(live STEP "$LOCK_HOLDER"), pid $(live PID "$LOCK_HOLDER")); the lock is not freed"
+fi
+echo "no step of that release runs"
+if [[ "$free" == yes ]]; then
+  rm -f "$LOCK_HOLDER"
+  echo "freed: the next release may start"
+fi
