@@ -3,14 +3,16 @@ and stop it again by its pid file, never by its name."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 DAEMON_START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -37,6 +39,16 @@ def describe_failure(argv: Sequence[str], done: subprocess.CompletedProcess[byte
     return f"`{' '.join(argv)}` exited {done.returncode}\nstdout:\n{out}\nstderr:\n{err}"
 
 
+@contextlib.contextmanager
+def _log_for(log: Path, heading: str) -> Iterator[BinaryIO]:
+    """``log`` opened for a child's output, after a line saying what runs."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        out.write(f"\n{heading}\n".encode())
+        out.flush()
+        yield out
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -47,10 +59,7 @@ def run(
 ) -> str:
     """Run a command; return stdout, or raise TargetError with its output (or log)."""
     if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
-            out.write(f"\n$ {' '.join(argv)}\n".encode())
-            out.flush()
+        with _log_for(log, f"$ {' '.join(argv)}") as out:
             code = subprocess.run(
                 list(argv),
                 stdin=subprocess.DEVNULL,
@@ -116,10 +125,7 @@ def port_in_use(port: int) -> bool:
 
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
     """Start a daemon detached from us (own session, output to ``log``); return its pid."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} $ {' '.join(argv)}\n".encode())
-        out.flush()
+    with _log_for(log, f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} $ {' '.join(argv)}") as out:
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
