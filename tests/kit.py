@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import copy
 import json
-import runpy
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pulumi
 import yaml
-from pulumi.runtime import mocks, rpc, settings
-from pulumi.runtime.stack import run_in_stack
-from pulumi.runtime.sync_await import _sync_await
+
+from tests import pulumi_runtime
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROJECT = "kametrix-deploy"
@@ -66,30 +64,15 @@ def digest_of(reference: str) -> str:
 
 
 @dataclass
-class Resource:
-    urn: str
-    type: str
-    name: str
-    inputs: dict[str, Any]
-    """Inputs as the engine receives them: camelCase keys, secrets still wrapped."""
-    parent: str
-    dependencies: list[str]
-    property_dependencies: dict[str, list[str]]
-    provider: str
-    protect: bool
-    retain_on_delete: bool
-    delete_before_replace: bool
-    additional_secret_outputs: list[str]
-    replace_on_changes: list[str]
-    ignore_changes: list[str]
-    custom: bool
+class Resource(pulumi_runtime.Registration):
+    """A resource the program declared."""
 
     def plain(self, key: str) -> Any:
         """An input with any secret wrapper removed."""
         return unwrap(self.inputs.get(key))
 
     def is_secret(self, key: str) -> bool:
-        return rpc.is_rpc_secret(self.inputs.get(key))
+        return pulumi_runtime.is_secret(self.inputs.get(key))
 
 
 @dataclass
@@ -133,8 +116,8 @@ class Deployment:
 
 
 def unwrap(value: Any) -> Any:
-    if rpc.is_rpc_secret(value):
-        return unwrap(rpc.unwrap_rpc_secret(value))
+    if pulumi_runtime.is_secret(value):
+        return unwrap(pulumi_runtime.reveal(value))
     if isinstance(value, dict):
         return {k: unwrap(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -144,8 +127,8 @@ def unwrap(value: Any) -> Any:
 
 def walk(value: Any, in_secret: bool = False) -> Iterator[tuple[Any, bool]]:
     """Every leaf of a value, with whether it sits inside a secret."""
-    if rpc.is_rpc_secret(value):
-        yield from walk(rpc.unwrap_rpc_secret(value), True)
+    if pulumi_runtime.is_secret(value):
+        yield from walk(pulumi_runtime.reveal(value), True)
     elif isinstance(value, dict):
         for item in value.values():
             yield from walk(item, in_secret)
@@ -174,14 +157,14 @@ class _Mocks(pulumi.runtime.Mocks):
             state.setdefault("stderr", "")
         return f"{args.name}-id", state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[Any, Any] | tuple[dict[Any, Any], list[tuple[str, str]]]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
         self.invokes.append((args.token, dict(args.args)))
         if args.token == "github:index/getUser:getUser":
             login = args.args["username"]
-            return {"id": str(numeric_id(login)), "login": login, "nodeId": f"U_{login}"}
+            return {"id": str(numeric_id(login)), "login": login, "nodeId": f"U_{login}"}, []
         if args.token == "github:index/getTeam:getTeam":
             slug = args.args["slug"]
-            return {"id": str(numeric_id(slug)), "slug": slug, "name": slug, "nodeId": f"T_{slug}"}
+            return {"id": str(numeric_id(slug)), "slug": slug, "name": slug, "nodeId": f"T_{slug}"}, []
         if args.token == "docker:index/getRegistryImage:getRegistryImage":
             name = args.args["name"]
             if name in self.registry_failures:
@@ -190,44 +173,8 @@ class _Mocks(pulumi.runtime.Mocks):
                 # How the engine reports a provider's failed read: the invoke fails, the program decides.
                 return {}, [("name", f"Got bad response from registry: 404 Not Found (manifest unknown: {name})")]
             digest = self.registry_tags[name] if self.registry_tags is not None else digest_of(name)
-            return {"name": name, "sha256Digest": digest, "id": digest}
+            return {"name": name, "sha256Digest": digest, "id": digest}, []
         raise Exception(f"the test kit has no answer for invoke {args.token}")
-
-
-class _RecordingMonitor(mocks.MockMonitor):
-    def __init__(self, mock: _Mocks) -> None:
-        super().__init__(mock)
-        self.recorded: list[Resource] = []
-        self.stack_outputs: dict[str, Any] = {}
-
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
-        response = super().RegisterResource(request)
-        if request.type != "pulumi:pulumi:Stack":
-            self.recorded.append(
-                Resource(
-                    urn=response.urn,
-                    type=request.type,
-                    name=request.name,
-                    inputs=rpc.deserialize_properties(request.object),
-                    parent=request.parent,
-                    dependencies=list(request.dependencies),
-                    property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
-                    provider=request.provider,
-                    protect=request.protect,
-                    retain_on_delete=request.retainOnDelete,
-                    delete_before_replace=request.deleteBeforeReplace,
-                    additional_secret_outputs=list(request.additionalSecretOutputs),
-                    replace_on_changes=list(request.replaceOnChanges),
-                    ignore_changes=list(request.ignoreChanges),
-                    custom=request.custom,
-                )
-            )
-        return response
-
-    def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
-        if "::pulumi:pulumi:Stack::" in request.urn:
-            self.stack_outputs = rpc.deserialize_properties(request.outputs)
-        return super().RegisterResourceOutputs(request)
 
 
 def stack_file(stack: str) -> dict[str, Any]:
@@ -325,18 +272,18 @@ def attempt_stack(
     """
     config, secret_keys = stack_config(stack, overrides, secrets)
     mock = _Mocks(registry_tags, registry_failures or {})
-    monitor = _RecordingMonitor(mock)
     name = as_stack or stack
-    pulumi.runtime.set_mocks(mock, project=PROJECT, stack=name, preview=preview, monitor=monitor)
-    pulumi.runtime.set_all_config(config, secret_keys)
-    settings.set_root_resource(None)  # type: ignore[arg-type]  # run_in_stack creates a fresh root
-    program: Callable[[], None] = lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")
-    error: BaseException | None = None
-    try:
-        _sync_await(run_in_stack(program))
-    except Exception as raised:
-        error = raised
-    return Deployment(name, monitor.recorded, monitor.stack_outputs, mock.invokes), error
+    run = pulumi_runtime.run_program(
+        PROJECT_DIR / "__main__.py",
+        mock,
+        project=PROJECT,
+        stack=name,
+        preview=preview,
+        config=config,
+        secret_keys=secret_keys,
+    )
+    resources = [Resource(**vars(registration)) for registration in run.registrations]
+    return Deployment(name, resources, run.stack_outputs, mock.invokes), run.error
 
 
 def run_stack(
