@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import string
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,8 @@ from pydantic import SecretStr
 from components.config import AppSettings, ReleaseSettings
 
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
+# The files rendered for the server, with @{name} placeholders (render()).
+TEMPLATES_DIR = Path(__file__).parent / "templates"
 SCRIPTS = ("lib.sh", "files.sh", "env.sh", "backup.sh", "migrate.sh", "switch.sh", "up.sh", "release-lock.sh")
 # Sourced by the others, never run: it ships without the executable bit.
 LIBRARY = "lib.sh"
@@ -136,48 +139,31 @@ def proxy_files(app: AppSettings, release: ReleaseSettings) -> dict[str, str]:
         listen, resolver = str(app.proxy_port), "\n    resolver 127.0.0.11 valid=10s;"
         upstreams = {colour: f"app-{colour}:{CONTAINER_PORT}" for colour in COLOURS}
     addresses = " ".join(f"{colour} {address};" for colour, address in upstreams.items())
-    nginx = f"""# The stage's proxy, rendered by kametrix-deploy. It sends every request to the live colour, which
-# live.conf names: a copy of blue.conf or green.conf that the release steps put in place, then reload.
-worker_processes auto;
-pid /tmp/nginx.pid;
-error_log stderr warn;
-# After a reload, old workers finish the requests they hold on the old colour, for at most this long.
-worker_shutdown_timeout {release.drain_seconds}s;
-events {{
-    worker_connections 4096;
-}}
-http {{
-    access_log off;
-    client_body_temp_path /tmp/nginx-client-body;
-    proxy_temp_path /tmp/nginx-proxy;
-    fastcgi_temp_path /tmp/nginx-fastcgi;
-    uwsgi_temp_path /tmp/nginx-uwsgi;
-    scgi_temp_path /tmp/nginx-scgi;{resolver}
-    include {PROXY_MOUNT}/live.conf;
-    map $kametrix_colour $kametrix_upstream {{ {addresses} }}
-    server {{
-        listen {listen};
-        # One request per connection: a reload then never closes a connection a client is about to reuse.
-        keepalive_timeout 0;
-        # Limits are the front proxy's to set.
-        client_max_body_size 0;
-        location = {COLOUR_PATH} {{
-            default_type text/plain;
-            return 200 "$kametrix_colour\\n";
-        }}
-        location / {{
-            proxy_pass http://$kametrix_upstream;
-            proxy_set_header Host $http_host;
-        }}
-    }}
-}}
-"""
+    nginx = render(
+        "nginx.conf",
+        drain_seconds=release.drain_seconds,
+        resolver=resolver,
+        proxy_mount=PROXY_MOUNT,
+        addresses=addresses,
+        listen=listen,
+        colour_path=COLOUR_PATH,
+    )
     files = {f"{PROXY_DIR}/nginx.conf": nginx}
     for colour in COLOURS:
-        files[f"{PROXY_DIR}/{colour}.conf"] = (
-            f'# Traffic goes to the {colour} colour.\nmap "" $kametrix_colour {{ default {colour}; }}\n'
-        )
+        files[f"{PROXY_DIR}/{colour}.conf"] = render("colour.conf", colour=colour)
     return files
+
+
+class _Template(string.Template):
+    """`@{name}` placeholders only: nginx's own `$variables` and `{ }` blocks stay as they are written."""
+
+    delimiter = "@"
+    pattern = r"@(?:(?P<escaped>(?!))|(?P<named>(?!))|\{(?P<braced>[a-z_]+)\}|(?P<invalid>\{))"  # type: ignore[assignment]
+
+
+def render(template: str, **values: object) -> str:
+    """A file of components/templates/ with its placeholders filled in; a placeholder left unfilled is an error."""
+    return _Template((TEMPLATES_DIR / template).read_text()).substitute(values)
 
 
 def env_file(app: AppSettings, secrets: Mapping[str, SecretStr]) -> str:

@@ -6,6 +6,7 @@ import base64
 import io
 import itertools
 import tarfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from tests.kit import Deployment, Resource
 COMMAND = "command:remote:Command"
 RELEASE = "github:index/release:Release"
 IMAGE_BUILD = "docker:index/image:Image"
+GOLDEN_PROXY = Path(__file__).parent / "golden" / "proxy"
 STEPS = ["server-files", "server-env", "server-backup", "server-migrate", "server-up"]
 REPOSITORY = "ghcr.io/kametrix-org/kametrix/kametrix"
 V141 = "sha256:" + "1" * 64
@@ -267,6 +269,20 @@ def test_the_app_is_reached_only_through_the_proxy_which_sends_traffic_to_the_li
     assert "resolver 127.0.0.11 valid=10s;" in nginx, "a colour's new address would never be looked up"
     assert 'map "" $kametrix_colour { default green; }' in files["proxy/green.conf"]
     assert "proxy/live.conf" not in files, "the files step would move traffic"
+
+
+@pytest.mark.parametrize("stack", ["staging", "production", "local"])
+def test_the_proxy_config_rendered_from_its_template_is_byte_identical_to_the_f_string_it_replaced(
+    stack: str,
+) -> None:
+    """tests/golden/proxy/<stack>/ holds what the f-string in components/server_files.py rendered for each
+    committed stack file before the templates in components/templates/ took its place."""
+    files = server_files(kit.run_stack(stack))
+    golden = GOLDEN_PROXY / stack
+    rendered = {name: content for name, content in files.items() if name.startswith("proxy/")}
+    assert set(rendered) == {f"proxy/{path.name}" for path in golden.iterdir()}
+    for name, content in rendered.items():
+        assert content.encode() == (golden / name.removeprefix("proxy/")).read_bytes(), f"{stack}: {name}"
 
 
 def test_on_host_networking_everything_listens_on_loopback_ports_of_its_own() -> None:
