@@ -1,0 +1,67 @@
+"""The value types the stack file's keys share: each checks one shape and says what it allows."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+# Versions the image registry holds: release tags and staging builds. Never a moving tag.
+VERSION_PATTERN = re.compile(r"^(v\d+\.\d+\.\d+|v\d{4}\.\d{2}\.\d{2}-[0-9a-f]{7,40}|staging-[0-9a-f]{7,40})$")
+VERSION_FORMATS = "v1.2.3, vYYYY.MM.DD-<short sha> or staging-<short sha>"
+# The server's `.env` holds KEY='value' lines: a value cannot close its quotes or start another line.
+ENV_FILE_FORBIDDEN = ("'", "\n", "\r")
+ENV_FILE_RULE = "no single quote, carriage return or line break (the .env quotes values)"
+
+
+def in_range(low: int, high: int, unit: str) -> AfterValidator:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"allowed: {low}–{high} {unit}; received {value}")
+        return value
+
+    return AfterValidator(check)
+
+
+def matching(pattern: str, allowed: str) -> AfterValidator:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"allowed: {allowed}; received {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+def fits_env_file(value: str) -> bool:
+    return not any(character in value for character in ENV_FILE_FORBIDDEN)
+
+
+def _check_version(value: str) -> str:
+    if not VERSION_PATTERN.fullmatch(value):
+        raise ValueError(f"must be an exact version ({VERSION_FORMATS}); received {value!r}")
+    return value
+
+
+def _check_env_value(value: str) -> str:
+    if not fits_env_file(value):
+        raise ValueError(f"allowed: {ENV_FILE_RULE}; received {value!r}")
+    return value
+
+
+Port = Annotated[int, in_range(1, 65535, "(TCP port)")]
+Version = Annotated[str, AfterValidator(_check_version)]
+CommitSha = Annotated[str, matching(r"[0-9a-f]{40}", "a full 40-character lowercase git SHA")]
+GitHubLogin = Annotated[str, matching(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})", "a GitHub login")]
+TeamSlug = Annotated[str, matching(r"[a-z0-9][a-z0-9._-]*", "a GitHub team slug")]
+BranchPattern = Annotated[str, matching(r"[A-Za-z0-9._/*-]+", "a branch name or pattern")]
+ENV_NAME_PATTERN = r"(?!GITHUB_)[A-Z_][A-Z0-9_]*"
+ENV_NAME_RULE = "an upper-case name not starting with GITHUB_"
+EnvName = Annotated[str, matching(ENV_NAME_PATTERN, ENV_NAME_RULE)]
+AbsolutePath = Annotated[str, matching(r"/[A-Za-z0-9._/-]*", "an absolute path")]
+HttpsUrl = Annotated[str, matching(r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")]
+FITS_ENV_FILE = AfterValidator(_check_env_value)
+EnvValue = Annotated[str, FITS_ENV_FILE]
+"""A plain value the server's `.env` carries."""

@@ -1,0 +1,234 @@
+"""The shape of the stack file's plain keys: one pydantic model per section, each key with what it means.
+
+The docstring under each field is its description in docs/configuration.md (scripts/config_reference.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from components.config.fields import (
+    FITS_ENV_FILE,
+    AbsolutePath,
+    BranchPattern,
+    CommitSha,
+    EnvName,
+    EnvValue,
+    GitHubLogin,
+    HttpsUrl,
+    Port,
+    TeamSlug,
+    Version,
+    in_range,
+    matching,
+)
+
+MAX_REVIEWERS_PER_KIND = 6
+MAX_WAIT_TIMER_MINUTES = 43200
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=False,
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        use_attribute_docstrings=True,
+    )
+
+
+class Reviewers(Model):
+    users: list[GitHubLogin] = Field(default_factory=list, max_length=MAX_REVIEWERS_PER_KIND)
+    """GitHub logins who may approve."""
+    teams: list[TeamSlug] = Field(default_factory=list, max_length=MAX_REVIEWERS_PER_KIND)
+    """Team slugs (of the owner's organisation) whose members may approve."""
+
+    @property
+    def count(self) -> int:
+        return len(self.users) + len(self.teams)
+
+
+class GitHubApp(Model):
+    id: Annotated[str, matching(r"\d+", "a numeric GitHub App ID")]
+    """The App's numeric ID."""
+    installation_id: Annotated[str, matching(r"\d+", "a numeric installation ID")]
+    """The numeric ID of its installation on the owner."""
+
+
+class ReadOnlyEnvironmentSettings(Model):
+    """A GitHub environment where a workflow only reads the stack (`pulumi preview`), never deploys it."""
+
+    reviewers: Reviewers = Field(default_factory=Reviewers)
+    """Who approves each run in this environment."""
+    deployment_branches: list[BranchPattern] = Field(default_factory=list)
+    """Empty: any branch (pull requests); the reviewers are then the gate."""
+    variables: dict[EnvName, str] = Field(default_factory=dict)
+    """E.g. AWS_ROLE_ARN of a read-only role on the state bucket."""
+
+
+class GitHubSettings(Model):
+    owner: GitHubLogin
+    """The GitHub owner (organisation or user) of both repositories."""
+    repository: Annotated[str, matching(r"[A-Za-z0-9._-]+", "a repository name without owner")]
+    """This deploy repository: its workflows run the stage's jobs, so the environment lives here."""
+    app_repository: Annotated[str, matching(r"[A-Za-z0-9._-]+", "a repository name without owner")]
+    """The app's repository, where releases are published and versions are tagged."""
+    environment: Annotated[str, matching(r"[A-Za-z0-9._-]+", "a GitHub environment name")]
+    """The deploy environment's name; `<environment>-preview` and `<environment>-drift` go with it."""
+    deployment_branches: list[BranchPattern] = Field(min_length=1)
+    """The branches that may deploy in the environment: exactly those its deploy workflow runs from."""
+    reviewers: Reviewers = Field(default_factory=Reviewers)
+    """Who approves a deployment (required reviewers)."""
+    wait_timer: Annotated[int, in_range(0, MAX_WAIT_TIMER_MINUTES, "minutes")] = 0
+    """Minutes a deployment waits after its approval."""
+    prevent_self_review: bool = True
+    """Whoever started a deployment cannot approve it."""
+    can_admins_bypass: bool = False
+    """Whether repository administrators may deploy without an approval."""
+    variables: dict[EnvName, str] = Field(default_factory=dict)
+    """Environment variables of the deploy environment (APP_URL and PULUMI_STACK are the stack's own)."""
+    app: GitHubApp | None = None
+    """Authenticate as a GitHub App (private key in the `githubAppPrivateKey` secret) instead of a token."""
+    preview: ReadOnlyEnvironmentSettings | None = None
+    """`<environment>-preview`, where pull requests preview the stack. The preview runs the PR's program with the
+    stage's passphrase, so its reviewers approve each preview."""
+    drift: ReadOnlyEnvironmentSettings | None = None
+    """`<environment>-drift`, where the scheduled drift check previews the stack from the stage's branch."""
+    releases: dict[Version, CommitSha] = Field(default_factory=dict)
+    """Every version published as a GitHub release, with its commit. Kept declared so a rollback to one of
+    them finds its release record in place instead of trying to create it again."""
+
+
+class BuildSettings(Model):
+    context: str
+    """The build context: the app repository checked out beside this project."""
+    dockerfile: str = "Dockerfile"
+    """The Dockerfile, relative to the context."""
+    runner_target: str = "runner"
+    """The Dockerfile stage that runs the app: pushed as `<version>`."""
+    migrate_target: str = "builder"
+    """The Dockerfile stage that runs migrations: pushed as `<version>-migrate`."""
+
+
+class ImageSettings(Model):
+    registry: str = "ghcr.io"
+    """The container registry."""
+    repository: Annotated[str, matching(r"[a-z0-9._/-]+", "a lower-case repository path")]
+    """The image's path in the registry."""
+    username: str
+    """The account whose token is the `registryPassword` secret."""
+    build: BuildSettings | None = None
+    """Build and push the version from source; absent means the version must already exist."""
+
+
+class ServerSettings(Model):
+    host: str
+    """The Docker host the stage runs on."""
+    port: Port = 22
+    """Its SSH port."""
+    user: str
+    """The deploy user (in the `docker` group)."""
+    host_key: Annotated[
+        str,
+        matching(r"(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa) [A-Za-z0-9+/=]+", "an SSH public host key line"),
+    ]
+    """The server's SSH host key, pinned: `ssh-keyscan -t ed25519 HOST`."""
+    app_dir: AbsolutePath = "/opt/kametrix"
+    """Where the compose project, its scripts, `.env` and backups live on the server."""
+
+
+class AppSettings(Model):
+    """The app's compose project and its plain settings; every text value lands in the server's `.env`."""
+
+    url: Annotated[HttpsUrl, FITS_ENV_FILE]
+    """Where users reach the app (NEXT_PUBLIC_APP_URL)."""
+    compose_project: Annotated[str, matching(r"[a-z0-9][a-z0-9_-]*", "a compose project name"), FITS_ENV_FILE]
+    """The compose project's name on the server."""
+    app_container: EnvValue
+    """The app containers' name; each colour adds `-blue` or `-green`."""
+    db_container: EnvValue
+    """The PostgreSQL container's name."""
+    proxy_port: Port = 3000
+    """Where the stage's proxy listens on the host's loopback: what the front proxy that terminates TLS points
+    at. 3000 is where the single-container layout published the app, so that front proxy needs no change."""
+    blue_port: Port = 3001
+    """Where the blue colour of the app answers on the host's loopback: the health gate reaches it there."""
+    green_port: Port = 3002
+    """Where the green colour of the app answers on the host's loopback: the health gate reaches it there."""
+    proxy_image: EnvValue = "nginx:1.28-alpine"
+    """The proxy in front of the colours: an nginx image (the release steps reload and drain it as nginx)."""
+    postgres_image: EnvValue = "postgres:16-alpine"
+    """The PostgreSQL image."""
+    postgres_port: Port = 5432
+    """PostgreSQL's port (on the host's loopback with host networking)."""
+    host_network: bool = False
+    """Run every container on the host's network (the local target); otherwise a compose network."""
+    postgres_user: EnvValue
+    """POSTGRES_USER."""
+    postgres_db: EnvValue
+    """POSTGRES_DB."""
+    database_pool_min: Annotated[int, in_range(0, 1000, "connections")] = 2
+    """DATABASE_POOL_MIN: at most databasePoolMax."""
+    database_pool_max: Annotated[int, in_range(1, 1000, "connections")] = 10
+    """DATABASE_POOL_MAX."""
+    vapi_public_key: EnvValue
+    """VAPI_PUBLIC_KEY."""
+    google_client_id: EnvValue
+    """GOOGLE_CLIENT_ID."""
+    stripe_currency: Annotated[str, matching(r"[a-z]{3}", "an ISO 4217 currency code in lower case"), FITS_ENV_FILE] = (
+        "eur"
+    )
+    """STRIPE_CURRENCY."""
+    smtp_host: EnvValue
+    """SMTP_HOST."""
+    smtp_port: Port = 587
+    """SMTP_PORT."""
+    smtp_user: EnvValue
+    """SMTP_USER."""
+    smtp_from: EnvValue
+    """SMTP_FROM: the sender of the app's mail."""
+
+
+class ReleaseSettings(Model):
+    health_attempts: Annotated[int, in_range(1, 600, "attempts")] = 30
+    """How often the health gate asks a new colour whether it is healthy before the release fails."""
+    health_interval_seconds: Annotated[int, in_range(1, 60, "seconds")] = 2
+    """Seconds between two of those asks."""
+    backups_to_keep: Annotated[int, in_range(1, 1000, "backups")] = 10
+    """Database backups kept on the server (the newest)."""
+    images_to_keep: Annotated[int, in_range(2, 100, "images")] = 5
+    """App images kept on the server; the live, previous and migrate images always stay."""
+    lock_timeout_minutes: Annotated[int, in_range(5, 1440, "minutes")] = 30
+    """A release lock older than this is taken over: a release that died between steps cannot block forever."""
+    drain_seconds: Annotated[int, in_range(1, 3600, "seconds")] = 30
+    """After a switch, how long requests still running on the old colour may take before it is stopped."""
+
+
+class PlainConfig(Model):
+    """Every non-secret key of the `kametrix-deploy` namespace."""
+
+    version: Version
+    """The version the stage runs: an exact version, never `latest` or a branch."""
+    commit: CommitSha | None = None
+    """The commit a building stage builds (GIT_SHA)."""
+    commit_time: (
+        Annotated[
+            str, matching(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", "an ISO 8601 UTC time like 2026-11-28T12:00:00Z")
+        ]
+        | None
+    ) = None
+    """When that commit was made (BUILD_TIMESTAMP); a build stays reproducible, so no clock is read."""
+    server: ServerSettings
+    """The Docker host, reached over SSH."""
+    image: ImageSettings
+    """The container image: built and pushed (staging) or resolved to its digest (production)."""
+    app: AppSettings
+    """The app's compose project, ports and plain settings."""
+    release: ReleaseSettings = Field(default_factory=ReleaseSettings)
+    """How a release gates, drains, locks and cleans up."""
+    github: GitHubSettings | None = None
+    """The stage's GitHub environment; absent only where no GitHub repository is managed (local)."""
