@@ -184,3 +184,100 @@ def test_required_environment_secrets_for_the_deploy_workflow() -> None:
         "required environment secret is missing"
         in problems["kametrix-deploy:githubEnvironmentSecrets.PULUMI_BACKEND_URL"]
     )
+
+
+def test_every_app_value_that_cannot_live_in_the_env_file_is_reported_on_its_own_key() -> None:
+    _, problems = problems_for(
+        "staging",
+        overrides={"app.smtpHost": "smtp'.example", "app.smtpFrom": "Kametrix\r\nBcc: x", "app.postgresDb": "a\nb"},
+    )
+    rule = "allowed: no single quote, carriage return or line break (the .env quotes values); received "
+    assert problems == {
+        "kametrix-deploy:app.smtpHost": rule + repr("smtp'.example"),
+        "kametrix-deploy:app.smtpFrom": rule + repr("Kametrix\r\nBcc: x"),
+        "kametrix-deploy:app.postgresDb": rule + repr("a\nb"),
+    }
+
+
+def test_a_carriage_return_in_an_app_secret_is_refused_without_echoing_it() -> None:
+    error, problems = problems_for("local", secrets={"smtpPass": "TESTSECRET-smtp\r"})
+    assert "carriage return" in problems["kametrix-deploy:smtpPass"]
+    assert "TESTSECRET" not in str(error)
+
+
+def test_each_problem_names_its_key_once() -> None:
+    error, problems = problems_for(
+        "production",
+        overrides={
+            "app.smtpHost": "smtp'.example",
+            "app.greenPort": 3000,
+            "app.databasePoolMin": 20,
+            "github.waitTimer": -1,
+            "github.canAdminsBypass": True,
+            "github.deploymentBranches": ["develop"],
+            "github.variables": {"APP_URL": "https://elsewhere.example"},
+            "image.build": {"context": "app"},
+            "server.port": 0,
+            "version": "v9.9.9",
+            "relase": {},
+        },
+        secrets={"googleEncryptionKey": "TESTSECRET-not-hex", "sshPrivateKey": DELETE},
+    )
+    assert len(problems) >= 12, problems
+    for key, message in problems.items():
+        path = key.partition(":")[2]
+        assert "kametrix-deploy:" not in message and f"{path}:" not in message, f"{key}: {message}"
+        assert str(error).count(f"{key}:") == 1, f"{key} is named more than once"
+
+
+def test_a_stack_on_github_app_authentication_is_not_asked_for_a_token_when_another_key_is_invalid() -> None:
+    app_key = "-----BEGIN RSA PRIVATE KEY-----\nTESTSECRET-app-key\n-----END RSA PRIVATE KEY-----\n"
+    _, problems = problems_for(
+        "production",
+        overrides={"github.app": {"id": "123456", "installationId": "7890123"}, "server.port": 0},
+        secrets={"githubToken": DELETE, "githubAppPrivateKey": app_key},
+    )
+    assert set(problems) == {"kametrix-deploy:server.port"}
+
+
+def test_a_stack_on_github_app_authentication_is_asked_for_the_app_key_not_a_token() -> None:
+    _, problems = problems_for(
+        "production",
+        overrides={"github.app": {"id": "not-numeric", "installationId": "7890123"}},
+        secrets={"githubToken": DELETE},
+    )
+    assert "required secret is missing" in problems["kametrix-deploy:githubAppPrivateKey"]
+    assert "kametrix-deploy:githubToken" not in problems
+    assert "numeric GitHub App ID" in problems["kametrix-deploy:github.app.id"]
+
+
+@pytest.mark.parametrize("branches", [["develop"], ["main", "develop"], ["*"], ["release/*"], ["master"]])
+def test_production_deploys_from_main_only(branches: list[str]) -> None:
+    _, problems = problems_for(
+        "production",
+        overrides={"github.deploymentBranches": branches, "github.drift.deploymentBranches": branches},
+    )
+    message = problems["kametrix-deploy:github.deploymentBranches"]
+    assert message.startswith("allowed in production: exactly [main]"), message
+    assert ".github/workflows/deploy-production.yml" in message
+    assert message.endswith(f"received [{', '.join(branches)}]"), message
+
+
+def test_an_invalid_key_hides_no_policy_breach_beside_it_in_its_section() -> None:
+    _, problems = problems_for(
+        "production",
+        overrides={
+            "app.smtpHost": "smtp'.example",
+            "app.greenPort": 3000,
+            "github.waitTimer": -1,
+            "github.canAdminsBypass": True,
+            "github.preview": {"reviewers": {"users": ["not a login"]}},
+        },
+    )
+    assert set(problems) == {
+        "kametrix-deploy:app.smtpHost",
+        "kametrix-deploy:app.greenPort",
+        "kametrix-deploy:github.waitTimer",
+        "kametrix-deploy:github.canAdminsBypass",
+        "kametrix-deploy:github.preview.reviewers.users.0",
+    }, "an invalid preview is told as invalid, never as missing"

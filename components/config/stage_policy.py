@@ -1,19 +1,21 @@
 """What each stage demands beyond the shape of its keys: production's approval, branch and release rules,
 the read-only environments every GitHub stage declares, and consistency between keys.
 
-Each section is validated on its own here, so a mistake in one section does not hide a policy breach in
-another: one run reports both.
+Each section's keys are validated one by one here, so an invalid key hides no rule on the others: one run
+reports the invalid key and every policy breach beside it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
+from components.config.fields import VERSION_PATTERN
 from components.config.models import MAX_REVIEWERS_PER_KIND, AppSettings, GitHubSettings, ImageSettings
 from components.config.problems import Problem, full_key
 
@@ -36,37 +38,71 @@ _SectionModel = TypeVar("_SectionModel", bound=BaseModel)
 
 
 @dataclass(frozen=True)
+class Section(Generic[_SectionModel]):
+    """A section's valid keys, the others left at their defaults or out: one invalid key does not keep a rule on
+    the section's other keys from being judged."""
+
+    part: _SectionModel
+    invalid: frozenset[str]
+    """Fields present but invalid, or required and absent: their own problem is told already."""
+
+    def valid(self, *fields: str) -> _SectionModel | None:
+        """The section, when each of these fields holds a valid value of its own or its default; else None."""
+        return None if self.invalid & set(fields) else self.part
+
+    @staticmethod
+    def of(model: type[_SectionModel], raw: Any) -> Section[_SectionModel] | None:
+        if not isinstance(raw, dict):
+            return None
+        valid: dict[str, Any] = {}
+        invalid = set()
+        for name, field in model.model_fields.items():
+            if field.alias not in raw:
+                if field.is_required():
+                    invalid.add(name)
+                continue
+            try:
+                valid[name] = _field_validator(model, name).validate_python(raw[field.alias], strict=True)
+            except ValidationError:
+                invalid.add(name)
+        return Section(model.model_construct(_fields_set=set(valid), **valid), frozenset(invalid))
+
+
+@functools.cache
+def _field_validator(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    field = model.model_fields[name]
+    annotation = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    return TypeAdapter(annotation)  # type: ignore[arg-type]  # a field's annotation is a type form
+
+
+@dataclass(frozen=True)
 class Sections:
-    """Each section of the plain keys validated on its own: None where it is absent or invalid."""
+    """The plain keys, each section on its own (None where absent or not an object)."""
 
     declared: frozenset[str]
     version: str | None
+    """Set only when valid: rules compare it with other keys."""
     commit: str | None
     commit_time: str | None
-    github: GitHubSettings | None
-    image: ImageSettings | None
-    app: AppSettings | None
+    github: Section[GitHubSettings] | None
+    image: Section[ImageSettings] | None
+    app: Section[AppSettings] | None
 
     @staticmethod
     def of(values: Mapping[str, Any]) -> Sections:
-        def section(model: type[_SectionModel], alias: str) -> _SectionModel | None:
-            try:
-                return model.model_validate(values[alias]) if alias in values else None
-            except ValidationError:
-                return None
-
         def text(alias: str) -> str | None:
             value = values.get(alias)
             return value if isinstance(value, str) else None
 
+        version = text("version")
         return Sections(
             declared=frozenset(values),
-            version=text("version"),
+            version=version if version and VERSION_PATTERN.fullmatch(version) else None,
             commit=text("commit"),
             commit_time=text("commitTime"),
-            github=section(GitHubSettings, "github"),
-            image=section(ImageSettings, "image"),
-            app=section(AppSettings, "app"),
+            github=Section.of(GitHubSettings, values.get("github")),
+            image=Section.of(ImageSettings, values.get("image")),
+            app=Section.of(AppSettings, values.get("app")),
         )
 
 
@@ -76,12 +112,12 @@ def stage_policy(stack: str, sections: Sections) -> list[Problem]:
         for name, (stages, why) in REQUIRED_SECTIONS.items()
         if stack in stages and name not in sections.declared
     ]
-    github = sections.github
-    if stack in ("staging", "production") and github is not None:
-        problems.extend(_read_only_environment_policy(github))
+    if stack in ("staging", "production") and sections.github is not None:
+        problems.extend(_read_only_environment_policy(sections.github))
     if stack == "production":
         problems.extend(_production_policy(sections))
     problems.extend(_build_policy(sections))
+    github = sections.github.valid("variables") if sections.github else None
     if github is not None:
         problems.extend(
             Problem(
@@ -99,42 +135,44 @@ def _production_policy(sections: Sections) -> list[Problem]:
     """Production deploys only approved, already-built, recorded versions from its one branch."""
     problems = []
     github = sections.github
-    if github is not None:
-        if github.reviewers.count == 0:
-            problems.append(
-                Problem(
-                    full_key("github.reviewers"),
-                    f"production needs at least one required reviewer; allowed: 1–{MAX_REVIEWERS_PER_KIND} users "
-                    f"and/or 1–{MAX_REVIEWERS_PER_KIND} teams; received none",
-                )
+    if github is not None and (valid := github.valid("reviewers")) and valid.reviewers.count == 0:
+        problems.append(
+            Problem(
+                full_key("github.reviewers"),
+                f"production needs at least one required reviewer; allowed: 1–{MAX_REVIEWERS_PER_KIND} users "
+                f"and/or 1–{MAX_REVIEWERS_PER_KIND} teams; received none",
             )
-        if github.can_admins_bypass:
-            problems.append(
-                Problem(
-                    full_key("github.canAdminsBypass"),
-                    "allowed in production: false (nobody skips the approval); received true",
-                )
+        )
+    if github is not None and (valid := github.valid("can_admins_bypass")) and valid.can_admins_bypass:
+        problems.append(
+            Problem(
+                full_key("github.canAdminsBypass"),
+                "allowed in production: false (nobody skips the approval); received true",
             )
-        if github.deployment_branches != [PRODUCTION_BRANCH]:
-            problems.append(
-                Problem(
-                    full_key("github.deploymentBranches"),
-                    f"allowed in production: exactly [{PRODUCTION_BRANCH}] (the production workflow, "
-                    f".github/workflows/deploy-production.yml, deploys only from {PRODUCTION_BRANCH}; any other "
-                    f"branch or pattern would pass GitHub's gate for a run the workflow refuses); "
-                    f"received [{', '.join(github.deployment_branches)}]",
-                )
+        )
+    valid = github.valid("deployment_branches") if github else None
+    if valid is not None and valid.deployment_branches != [PRODUCTION_BRANCH]:
+        problems.append(
+            Problem(
+                full_key("github.deploymentBranches"),
+                f"allowed in production: exactly [{PRODUCTION_BRANCH}] (the production workflow, "
+                f".github/workflows/deploy-production.yml, deploys only from {PRODUCTION_BRANCH}; any other "
+                f"branch or pattern would pass GitHub's gate for a run the workflow refuses); "
+                f"received [{', '.join(valid.deployment_branches)}]",
             )
-        if sections.version is not None and sections.version not in github.releases:
-            problems.append(
-                Problem(
-                    full_key("github.releases"),
-                    f"production releases only versions recorded here with their commit; allowed: "
-                    f"{', '.join(github.releases) or 'none recorded yet'}; received version {sections.version!r}. "
-                    f"Add `{sections.version}: <commit sha>` under github.releases",
-                )
+        )
+    valid = github.valid("releases") if github else None
+    if valid is not None and sections.version is not None and sections.version not in valid.releases:
+        problems.append(
+            Problem(
+                full_key("github.releases"),
+                f"production releases only versions recorded here with their commit; allowed: "
+                f"{', '.join(valid.releases) or 'none recorded yet'}; received version {sections.version!r}. "
+                f"Add `{sections.version}: <commit sha>` under github.releases",
             )
-    if sections.image is not None and sections.image.build is not None:
+        )
+    image = sections.image.valid("build") if sections.image else None
+    if image is not None and image.build is not None:
         problems.append(
             Problem(
                 full_key("image.build"),
@@ -146,7 +184,8 @@ def _production_policy(sections: Sections) -> list[Problem]:
 
 
 def _build_policy(sections: Sections) -> list[Problem]:
-    if sections.image is None or sections.image.build is None or (sections.commit and sections.commit_time):
+    image = sections.image.valid("build") if sections.image else None
+    if image is None or image.build is None or (sections.commit and sections.commit_time):
         return []
     return [
         Problem(
@@ -157,12 +196,13 @@ def _build_policy(sections: Sections) -> list[Problem]:
     ]
 
 
-def _read_only_environment_policy(github: GitHubSettings) -> list[Problem]:
+def _read_only_environment_policy(section: Section[GitHubSettings]) -> list[Problem]:
     """The workflows preview every stage in `<environment>-preview` and check its drift in `<environment>-drift`:
     both must be declared (GitHub would create a missing one without protection), and since a preview of a pull
     request runs the PR's program with the stage's passphrase, someone approves it first."""
     problems = []
-    if github.preview is None or github.preview.reviewers.count == 0:
+    github = section.valid("environment", "preview")
+    if github is not None and (github.preview is None or github.preview.reviewers.count == 0):
         problems.append(
             Problem(
                 full_key("github.preview.reviewers"),
@@ -171,6 +211,9 @@ def _read_only_environment_policy(github: GitHubSettings) -> list[Problem]:
                 "preview; received none",
             )
         )
+    github = section.valid("environment", "drift", "deployment_branches")
+    if github is None:
+        return problems
     if github.drift is None or not github.drift.deployment_branches:
         problems.append(
             Problem(
@@ -190,10 +233,11 @@ def _read_only_environment_policy(github: GitHubSettings) -> list[Problem]:
     return problems
 
 
-def _app_policy(app: AppSettings) -> list[Problem]:
+def _app_policy(section: Section[AppSettings]) -> list[Problem]:
     """The pool's bounds in order; the proxy, both colours and PostgreSQL each on a port of their own."""
     problems = []
-    if app.database_pool_min > app.database_pool_max:
+    app = section.valid("database_pool_min", "database_pool_max")
+    if app is not None and app.database_pool_min > app.database_pool_max:
         problems.append(
             Problem(
                 full_key("app.databasePoolMin"),
@@ -202,7 +246,9 @@ def _app_policy(app: AppSettings) -> list[Problem]:
         )
     used_by: dict[int, str] = {}
     for name in _HOST_PORTS:
-        port, alias = getattr(app, name), f"app.{to_camel(name)}"
+        if section.valid(name) is None:
+            continue
+        port, alias = getattr(section.part, name), f"app.{to_camel(name)}"
         if port in used_by:
             problems.append(
                 Problem(full_key(alias), f"allowed: a port that {used_by[port]} does not use; received {port}")
