@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 # Versions the image registry holds: release tags and staging builds. Never a moving tag.
 VERSION_PATTERN = re.compile(r"^(v\d+\.\d+\.\d+|v\d{4}\.\d{2}\.\d{2}-[0-9a-f]{7,40}|staging-[0-9a-f]{7,40})$")
@@ -13,18 +16,44 @@ VERSION_FORMATS = "v1.2.3, vYYYY.MM.DD-<short sha> or staging-<short sha>"
 # The server's `.env` holds KEY='value' lines: a value cannot close its quotes or start another line.
 ENV_FILE_FORBIDDEN = ("'", "\n", "\r")
 ENV_FILE_RULE = "no single quote, carriage return or line break (the .env quotes values)"
+# The JSON schema keyword that carries a rule's words (docs/configuration.md's "allowed" column).
+ALLOWED = "x-allowed"
 
 
-def in_range(low: int, high: int, unit: str) -> AfterValidator:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule(AfterValidator):
+    """A check of one value that also says what it allows: in its error, in docs/configuration.md and in the
+    stack file's JSON schema (with the same rule in JSON schema words where it has them, for an editor)."""
+
+    allowed: str = ""
+    pattern: str | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def __get_pydantic_json_schema__(self, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        words = {"pattern": self.pattern, "minimum": self.minimum, "maximum": self.maximum}
+        for keyword, value in words.items():
+            if value is None:
+                continue
+            if keyword in schema:
+                schema.setdefault("allOf", []).append({keyword: value})
+            else:
+                schema[keyword] = value
+        schema[ALLOWED] = f"{schema[ALLOWED]}; {self.allowed}" if ALLOWED in schema else self.allowed
+        return schema
+
+
+def in_range(low: int, high: int, unit: str) -> Rule:
     def check(value: int) -> int:
         if not low <= value <= high:
             raise ValueError(f"allowed: {low}–{high} {unit}; received {value}")
         return value
 
-    return AfterValidator(check)
+    return Rule(check, f"{low}–{high} {unit}", minimum=low, maximum=high)
 
 
-def matching(pattern: str, allowed: str) -> AfterValidator:
+def matching(pattern: str, allowed: str) -> Rule:
     compiled = re.compile(pattern)
 
     def check(value: str) -> str:
@@ -32,7 +61,7 @@ def matching(pattern: str, allowed: str) -> AfterValidator:
             raise ValueError(f"allowed: {allowed}; received {value!r}")
         return value
 
-    return AfterValidator(check)
+    return Rule(check, allowed, pattern=f"^(?:{pattern})$")
 
 
 def fits_env_file(value: str) -> bool:
@@ -52,7 +81,7 @@ def _check_env_value(value: str) -> str:
 
 
 Port = Annotated[int, in_range(1, 65535, "(TCP port)")]
-Version = Annotated[str, AfterValidator(_check_version)]
+Version = Annotated[str, Rule(_check_version, f"an exact version: {VERSION_FORMATS}", pattern=VERSION_PATTERN.pattern)]
 CommitSha = Annotated[str, matching(r"[0-9a-f]{40}", "a full 40-character lowercase git SHA")]
 GitHubLogin = Annotated[str, matching(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})", "a GitHub login")]
 TeamSlug = Annotated[str, matching(r"[a-z0-9][a-z0-9._-]*", "a GitHub team slug")]
@@ -62,6 +91,6 @@ ENV_NAME_RULE = "an upper-case name not starting with GITHUB_"
 EnvName = Annotated[str, matching(ENV_NAME_PATTERN, ENV_NAME_RULE)]
 AbsolutePath = Annotated[str, matching(r"/[A-Za-z0-9._/-]*", "an absolute path")]
 HttpsUrl = Annotated[str, matching(r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")]
-FITS_ENV_FILE = AfterValidator(_check_env_value)
+FITS_ENV_FILE = Rule(_check_env_value, ENV_FILE_RULE, pattern="^[^'\\r\\n]*$")
 EnvValue = Annotated[str, FITS_ENV_FILE]
 """A plain value the server's `.env` carries."""

@@ -86,13 +86,26 @@ def required_secrets(manages_github: bool, uses_github_app: bool) -> list[str]:
     return required
 
 
-def set_hint(name: str) -> str:
+def set_arguments(name: str) -> str:
     """What follows `pulumi config set --secret -s STAGE` to set this secret without it landing in a shell history."""
     if name == ENVIRONMENT_SECRETS_KEY:
-        return f"--path '{name}.<NAME>'   (one per secret: {', '.join(REQUIRED_ENVIRONMENT_SECRETS)})"
+        return f"--path '{name}.<NAME>'"
     if name in (SSH_KEY, GITHUB_APP_KEY_KEY):
         return f"{name} < path/to/private-key"
-    return f"{name}   (prompts for the value; or pipe it on stdin)"
+    return name
+
+
+def set_note(name: str) -> str:
+    if name == ENVIRONMENT_SECRETS_KEY:
+        return f"one per secret: {', '.join(REQUIRED_ENVIRONMENT_SECRETS)}"
+    if name in (SSH_KEY, GITHUB_APP_KEY_KEY):
+        return ""
+    return "prompts for the value; or pipe it on stdin"
+
+
+def set_hint(name: str) -> str:
+    note = set_note(name)
+    return set_arguments(name) + (f"   ({note})" if note else "")
 
 
 def read_secrets(

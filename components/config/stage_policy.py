@@ -31,6 +31,24 @@ REQUIRED_SECTIONS: Mapping[str, tuple[tuple[str, ...], str]] = {
 PRODUCTION_BRANCH = "main"
 # Variables every stage's environment gets from the stack, so workflows know where they deploy.
 STACK_VARIABLES = ("APP_URL", "PULUMI_STACK")
+# The rules below in a few words each, by the key they name: the "stages" column of docs/configuration.md.
+STAGE_RULES: Mapping[str, str] = {
+    "commit": "where image.build is set (staging), with commitTime",
+    "commitTime": "where image.build is set (staging), with commit",
+    "github.deploymentBranches": f"production: exactly [{PRODUCTION_BRANCH}]",
+    "github.reviewers": "production: at least one",
+    "github.canAdminsBypass": "production: false",
+    "github.variables": f"never {' or '.join(STACK_VARIABLES)}",
+    "github.preview": "staging, production: with reviewers",
+    "github.drift": "staging, production: with deploymentBranches among the stage's",
+    "github.releases": "production: holds the `version` it deploys",
+    "image.build": "never in production",
+    "app.databasePoolMin": "at most databasePoolMax",
+    "app.proxyPort": "a port of its own",
+    "app.bluePort": "a port of its own",
+    "app.greenPort": "a port of its own",
+    "app.postgresPort": "a port of its own",
+}
 # The host ports of the stage, each needing a port of its own.
 _HOST_PORTS = ("proxy_port", "blue_port", "green_port", "postgres_port")
 
