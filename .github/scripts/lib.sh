@@ -2,7 +2,7 @@
 # Shared by the workflow scripts in .github/scripts: arguments, step outputs, the version grammar
 # and the release bot's git. Sourced, never run: it only defines functions and constants.
 
-# The versions the registry holds; the same grammar as components/config.py VERSION_PATTERN.
+# The versions the registry holds; the same grammar as components/config/fields.py VERSION_PATTERN.
 # shellcheck disable=SC2034  # used by the scripts that source this file
 VERSION_PATTERN='^(v[0-9]+\.[0-9]+\.[0-9]+|v[0-9]{4}\.[0-9]{2}\.[0-9]{2}-[0-9a-f]{7,40}|staging-[0-9a-f]{7,40})$'
 VERSION_FORMATS='v1.2.3, vYYYY.MM.DD-<sha7> or staging-<sha7>'

@@ -51,7 +51,7 @@ require_digest_ref() {
     die "$name: allowed an image pinned by digest (repository@sha256:<64 hex>); received '$value'"
 }
 
-# The stack's version formats (components/config.py, VERSION_PATTERN).
+# The stack's version formats (components/config/fields.py, VERSION_PATTERN).
 require_version() {
   local name="$1" value="$2"
   [[ "$value" =~ ^(v[0-9]+\.[0-9]+\.[0-9]+|v[0-9]{4}\.[0-9]{2}\.[0-9]{2}-[0-9a-f]{7,40}|staging-[0-9a-f]{7,40})$ ]] ||
