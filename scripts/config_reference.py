@@ -164,10 +164,13 @@ def _sections(
 ) -> Iterator[tuple[str, Any, str]]:
     """Every nested model, by its dotted path, with the stages where it is needed."""
     for alias, field in model["properties"].items():
+        child_path = f"{path}.{alias}" if path else alias
         reference = _model_ref(field)
         if reference is None:
+            reference = _map_value_ref(field)
+            child_path += ".<name>"
+        if reference is None:
             continue
-        child_path = f"{path}.{alias}" if path else alias
         child = definitions[reference]
         child_stages = stages
         if child_path in REQUIRED_SECTIONS:
@@ -176,6 +179,12 @@ def _sections(
             child_stages = f"{stages} (where `{child_path}` is set)"
         yield child_path, child, child_stages
         yield from _sections(child, child_path, definitions, child_stages)
+
+
+def _map_value_ref(field: dict[str, Any]) -> str | None:
+    """The model each value of a map with patterned names is (`image.digests.<name>`)."""
+    values = list(field.get("patternProperties", {}).values())
+    return _model_ref(values[0]) if len(values) == 1 else None
 
 
 def _model_ref(field: dict[str, Any]) -> str | None:
@@ -232,6 +241,8 @@ def _allowed(field: dict[str, Any]) -> str:
         for value in option.get("patternProperties", {}).values():
             if ALLOWED in value:
                 words.append(f"values: {value[ALLOWED]}")
+        if "enum" in option:
+            words.append(", ".join(f"`{value}`" for value in option["enum"]))
         if option.get("type") == "boolean":
             words.append("true, false")
         if "maxItems" in option:
