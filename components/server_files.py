@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from components.config import AppSettings, ReleaseSettings
 
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
-SCRIPTS = ("lib.sh", "env.sh", "backup.sh", "migrate.sh", "switch.sh", "up.sh")
+SCRIPTS = ("lib.sh", "env.sh", "backup.sh", "migrate.sh", "switch.sh", "up.sh", "switch-back.sh")
 COMPOSE_FILE = "docker-compose.yml"
 # The app repository's migrate service (target-app.md): status, deploy, status again.
 MIGRATE_COMMAND = "npx prisma migrate status || true; npx prisma migrate deploy && npx prisma migrate status"

@@ -127,7 +127,15 @@ class ServerRelease(pulumi.ComponentResource):
         refs = (args.app_ref, args.migrate_ref)
         backup = command(
             "backup",
-            create=step("backup.sh", *common, args.version, str(release.backups_to_keep), *refs),
+            create=step(
+                "backup.sh",
+                *common,
+                args.version,
+                str(release.backups_to_keep),
+                release.backup,
+                "yes" if release.backup_on_rollback else "no",
+                *refs,
+            ),
             triggers=[*refs, files_fingerprint],
         )
         command(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.image import VersionNotInRegistryError
+from components.image import DigestChangedError, VersionNotInRegistryError
 from tests import kit
 from tests.kit import Deployment, Resource
 
@@ -20,14 +20,12 @@ RELEASE = "github:index/release:Release"
 IMAGE_BUILD = "docker:index/image:Image"
 STEPS = ["server-files", "server-env", "server-backup", "server-migrate", "server-up"]
 REPOSITORY = "ghcr.io/kametrix-org/kametrix/kametrix"
-V141 = "sha256:" + "1" * 64
-V142 = "sha256:" + "2" * 64
+# What the registry answers: the digests Pulumi.production.yaml records for each tag.
 REGISTRY = {
-    f"{REPOSITORY}:v1.4.1": V141,
-    f"{REPOSITORY}:v1.4.1-migrate": "sha256:" + "3" * 64,
-    f"{REPOSITORY}:v1.4.2": V142,
-    f"{REPOSITORY}:v1.4.2-migrate": "sha256:" + "4" * 64,
+    f"{REPOSITORY}:{tag}": kit.digest_of(f"{REPOSITORY}:{tag}")
+    for tag in ("v1.4.1", "v1.4.1-migrate", "v1.4.2", "v1.4.2-migrate")
 }
+V142 = REGISTRY[f"{REPOSITORY}:v1.4.2"]
 
 
 def production(version: str, **overrides: Any) -> Deployment:
@@ -100,15 +98,49 @@ def test_a_release_is_published_for_its_commit_only_after_the_version_serves() -
     assert deployment.depends_on(release, steps(deployment)["server-up"]), f"{release.urn} is published before up"
 
 
-def test_a_version_missing_from_the_registry_fails_before_any_server_step() -> None:
+def test_a_version_without_recorded_digests_missing_from_the_registry_fails_before_any_server_step() -> None:
+    deployment, error = kit.attempt_stack("local", overrides={"version": "v9.9.9"}, registry_tags={})
+    assert isinstance(error, VersionNotInRegistryError)
+    assert "'v9.9.9'" in str(error) and "127.0.0.1:5000/kametrix/kametrix:v9.9.9" in str(error)
+    assert deployment.of_type(COMMAND) == [], [r.urn for r in deployment.of_type(COMMAND)]
+
+
+def test_a_recorded_version_deploys_its_recorded_digests_even_while_the_registry_cannot_answer() -> None:
+    recorded = kit.stack_file("production")["config"]["kametrix-deploy:image"]["digests"]["v1.4.1"]
+    deployment = kit.run_stack("production", overrides={"version": "v1.4.1"}, registry_tags={})
+    assert deployment.output("imageRef") == f"{REPOSITORY}@{recorded['app']}"
+    assert deployment.output("migrateImageRef") == f"{REPOSITORY}@{recorded['migrate']}"
+    assert list(steps(deployment)) == STEPS
+
+
+def test_a_tag_pushed_again_with_other_bytes_stops_the_update_before_the_server_is_touched() -> None:
+    recorded = REGISTRY[f"{REPOSITORY}:v1.4.1"]
+    pushed_again = "sha256:" + "e" * 64
     deployment, error = kit.attempt_stack(
         "production",
-        overrides={"version": "v1.4.2"},
-        registry_tags={k: v for k, v in REGISTRY.items() if "v1.4.2" not in k},
+        overrides={"version": "v1.4.1"},
+        registry_tags={**REGISTRY, f"{REPOSITORY}:v1.4.1": pushed_again},
     )
-    assert isinstance(error, VersionNotInRegistryError)
-    assert "'v1.4.2'" in str(error) and f"{REPOSITORY}:v1.4.2" in str(error)
+    assert isinstance(error, DigestChangedError), error
+    for named in ("'v1.4.1'", recorded, pushed_again, "scripts/record_release.py", "docker push"):
+        assert named in str(error), f"the error does not name {named}: {error}"
     assert deployment.of_type(COMMAND) == [], [r.urn for r in deployment.of_type(COMMAND)]
+
+
+def test_a_recorded_staging_version_is_never_built_again() -> None:
+    recorded = kit.stack_file("staging")["config"]["kametrix-deploy:image"]["digests"]["staging-8d2e6b1"]
+    deployment = kit.run_stack("staging", overrides={"version": "staging-8d2e6b1"})
+    assert deployment.of_type(IMAGE_BUILD) == [], "a recorded version was built again"
+    assert deployment.output("imageRef").endswith(f"@{recorded['app']}")
+    assert deployment.output("migrateImageRef").endswith(f"@{recorded['migrate']}")
+
+
+@pytest.mark.parametrize(("stack", "mode"), [("production", "always"), ("staging", "before-migrations")])
+def test_the_backup_step_is_told_the_stages_backup_policy(stack: str, mode: str) -> None:
+    command = steps(kit.run_stack(stack))["server-backup"].plain("create")
+    assert f" {mode} no " in command, command
+    asked = kit.run_stack(stack, overrides={"release.backupOnRollback": True})
+    assert f" {mode} yes " in steps(asked)["server-backup"].plain("create")
 
 
 def test_staging_builds_once_and_pushes_both_stages_of_the_dockerfile() -> None:

@@ -83,8 +83,27 @@ class Server:
     def env(self, stdin: str, cutover: list[str] = CUTOVER) -> subprocess.CompletedProcess[str]:
         return self.run("env.sh", str(self.app_dir), "kametrix", "settings", "1800", *cutover, stdin=stdin)
 
-    def backup(self, version: str = "v2", keep: str = "2", owner: str = "v2@x") -> subprocess.CompletedProcess[str]:
-        return self.run("backup.sh", str(self.app_dir), "kametrix", owner, "1800", version, keep, NEW, MIGRATE)
+    def backup(
+        self,
+        version: str = "v2",
+        keep: str = "2",
+        owner: str = "v2@x",
+        mode: str = "always",
+        on_rollback: str = "no",
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            "backup.sh", str(self.app_dir), "kametrix", owner, "1800", version, keep, mode, on_rollback, NEW, MIGRATE
+        )
+
+    def migrate(self, version: str = "v2", migrate_image: str = MIGRATE) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            "migrate.sh", str(self.app_dir), "kametrix", f"{version}@x", "1800", version, NEW, migrate_image
+        )
+
+    def ran_before(self, migrate_image: str = MIGRATE, version: str = "v2") -> None:
+        """This server applied `migrate_image`'s migrations when it released `version` earlier."""
+        with (self.app_dir / "migrations.log").open("a") as log:
+            log.write(f"{migrate_image} {version} 2026-11-01T10:00:00Z\n")
 
 
 def index_of(calls: list[str], *words: str) -> int:
@@ -108,7 +127,7 @@ def server(tmp_path: Path) -> Server:
     return Server(app_dir, state)
 
 
-@pytest.mark.parametrize("script", ["up.sh", "backup.sh", "migrate.sh", "env.sh", "switch.sh"])
+@pytest.mark.parametrize("script", ["up.sh", "backup.sh", "migrate.sh", "env.sh", "switch.sh", "switch-back.sh"])
 def test_every_step_refuses_a_wrong_argument_count_with_its_usage(server: Server, script: str) -> None:
     result = server.run(script, "only-one")
     assert result.returncode == 1
@@ -258,6 +277,19 @@ def test_pruning_keeps_the_newest_images_and_never_the_live_or_previous_one(serv
     assert OLD not in removed and NEW not in removed
 
 
+def test_pruning_never_removes_the_previous_versions_migrate_image(server: Server) -> None:
+    previous_migrate = "registry.example/kametrix@sha256:" + "d" * 64
+    server.live("v5", OLD)
+    with (server.app_dir / "release.env").open("a") as record:
+        record.write(f"MIGRATE_IMAGE={previous_migrate}\n")
+    server.fact("healthy_after", f"{NEW} 1\n")
+    server.fact("images", "".join(f"{image}\n" for image in (NEW, MIGRATE, OLD, previous_migrate)))
+    result = server.up("v6", NEW, keep="2")
+    assert result.returncode == 0, result.stderr
+    assert server.read("removed_images") == "", "an image of the previous version was pruned"
+    assert server.record()["PREVIOUS_MIGRATE_IMAGE"] == previous_migrate
+
+
 def test_backup_dumps_verifies_and_keeps_the_newest(server: Server) -> None:
     backups = server.app_dir / "backups"
     backups.mkdir()
@@ -313,10 +345,77 @@ def test_a_stale_lock_is_taken_over_and_the_same_release_may_continue(server: Se
 def test_a_failed_migration_stops_the_release_with_the_live_version_serving(server: Server) -> None:
     server.live("v2", OLD)
     server.fact("migrate_status", "1")
-    result = server.run("migrate.sh", str(server.app_dir), "kametrix", "v4@x", "1800", "v4", NEW, MIGRATE)
+    result = server.migrate("v4", migrate_image="registry.example/kametrix@sha256:" + "4" * 64)
     assert result.returncode == 1
     assert "migrations of v4 failed; the live version (v2) keeps serving" in result.stderr
     assert server.read("colour_blue") == OLD and server.read("proxy_colour") == "blue"
+    assert not (server.app_dir / "migrations.log").exists(), "a failed migration was recorded as applied"
+
+
+def test_a_version_that_already_ran_here_runs_no_migration_and_pulls_nothing(server: Server) -> None:
+    server.ran_before(version="v2")
+    result = server.migrate("v2")
+    assert result.returncode == 0, result.stderr
+    assert "no migration: v2 already ran on this server" in result.stdout
+    assert "its schema is already there" in result.stdout
+    assert server.calls() == [], "a rollback's migrate step touched docker"
+
+
+def test_applied_migrations_are_recorded_so_a_later_rollback_skips_them(server: Server) -> None:
+    assert server.migrate("v2").returncode == 0
+    assert server.read("calls.log").count("pull") == 1
+    log = (server.app_dir / "migrations.log").read_text().split()
+    assert log[:2] == [MIGRATE, "v2"], log
+    again = server.migrate("v2")
+    assert "no migration" in again.stdout and server.read("calls.log").count("pull") == 1
+
+
+def test_a_rollback_to_a_version_that_ran_here_takes_no_backup_unless_asked(server: Server) -> None:
+    server.ran_before(version="v2")
+    result = server.backup(mode="always")
+    assert result.returncode == 0, result.stderr
+    assert "no backup: v2 already ran on this server" in result.stdout and "backup=\n" in result.stdout
+    assert "release.backupOnRollback" in result.stdout
+    assert not any("pg_dump" in call for call in server.calls()), server.calls()
+    asked = server.backup(mode="before-migrations", on_rollback="yes")
+    assert asked.returncode == 0, asked.stderr
+    assert "backing up: release.backupOnRollback asks for one" in asked.stdout
+    assert any("pg_dump" in call for call in server.calls())
+
+
+@pytest.mark.parametrize(
+    ("mode", "pending_status", "says", "dumps"),
+    [
+        ("before-migrations", "0", "no backup: no migration of v2 is pending", False),
+        ("before-migrations", "1", "backing up: v2 has migrations to apply", True),
+        ("always", "0", "backing up: release.backup is always", True),
+    ],
+)
+def test_a_release_backs_up_before_migrations_or_always_as_the_stage_chooses(
+    server: Server, mode: str, pending_status: str, says: str, dumps: bool
+) -> None:
+    server.fact("pending_status", pending_status)
+    result = server.backup(mode=mode)
+    assert result.returncode == 0, result.stderr
+    assert says in result.stdout, result.stdout
+    assert any("pg_dump" in call for call in server.calls()) == dumps, server.calls()
+    if mode == "always":
+        assert not any("status" in call for call in server.calls()), "always needs no migration status"
+
+
+def test_a_backup_says_how_big_and_how_fast_it_was_and_uses_the_measured_dump_settings(server: Server) -> None:
+    result = server.backup()
+    assert result.returncode == 0, result.stderr
+    assert " MB/s)" in result.stdout, result.stdout
+    dump = next(call for call in server.calls() if "pg_dump" in call)
+    assert "--format=custom" in dump.split() and "--compress=1" in dump.split(), dump
+
+
+@pytest.mark.parametrize(("mode", "on_rollback"), [("sometimes", "no"), ("always", "maybe")])
+def test_backup_refuses_an_unknown_policy(server: Server, mode: str, on_rollback: str) -> None:
+    result = server.backup(mode=mode, on_rollback=on_rollback)
+    assert result.returncode == 1 and "allowed" in result.stderr and "received" in result.stderr
+    assert server.calls() == []
 
 
 def test_new_settings_start_on_the_idle_colour_and_take_over_from_the_live_one(server: Server) -> None:

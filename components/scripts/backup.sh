@@ -1,21 +1,43 @@
 #!/usr/bin/env bash
-# Takes the release lock and backs up the stage's database before anything changes:
-# pg_dump (custom format), verified with pg_restore --list, newest KEEP kept.
-# An empty server (no database yet) has nothing to back up; any other failure stops the release.
+# Takes the release lock and, when the release needs one, backs up the stage's database before anything
+# changes: pg_dump (custom format), verified with pg_restore --list, newest KEEP kept.
+# No backup for a version that already ran on this server (unless ON_ROLLBACK is yes: its schema is already
+# there), nor with MODE before-migrations when no migration is pending. An empty server has nothing to back
+# up; any other failure stops the release. The step says which it did and why.
 set -euo pipefail
-usage="backup.sh APP_DIR PROJECT OWNER STALE_SECONDS VERSION KEEP APP_IMAGE MIGRATE_IMAGE"
-[[ $# -eq 8 ]] || { echo "error: usage: $usage (received $# arguments)" >&2; exit 1; }
+usage="backup.sh APP_DIR PROJECT OWNER STALE_SECONDS VERSION KEEP MODE ON_ROLLBACK APP_IMAGE MIGRATE_IMAGE"
+[[ $# -eq 10 ]] || { echo "error: usage: $usage (received $# arguments)" >&2; exit 1; }
 APP_DIR="$1" PROJECT="$2"
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-owner="$3" stale="$4" version="$5" keep="$6"
-export APP_IMAGE="$7" MIGRATE_IMAGE="$8"
+owner="$3" stale="$4" version="$5" keep="$6" mode="$7" on_rollback="$8"
+export APP_IMAGE="$9" MIGRATE_IMAGE="${10}"
 require_number KEEP "$keep" 1 1000
+[[ "$mode" == always || "$mode" == before-migrations ]] ||
+  die "MODE: allowed always, before-migrations; received '$mode'"
+[[ "$on_rollback" == yes || "$on_rollback" == no ]] || die "ON_ROLLBACK: allowed yes, no; received '$on_rollback'"
 require_digest_ref APP_IMAGE "$APP_IMAGE"
 require_digest_ref MIGRATE_IMAGE "$MIGRATE_IMAGE"
 [[ "$version" =~ ^[A-Za-z0-9._-]+$ ]] || die "VERSION: allowed letters, digits, '.', '_' and '-'; received '$version'"
 
+# Custom format (one file that pg_restore checks and restores), compressed at level 1: measured at 1 GB in
+# scripts/bench_rollback.py, faster than the default level and barely larger on data that does not compress.
+DUMP_OPTIONS=(--format=custom --compress=1)
+
+skip() {
+  echo "no backup: $*"
+  echo "backup="
+  exit 0
+}
+
 acquire_release_lock "$owner" "$stale"
+reason=""
+if applied="$(applied_migrations "$MIGRATE_IMAGE")"; then
+  [[ "$on_rollback" == yes ]] ||
+    skip "$version already ran on this server (its migrations were applied by $applied), so no migration runs and its schema is already there; set release.backupOnRollback to take one anyway"
+  reason="release.backupOnRollback asks for one, although $version already ran on this server"
+fi
+
 backups="$APP_DIR/backups"
 mkdir -p "$backups"
 chmod 700 "$backups"
@@ -26,26 +48,44 @@ compose up --detach --wait postgres
 # The database's own credentials stay inside its container: these variables expand there.
 # shellcheck disable=SC2016
 in_database='exec "$0" -U "$POSTGRES_USER" -d "$POSTGRES_DB" "$@"'
-tables="$(compose exec -T postgres sh -c "$in_database" psql -At \
-  <<<"select count(*) from pg_tables where schemaname not in ('pg_catalog', 'information_schema');")"
+query() {
+  compose exec -T postgres sh -c "$in_database" psql -At <<<"$1"
+}
+tables="$(query "select count(*) from pg_tables where schemaname not in ('pg_catalog', 'information_schema');")"
 if [[ "$tables" == "0" ]]; then
   echo "no tables in the database yet: nothing to back up"
   echo "backup="
   exit 0
 fi
 
+if [[ -z "$reason" && "$mode" == always ]]; then
+  reason="release.backup is always"
+elif [[ -z "$reason" ]]; then
+  pull_missing "$MIGRATE_IMAGE"
+  if compose --profile migrate run --rm --no-deps migrate npx prisma migrate status >/dev/null 2>&1; then
+    skip "no migration of $version is pending (prisma migrate status) and release.backup is before-migrations"
+  fi
+  reason="$version has migrations to apply (prisma migrate status)"
+fi
+
+echo "backing up: $reason"
 final="$backups/$(date -u +%Y%m%dT%H%M%SZ)-$version.dump"
 PARTIAL_FILE="$final.partial"
-(umask 077 && compose exec -T postgres sh -c "$in_database" pg_dump --format=custom >"$PARTIAL_FILE")
+size="$(query "select pg_database_size(current_database());")"
+started="$EPOCHREALTIME"
+(umask 077 && compose exec -T postgres sh -c "$in_database" pg_dump "${DUMP_OPTIONS[@]}" >"$PARTIAL_FILE")
 [[ -s "$PARTIAL_FILE" ]] || die "pg_dump wrote an empty backup; the release stops before any migration"
 entries="$(compose exec -T postgres pg_restore --list <"$PARTIAL_FILE" | grep -c ' TABLE ' || true)"
 ((entries > 0)) || die "the backup lists no tables (pg_restore --list); the release stops before any migration"
 mv -f "$PARTIAL_FILE" "$final"
 PARTIAL_FILE=""
+seconds="$(awk -v from="$started" -v to="$EPOCHREALTIME" 'BEGIN { printf "%.1f", to - from }')"
 
 mapfile -t old < <(find "$backups" -maxdepth 1 -name '*.dump' -printf '%f\n' | sort -r | tail -n "+$((keep + 1))")
 for name in "${old[@]}"; do
   rm -f "$backups/$name"
 done
-echo "backed up $tables tables ($entries in the dump)"
+awk -v tables="$tables" -v entries="$entries" -v size="$size" -v dump="$(stat -c %s "$final")" -v s="$seconds" \
+  'BEGIN { printf "backed up %d tables (%d in the dump): %.0f MB database, %.0f MB dump in %.1f s (%.0f MB/s)\n",
+    tables, entries, size / 1e6, dump / 1e6, s, size / 1e6 / (s > 0 ? s : 0.1) }'
 echo "backup=$final"

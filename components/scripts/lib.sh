@@ -104,3 +104,20 @@ trap end_step EXIT
 trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# Every migrate image whose migrations were applied on this server: "IMAGE VERSION UTC-TIME" lines.
+MIGRATIONS_LOG="$APP_DIR/migrations.log"
+
+# Prints which release applied IMAGE's migrations on this server ("VERSION at TIME"); fails if none did.
+# A version that ran here has its schema in the database: going back to it needs no migration or backup.
+applied_migrations() {
+  local image="$1" found=""
+  if [[ -f "$MIGRATIONS_LOG" ]]; then
+    found="$(awk -v image="$image" '$1 == image { print $2 " at " $3 }' "$MIGRATIONS_LOG" | tail -n 1)"
+  fi
+  # A release recorded before this log existed: its live version's migrations are applied.
+  if [[ -z "$found" && "$(live MIGRATE_IMAGE)" == "$image" ]]; then
+    found="$(live VERSION) (the live release)"
+  fi
+  [[ -n "$found" ]] && echo "$found"
+}
