@@ -451,3 +451,47 @@ def test_an_empty_env_on_stdin_changes_nothing(server: Server) -> None:
     assert result.returncode == 1 and "empty .env" in result.stderr
     assert (server.app_dir / ".env").read_text() == "POSTGRES_USER='kametrix'\n"
     assert [p.name for p in server.app_dir.iterdir() if p.name.startswith(".env.")] == []
+
+
+def recorded_for_switch_back(server: Server, previous_migrate: str = MIGRATE) -> None:
+    """What up.sh records beside the release: the stage's project, cutover and lock settings."""
+    with (server.app_dir / "release.env").open("a") as record:
+        record.write(
+            f"PREVIOUS_MIGRATE_IMAGE={previous_migrate}\nPROJECT=kametrix\nCUTOVER={' '.join(CUTOVER)}\n"
+            "STALE_SECONDS=1800\n"
+        )
+
+
+def test_break_glass_switches_back_to_the_previous_version_through_the_health_gate(server: Server) -> None:
+    server.live("v2", NEW, previous="v1", previous_image=OLD)
+    recorded_for_switch_back(server)
+    server.fact("images_present", f"{OLD}\n{NEW}\n")
+    server.fact("healthy_after", f"{OLD} 1\n")
+    result = server.run("switch-back.sh")
+    assert result.returncode == 0, result.stderr
+    assert (server.read("proxy_colour"), server.read("colour_green"), server.read("colour_blue")) == ("green", OLD, "")
+    record = server.record()
+    assert (record["VERSION"], record["APP_IMAGE"], record["PREVIOUS_VERSION"]) == ("v1", OLD, "v2")
+    assert "pulumi config set version v1" in result.stdout
+    assert not any(call.startswith("pull") for call in server.calls()), "break-glass pulled an image"
+    assert not (server.app_dir / ".release-lock").exists()
+
+
+def test_break_glass_never_switches_to_a_previous_version_that_does_not_turn_healthy(server: Server) -> None:
+    server.live("v2", NEW, previous="v1", previous_image=OLD)
+    recorded_for_switch_back(server)
+    server.fact("images_present", f"{OLD}\n{NEW}\n")
+    before = (server.app_dir / "release.env").read_text()
+    result = server.run("switch-back.sh")
+    assert result.returncode == 1
+    assert "v1 was not switched back to (see above); v2" in result.stderr and "keeps serving" in result.stderr
+    assert (server.read("proxy_colour"), server.read("colour_blue")) == ("blue", NEW)
+    assert (server.app_dir / "release.env").read_text() == before
+
+
+def test_break_glass_without_a_recorded_previous_version_changes_nothing(server: Server) -> None:
+    server.live("v1", OLD)
+    recorded_for_switch_back(server, previous_migrate="")
+    result = server.run("switch-back.sh")
+    assert result.returncode == 1 and "no previous version with both its images is recorded" in result.stderr
+    assert server.calls() == []
