@@ -125,28 +125,23 @@ class ServerRelease(pulumi.ComponentResource):
             prints_secrets=True,
         )
         refs = (args.app_ref, args.migrate_ref)
+        backup_policy = (
+            str(release.backups_to_keep),
+            release.backup,
+            "yes" if release.backup_on_rollback else "no",
+        )
+        # The backup step takes the release lock that up gives back: whatever re-runs the backup re-runs the rest.
+        triggers: list[pulumi.Input[str]] = [*refs, files_fingerprint, server_files.fingerprint(*backup_policy)]
         backup = command(
             "backup",
-            create=step(
-                "backup.sh",
-                *common,
-                args.version,
-                str(release.backups_to_keep),
-                release.backup,
-                "yes" if release.backup_on_rollback else "no",
-                *refs,
-            ),
-            triggers=[*refs, files_fingerprint],
+            create=step("backup.sh", *common, args.version, *backup_policy, *refs),
+            triggers=triggers,
         )
-        command(
-            "migrate",
-            create=step("migrate.sh", *common, args.version, *refs),
-            triggers=[*refs, files_fingerprint],
-        )
+        command("migrate", create=step("migrate.sh", *common, args.version, *refs), triggers=triggers)
         up = command(
             "up",
             create=step("up.sh", *common, args.version, *refs, *cutover, str(release.images_to_keep)),
-            triggers=[*refs, files_fingerprint],
+            triggers=triggers,
         )
         self.latest_backup = backup.stdout.apply(lambda out: _reported(out, "backup"))
         self.previous_version = up.stdout.apply(lambda out: _reported(out, "previous"))

@@ -264,3 +264,14 @@ def test_the_drain_time_bounds_the_proxy_and_reaches_every_step_that_moves_traff
     for name in ("server-env", "server-up"):
         command = steps(deployment)[name].plain("create").split()
         assert command[command.index("http://127.0.0.1:3000/.kametrix/colour") + 5] == "45", command
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"release.backupOnRollback": True}, {"release.backup": "before-migrations"}, {"release.backupsToKeep": 3}],
+)
+def test_a_changed_backup_policy_reruns_every_release_step_so_the_lock_backup_takes_is_given_back(
+    override: dict[str, Any],
+) -> None:
+    changed = changed_between(production("v1.4.2"), production("v1.4.2", **override))
+    assert changed == {"server-backup", "server-migrate", "server-up"}, changed
