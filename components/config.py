@@ -64,6 +64,7 @@ EnvName = Annotated[
 ]
 AbsolutePath = Annotated[str, _matching(r"/[A-Za-z0-9._/-]*", "an absolute path")]
 HttpsUrl = Annotated[str, _matching(r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")]
+Digest = Annotated[str, _matching(r"sha256:[0-9a-f]{64}", "an image digest sha256:<64 lower-case hex>")]
 
 
 def _check_version(value: str) -> str:
@@ -138,12 +139,22 @@ class BuildSettings(_Model):
     migrate_target: str = "builder"
 
 
+class VersionDigests(_Model):
+    """What one version is, for good: the digests of its two images."""
+
+    app: Digest
+    migrate: Digest
+
+
 class ImageSettings(_Model):
     registry: str = "ghcr.io"
     repository: Annotated[str, _matching(r"[a-z0-9._/-]+", "a lower-case repository path")]
     username: str
     build: BuildSettings | None = None
     """Build and push the version from source; absent means the version must already exist."""
+    digests: dict[Version, VersionDigests] = Field(default_factory=dict)
+    """Each version's digests, recorded when it first became releasable (scripts/record_release.py). A recorded
+    version deploys exactly these bytes: no build, and a registry whose tag now names other bytes stops the update."""
 
 
 class ServerSettings(_Model):
@@ -205,6 +216,12 @@ class ReleaseSettings(_Model):
     """A release lock older than this is taken over: a release that died between steps cannot block forever."""
     drain_seconds: Annotated[int, _in_range(1, 3600, "seconds")] = 30
     """After a switch, how long requests still running on the old colour may take before it is stopped."""
+    backup: Literal["always", "before-migrations"] = "before-migrations"
+    """Whether a release whose migrations are all applied already backs up (always) or not (before-migrations).
+    A release with a pending migration always backs up first."""
+    backup_on_rollback: bool = False
+    """A rollback to a version this server already ran takes no backup (its schema is already there) unless
+    this is true."""
 
 
 class PlainConfig(_Model):
@@ -528,6 +545,21 @@ def _stage_policy(stack: str, plain: _Sections, key: Any) -> list[Problem]:
                     f"production releases only versions recorded here with their commit; allowed: "
                     f"{', '.join(github.releases) or 'none recorded yet'}; received version {plain.version!r}. "
                     f"Add `{plain.version}: <commit sha>` under github.releases",
+                )
+            )
+        if (
+            plain.image is not None
+            and plain.version is not None
+            and VERSION_PATTERN.fullmatch(plain.version)
+            and plain.version not in plain.image.digests
+        ):
+            problems.append(
+                Problem(
+                    key("image.digests"),
+                    f"production deploys only versions whose image digests are recorded here; allowed: "
+                    f"{', '.join(plain.image.digests) or 'none recorded yet'}; received version {plain.version!r}. "
+                    f"Record it with: python scripts/record_release.py --stack-file Pulumi.production.yaml "
+                    f"--version {plain.version} --app-digest sha256:<app> --migrate-digest sha256:<migrate>",
                 )
             )
         if plain.image is not None and plain.image.build is not None:

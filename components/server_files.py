@@ -17,7 +17,17 @@ from pydantic import SecretStr
 from components.config import AppSettings, ReleaseSettings
 
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
-SCRIPTS = ("lib.sh", "files.sh", "env.sh", "backup.sh", "migrate.sh", "switch.sh", "up.sh", "release-lock.sh")
+SCRIPTS = (
+    "lib.sh",
+    "files.sh",
+    "env.sh",
+    "backup.sh",
+    "migrate.sh",
+    "switch.sh",
+    "up.sh",
+    "release-lock.sh",
+    "switch-back.sh",
+)
 # Sourced by the others, never run: it ships without the executable bit.
 LIBRARY = "lib.sh"
 COMPOSE_FILE = "docker-compose.yml"
