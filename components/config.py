@@ -54,6 +54,8 @@ def _matching(pattern: str, allowed: str) -> AfterValidator:
 
 Port = Annotated[int, _in_range(1, 65535, "(TCP port)")]
 Version = Annotated[str, AfterValidator(lambda v: _check_version(v))]
+# What the server's release lock accepts too (components/scripts/lib.sh, require_requester).
+REQUESTER_PATTERN = r"[A-Za-z0-9 ._:/@()#+,=\[\]-]{1,300}"
 CommitSha = Annotated[str, _matching(r"[0-9a-f]{40}", "a full 40-character lowercase git SHA")]
 GitHubLogin = Annotated[str, _matching(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})", "a GitHub login")]
 TeamSlug = Annotated[str, _matching(r"[a-z0-9][a-z0-9._-]*", "a GitHub team slug")]
@@ -222,6 +224,12 @@ class ReleaseSettings(_Model):
     backup_on_rollback: bool = False
     """A rollback to a version this server already ran takes no backup (its schema is already there) unless
     this is true."""
+    requested_by: (
+        Annotated[str, _matching(REQUESTER_PATTERN, "a run URL and who started it, like 'https://…/runs/42 (alice)'")]
+        | None
+    ) = None
+    """Who asked for the pinned version: the workflows write their run URL and actor here when they pin a new
+    version; the server's release lock names it beside the login that runs the steps."""
 
 
 class PlainConfig(_Model):

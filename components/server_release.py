@@ -90,6 +90,7 @@ class ServerRelease(pulumi.ComponentResource):
             "project": app.compose_project,
             "release": pulumi.Output.from_input(args.app_ref).apply(release_of),
             "lock-timeout-seconds": str(release.lock_timeout_minutes * 60),
+            "requested-by": release.requested_by or "",
         }
         refs: dict[str, pulumi.Input[str]] = {"app-image": args.app_ref, "migrate-image": args.migrate_ref}
         version = {"version": args.version}

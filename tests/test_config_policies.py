@@ -107,6 +107,11 @@ def test_production_cannot_run_without_its_github_environment() -> None:
     assert "required for the production stack" in problems["kametrix-deploy:github"]
 
 
+def test_who_asked_for_a_release_is_refused_when_the_server_could_not_record_it_safely() -> None:
+    _, problems = problems_for("production", overrides={"release.requestedBy": "alice'; rm -rf /"})
+    assert problems["kametrix-deploy:release.requestedBy"].startswith("allowed: a run URL and who started it")
+
+
 @pytest.mark.parametrize("minutes", [-1, 43201, 100000])
 def test_a_wait_timer_outside_0_to_43200_minutes_is_refused(minutes: int) -> None:
     _, problems = problems_for("staging", overrides={"github.waitTimer": minutes})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import shlex
 import tarfile
 from typing import Any
 
@@ -81,6 +82,14 @@ def test_every_step_of_a_release_runs_under_that_releases_lock_and_nothing_else_
     assert changed == set(STEPS), changed
     for step in steps(production("v1.4.2")).values():
         assert f"--release v1.4.2@{V142[7:19]} " in step.plain("create"), f"{step.urn} does not name its release"
+
+
+def test_every_step_names_who_asked_for_the_release_as_the_stack_records_it() -> None:
+    requester = "https://github.com/kametrix/kametrix-deploy/actions/runs/42 (alice)"
+    for step in steps(production("v1.4.2", **{"release.requestedBy": requester})).values():
+        assert f"--requested-by {shlex.quote(requester)}" in step.plain("create"), step.urn
+    for step in steps(production("v1.4.2")).values():
+        assert "--requested-by ''" in step.plain("create"), f"{step.urn}: no requester is said as none"
 
 
 def test_a_rollback_runs_exactly_the_server_commands_of_the_original_release() -> None:

@@ -33,6 +33,10 @@ CUTOVER = [
 ]
 
 
+# Who asked for the release, as a workflow records it in the stack.
+REQUESTER = "https://github.com/kametrix/kametrix-deploy/actions/runs/42 (alice)"
+
+
 def release_of(version: str, image: str) -> str:
     """The release a step names, as the program does: the version and the start of the image's digest."""
     return f"{version}@{image.rpartition(':')[2][:12]}"
@@ -42,6 +46,7 @@ def release_of(version: str, image: str) -> str:
 class Server:
     app_dir: Path
     state: Path
+    requested_by: str = REQUESTER
 
     def run(self, script: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         env = {
@@ -60,11 +65,15 @@ class Server:
         )
 
     def common(self, release: str) -> list[str]:
-        return ["--app-dir", str(self.app_dir), "--project", "kametrix", "--release", release]
+        """The flags every step takes: where, which stage, and the release lock's."""
+        return [
+            *("--app-dir", str(self.app_dir), "--project", "kametrix", "--release", release),
+            *("--lock-timeout-seconds", "1800", "--requested-by", self.requested_by),
+        ]
 
     def step(self, script: str, release: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         """A release step, with the flags every step takes."""
-        return self.run(script, *self.common(release), "--lock-timeout-seconds", "1800", *args, stdin=stdin)
+        return self.run(script, *self.common(release), *args, stdin=stdin)
 
     def fact(self, name: str, value: str) -> None:
         (self.state / name).write_text(value)
@@ -658,7 +667,7 @@ def files_step(server: Server, release: str) -> subprocess.CompletedProcess[str]
     for name in SCRIPTS:
         (staged / "bin" / name).write_bytes((SCRIPTS_DIR / name).read_bytes())
     (staged / "docker-compose.yml").write_text(f"# rendered for {release}\n")
-    return server.run("files.sh", *server.common(release), "--lock-timeout-seconds", "1800", "--from", str(staged))
+    return server.run("files.sh", *server.common(release), "--from", str(staged))
 
 
 def test_the_lock_passes_through_every_step_of_one_update_and_ends_with_up(server: Server) -> None:
@@ -689,6 +698,14 @@ def test_the_lock_says_which_release_holds_it_which_step_who_runs_it_and_since_w
     assert holder["RELEASE"] == release_of("v2.0.0", NEW) and holder["STEP"] == "backup"
     assert re.fullmatch(r"\d+", holder["PID"]) and abs(int(holder["SINCE"]) - time.time()) < 30
     assert holder["BY"].startswith(subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip())
+    assert holder["REQUESTED_BY"] == REQUESTER
+
+
+def test_who_asked_for_a_release_is_checked_before_the_lock_is_touched(server: Server) -> None:
+    server.requested_by = "alice'; rm -rf /"
+    result = server.backup()
+    assert result.returncode == 1 and "requested-by: allowed a run URL" in result.stderr
+    assert not (server.app_dir / ".release-lock").exists()
 
 
 @pytest.mark.parametrize("script", ["files", "backup"])
@@ -697,7 +714,7 @@ def test_another_release_in_progress_is_refused_even_by_the_files_step(server: S
     mine = release_of("v8.0.0", NEW)
     result = files_step(server, mine) if script == "files" else server.backup(release=mine)
     assert result.returncode == 1
-    assert f"release {release_of('v7.0.0', OLD)}, step backup (pid " in result.stderr
+    assert f"release {release_of('v7.0.0', OLD)} requested by {REQUESTER}, step backup (pid " in result.stderr
     assert f"of kametrix is in progress; refusing to start {mine}" in result.stderr
     assert "bin/release-lock.sh" in result.stderr, "the message does not say how to see or free the lock"
     assert server.lock()["RELEASE"] == release_of("v7.0.0", OLD), "the other release lost its lock"
@@ -726,7 +743,7 @@ def test_the_lock_command_shows_the_holder_and_frees_it_only_once_no_step_runs(s
     assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
     shown = server.run("release-lock.sh")
     assert shown.returncode == 0 and "no step of that release runs" in shown.stdout
-    assert f"held by release {release_of('v7.0.0', OLD)}, step backup" in shown.stdout
+    assert f"held by release {release_of('v7.0.0', OLD)} requested by {REQUESTER}, step backup" in shown.stdout
     assert (server.app_dir / ".release-lock").exists(), "showing the lock freed it"
     with server.step_running():
         refused = server.run("release-lock.sh", "--free")
@@ -820,7 +837,7 @@ def test_break_glass_waits_for_no_release_and_is_refused_while_another_holds_the
     assert server.backup(release=release_of("v3.0.0", NEW)).returncode == 0
     result = server.run("switch-back.sh")
     assert result.returncode == 1
-    assert f"release {release_of('v3.0.0', NEW)}, step backup" in result.stderr, result.stderr
+    assert f"release {release_of('v3.0.0', NEW)} requested by {REQUESTER}, step backup" in result.stderr, result.stderr
     assert f"refusing to start {release_of('v1.0.0', OLD)}" in result.stderr
     assert server.record()["VERSION"] == "v2.0.0" and server.read("proxy_colour") == "blue"
     assert server.lock()["RELEASE"] == release_of("v3.0.0", NEW), "the other release lost its lock"

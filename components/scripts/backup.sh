@@ -7,7 +7,7 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-parse_flags backup.sh "app-dir project release lock-timeout-seconds version backups-to-keep backup backup-on-rollback \
+parse_flags backup.sh "app-dir project $(release_lock_flag_names) version backups-to-keep backup backup-on-rollback \
   app-image migrate-image" "$@"
 begin_step
 version="${FLAGS[version]}" keep="${FLAGS[backups-to-keep]}" mode="${FLAGS[backup]}"

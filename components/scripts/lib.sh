@@ -88,6 +88,18 @@ use_app_dir() {
   PARTIAL_FILE="" UNDO="" RELEASE_LOCK_OWNER=""
 }
 
+# The flags of every step that takes the release lock: which release, when its lock goes stale, who asked for it.
+release_lock_flag_names() {
+  echo release lock-timeout-seconds requested-by
+}
+
+# Who asked for a release, as the stack records it (components/config.py, REQUESTER_PATTERN); empty: not said.
+require_requester() {
+  local value="$1"
+  [[ -z "$value" || "$value" =~ ^[][A-Za-z0-9\ ._:/@\(\)#+,=-]{1,300}$ ]] ||
+    die "requested-by: allowed a run URL and who started it, like 'https://…/runs/42 (alice)'; received '$value'"
+}
+
 # The flags of a switch: where the proxy names its colour, each colour's health endpoint, the gate, the drain.
 cutover_flag_names() {
   echo colour-url blue-health-url green-health-url health-attempts health-interval-seconds drain-seconds
@@ -218,7 +230,8 @@ step_runner() {
 write_lock_holder() {
   local release="$1" since="$2" step="$3"
   PARTIAL_FILE="$(mktemp "$LOCK_HOLDER.XXXXXX")"
-  printf '%s\n' "RELEASE=$release" "SINCE=$since" "STEP=$step" "PID=$$" "BY=$(step_runner)" >"$PARTIAL_FILE"
+  printf '%s\n' "RELEASE=$release" "SINCE=$since" "STEP=$step" "PID=$$" "BY=$(step_runner)" \
+    "REQUESTED_BY=${FLAGS[requested-by]:-}" >"$PARTIAL_FILE"
   chmod 644 "$PARTIAL_FILE"
   mv -f "$PARTIAL_FILE" "$LOCK_HOLDER"
   PARTIAL_FILE=""
@@ -226,12 +239,14 @@ write_lock_holder() {
 
 # One line naming the holder of the release lock, for messages.
 describe_lock_holder() {
-  local now since active
+  local now since active requested
   [[ -f "$LOCK_HOLDER" ]] || { echo "no release recorded in $LOCK_HOLDER"; return 0; }
   now="$(date +%s)" since="$(live SINCE "$LOCK_HOLDER")" active="$(stat -c %Y "$LOCK_HOLDER")"
-  printf 'release %s, step %s (pid %s) run by %s, holding the lock since %s (last active %ss ago)' \
-    "$(live RELEASE "$LOCK_HOLDER")" "$(live STEP "$LOCK_HOLDER")" "$(live PID "$LOCK_HOLDER")" \
-    "$(live BY "$LOCK_HOLDER")" "$(date -u -d "@${since:-0}" +%Y-%m-%dT%H:%M:%SZ)" "$((now - active))"
+  requested="$(live REQUESTED_BY "$LOCK_HOLDER")"
+  printf 'release %s%s, step %s (pid %s) run by %s, holding the lock since %s (last active %ss ago)' \
+    "$(live RELEASE "$LOCK_HOLDER")" "${requested:+ requested by $requested}" "$(live STEP "$LOCK_HOLDER")" \
+    "$(live PID "$LOCK_HOLDER")" "$(live BY "$LOCK_HOLDER")" "$(date -u -d "@${since:-0}" +%Y-%m-%dT%H:%M:%SZ)" \
+    "$((now - active))"
 }
 
 # Holds the release lock for RELEASE from its first step to the end of `up`: one step at a time (flock), and
@@ -240,6 +255,7 @@ acquire_release_lock() {
   local release="$1" stale_seconds="$2" step="$3" wait_seconds="${LOCK_WAIT_SECONDS:-120}" holder="" since
   require_release "$release"
   require_switch_setting LOCK_TIMEOUT_SECONDS "$stale_seconds"
+  require_requester "${FLAGS[requested-by]:-}"
   exec 8>"$LOCK_MUTEX"
   if ! flock -w "$wait_seconds" 8; then
     die "another step has been running for over ${wait_seconds}s ($(describe_lock_holder)); refusing to start $release"

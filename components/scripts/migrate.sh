@@ -5,7 +5,7 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-parse_flags migrate.sh "app-dir project release lock-timeout-seconds version app-image migrate-image" "$@"
+parse_flags migrate.sh "app-dir project $(release_lock_flag_names) version app-image migrate-image" "$@"
 begin_step
 version="${FLAGS[version]}"
 export APP_IMAGE="${FLAGS[app-image]}" MIGRATE_IMAGE="${FLAGS[migrate-image]}"

@@ -7,7 +7,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 read -r -a cutover_flags <<<"$(cutover_flag_names)"
-parse_flags up.sh "app-dir project release lock-timeout-seconds version app-image migrate-image images-to-keep \
+parse_flags up.sh "app-dir project $(release_lock_flag_names) version app-image migrate-image images-to-keep \
   ${cutover_flags[*]}" "$@"
 begin_step
 version="${FLAGS[version]}" app_image="${FLAGS[app-image]}" migrate_image="${FLAGS[migrate-image]}"

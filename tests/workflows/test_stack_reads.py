@@ -93,6 +93,9 @@ def test_a_production_release_records_a_new_version_with_its_digests_and_commit(
     digests = recorded_digests(stack_runner, "production")
     assert digests["v1.5.0"] == {"app": APP_DIGEST, "migrate": MIGRATE_DIGEST}
     assert {"v1.4.1", "v1.4.2"} <= set(digests), "recorded versions stay"
+    release = config["kametrix-deploy:release"]
+    assert isinstance(release, dict)
+    assert release["requestedBy"] == "https://github.com/kametrix-org/kametrix-deploy/actions/runs/4242 (release-lead)"
     assert stack_runner.pulumi("config", "get", "--stack", "production", "--path", 'github.releases["v1.5.0"]') == (
         NEW_COMMIT
     )
@@ -108,6 +111,17 @@ def test_a_new_production_version_without_its_digests_is_refused(stack_runner: R
     )
     assert result.code != 0 and "only versions whose digests are recorded" in result.log, result.log
     assert "v1.5.0" not in recorded_digests(stack_runner, "production")
+
+
+def test_pinning_the_live_version_again_names_no_new_requester(stack_runner: Runner) -> None:
+    live = stack_config(stack_runner, "production")["kametrix-deploy:version"]
+    assert isinstance(live, str)
+    result = stack_runner.script(
+        "record-release", "--stage", "production", "--version", live, "--commit", RELEASED[live]
+    )
+    assert result.code == 0, result.log
+    release = stack_config(stack_runner, "production").get("kametrix-deploy:release") or {}
+    assert isinstance(release, dict) and "requestedBy" not in release, "every step would run again"
 
 
 def test_a_recorded_version_keeps_its_commit_and_its_digests(stack_runner: Runner) -> None:
