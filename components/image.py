@@ -1,4 +1,9 @@
-"""The release's container images, pinned by digest: built and pushed on a building stage, looked up otherwise."""
+"""The release's container images, pinned by digest.
+
+A version recorded under `image.digests` deploys its recorded digests: the registry is only asked whether its tag
+still names them, and an unreachable registry does not stop the update (the server may hold the images). A version
+not recorded yet is built and pushed on a building stage, looked up otherwise.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +45,10 @@ class RegistryUnreachableError(RegistryError):
     pass
 
 
+class DigestChangedError(pulumi.RunError):
+    """The registry's tag for a recorded version names other bytes than the ones recorded."""
+
+
 class AppImage(pulumi.ComponentResource):
     """`app_ref` and `migrate_ref` are `<registry>/<repository>@sha256:<digest>`.
 
@@ -65,7 +74,16 @@ class AppImage(pulumi.ComponentResource):
         )
         child = pulumi.ResourceOptions(parent=self, provider=self.provider)
         tags = {"app": args.version, "migrate": f"{args.version}{MIGRATE_TAG_SUFFIX}"}
-        if settings.build is not None:
+        recorded = settings.digests.get(args.version)
+        lookup = pulumi.InvokeOptions(parent=self, provider=self.provider)
+        if recorded is not None:
+            self.app_ref, self.migrate_ref = (
+                pulumi.Output.from_input(
+                    f"{repository}@{_verified(repository, tags[role], args.version, digest, settings, lookup)}"
+                )
+                for role, digest in (("app", recorded.app), ("migrate", recorded.migrate))
+            )
+        elif settings.build is not None:
             build = settings.build
             if args.commit is None or args.commit_time is None:
                 raise ValueError("a build needs its commit and commit time; config.load checks both")
@@ -95,10 +113,16 @@ class AppImage(pulumi.ComponentResource):
             }
             self.app_ref, self.migrate_ref = refs["app"], refs["migrate"]
         else:
-            lookup = pulumi.InvokeOptions(parent=self, provider=self.provider)
+            digests = {role: _digest(repository, tag, args.version, settings, lookup) for role, tag in tags.items()}
+            pulumi.log.warn(
+                f"version {args.version!r} has no digests recorded under image.digests: deploying what the registry "
+                f"names now. Record them so that {args.version} always means these bytes: python "
+                f"scripts/record_release.py --stack-file STACK_FILE --version {args.version} "
+                f"--app-digest {digests['app']} --migrate-digest {digests['migrate']}",
+                self,
+            )
             self.app_ref, self.migrate_ref = (
-                pulumi.Output.from_input(f"{repository}@{_digest(repository, tag, args.version, settings, lookup)}")
-                for tag in tags.values()
+                pulumi.Output.from_input(f"{repository}@{digests[role]}") for role in ("app", "migrate")
             )
         self.register_outputs({"appRef": self.app_ref, "migrateRef": self.migrate_ref})
 
@@ -145,3 +169,28 @@ def registry_error(reported: str, reference: str, version: str, settings: ImageS
         f"the registry {registry} did not resolve {reference} ({reported}). "
         "Check kametrix-deploy:version, image.registry, image.username and the registryPassword secret."
     )
+
+
+def _verified(
+    repository: str, tag: str, version: str, recorded: str, settings: ImageSettings, lookup: pulumi.InvokeOptions
+) -> str:
+    """The recorded digest, unless the registry answers that the tag now names another one.
+
+    A registry that cannot answer, refuses the credentials or lost the tag is no reason to stop: a rollback must
+    work while it is down, and the server pulls nothing it already has. The warning says which failure it was.
+    """
+    try:
+        answered = docker.get_registry_image(name=f"{repository}:{tag}", opts=lookup).sha256_digest
+    except Exception as error:
+        failure = registry_error(str(error), f"{repository}:{tag}", version, settings)
+        pulumi.log.warn(f"{failure} Deploying {version}'s recorded digest {recorded} without the registry's word.")
+        return recorded
+    if answered != recorded:
+        raise DigestChangedError(
+            f"version {version!r} is recorded as {repository}@{recorded} (image.digests), but the registry's tag "
+            f"{repository}:{tag} now names {answered}: the tag was pushed again with other bytes. The update "
+            f"stopped before touching the server. To deploy the recorded bytes, point the tag back at them "
+            f"(docker pull {repository}@{recorded}, docker tag it as {repository}:{tag}, docker push); to ship "
+            "the new bytes, release them as a new version and record its digests (scripts/record_release.py)."
+        )
+    return recorded

@@ -20,7 +20,17 @@ from components.config import AppSettings, ReleaseSettings
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
 # The files rendered for the server, with @{name} placeholders (render()).
 TEMPLATES_DIR = Path(__file__).parent / "templates"
-SCRIPTS = ("lib.sh", "files.sh", "env.sh", "backup.sh", "migrate.sh", "switch.sh", "up.sh", "release-lock.sh")
+SCRIPTS = (
+    "lib.sh",
+    "files.sh",
+    "env.sh",
+    "backup.sh",
+    "migrate.sh",
+    "switch.sh",
+    "up.sh",
+    "release-lock.sh",
+    "switch-back.sh",
+)
 # Sourced by the others, never run: it ships without the executable bit.
 LIBRARY = "lib.sh"
 COMPOSE_FILE = "docker-compose.yml"

@@ -90,6 +90,7 @@ class ServerRelease(pulumi.ComponentResource):
             "project": app.compose_project,
             "release": pulumi.Output.from_input(args.app_ref).apply(release_of),
             "lock-timeout-seconds": str(release.lock_timeout_minutes * 60),
+            "requested-by": release.requested_by or "",
         }
         refs: dict[str, pulumi.Input[str]] = {"app-image": args.app_ref, "migrate-image": args.migrate_ref}
         version = {"version": args.version}
@@ -141,9 +142,16 @@ class ServerRelease(pulumi.ComponentResource):
             prints_secrets=True,
         )
         release_triggers: list[pulumi.Input[str]] = [args.app_ref, args.migrate_ref, files_fingerprint]
+        # The backup policy is only in the backup's flags: a changed policy re-runs the backup alone, which
+        # gives the release lock back when `up` has nothing to do (lib.sh, up_follows).
+        backup_policy = {
+            "backups-to-keep": str(release.backups_to_keep),
+            "backup": release.backup,
+            "backup-on-rollback": "yes" if release.backup_on_rollback else "no",
+        }
         backup = command(
             "backup",
-            create=step("backup.sh", {**common, **version, "backups-to-keep": str(release.backups_to_keep), **refs}),
+            create=step("backup.sh", {**common, **version, **backup_policy, **refs}),
             triggers=release_triggers,
         )
         command(

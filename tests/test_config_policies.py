@@ -107,6 +107,11 @@ def test_production_cannot_run_without_its_github_environment() -> None:
     assert "required for the production stack" in problems["kametrix-deploy:github"]
 
 
+def test_who_asked_for_a_release_is_refused_when_the_server_could_not_record_it_safely() -> None:
+    _, problems = problems_for("production", overrides={"release.requestedBy": "alice'; rm -rf /"})
+    assert problems["kametrix-deploy:release.requestedBy"].startswith("allowed: a run URL and who started it")
+
+
 @pytest.mark.parametrize("minutes", [-1, 43201, 100000])
 def test_a_wait_timer_outside_0_to_43200_minutes_is_refused(minutes: int) -> None:
     _, problems = problems_for("staging", overrides={"github.waitTimer": minutes})
@@ -168,6 +173,34 @@ def test_production_never_builds() -> None:
 def test_production_releases_only_recorded_versions() -> None:
     _, problems = problems_for("production", overrides={"version": "v9.9.9"})
     assert "received version 'v9.9.9'" in problems["kametrix-deploy:github.releases"]
+    assert "received version 'v9.9.9'" in problems["kametrix-deploy:image.digests"]
+    assert "scripts/record_release.py" in problems["kametrix-deploy:image.digests"]
+
+
+def recorded_digests(stack: str) -> dict[str, dict[str, str]]:
+    digests: dict[str, dict[str, str]] = kit.stack_file(stack)["config"]["kametrix-deploy:image"]["digests"]
+    return digests
+
+
+def test_production_deploys_only_versions_whose_digests_are_recorded() -> None:
+    only_v141 = {"v1.4.1": recorded_digests("production")["v1.4.1"]}
+    _, problems = problems_for("production", overrides={"image.digests": only_v141})
+    assert list(problems) == ["kametrix-deploy:image.digests"], problems
+    assert "allowed: v1.4.1; received version 'v1.4.2'" in problems["kametrix-deploy:image.digests"]
+
+
+def test_a_recorded_digest_must_be_a_sha256_digest() -> None:
+    digests = recorded_digests("production")
+    digests["v1.4.2"]["app"] = "v1.4.2"
+    _, problems = problems_for("production", overrides={"image.digests": digests})
+    message = problems["kametrix-deploy:image.digests.v1.4.2.app"]
+    assert message == "allowed: an image digest sha256:<64 lower-case hex>; received 'v1.4.2'"
+
+
+def test_the_backup_policy_names_its_allowed_values() -> None:
+    _, problems = problems_for("staging", overrides={"release.backup": "sometimes"})
+    message = problems["kametrix-deploy:release.backup"]
+    assert "'always'" in message and "'before-migrations'" in message and "'sometimes'" in message, message
 
 
 def test_an_unknown_stack_name_is_refused() -> None:

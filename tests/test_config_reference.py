@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import typing
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,11 +41,15 @@ def test_the_committed_reference_and_schema_are_what_the_models_write(reference:
 
 
 def models(model: type[BaseModel], path: str = "") -> list[tuple[str, type[BaseModel]]]:
+    """Every model under `model`, by its dotted path (a model kept in a map by name: `<name>`)."""
     found = [(path, model)]
     for field in model.model_fields.values():
-        for candidate in getattr(field.annotation, "__args__", (field.annotation,)):
+        child = f"{path}.{field.alias}" if path else str(field.alias)
+        if typing.get_origin(field.annotation) is dict:
+            child += ".<name>"
+        for candidate in typing.get_args(field.annotation) or (field.annotation,):
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                found += models(candidate, f"{path}.{field.alias}" if path else str(field.alias))
+                found += models(candidate, child)
     return found
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import shlex
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from components.image import RegistryAuthenticationError, RegistryUnreachableError, VersionNotInRegistryError
+from components.image import (
+    DigestChangedError,
+    RegistryAuthenticationError,
+    RegistryUnreachableError,
+    VersionNotInRegistryError,
+)
 from tests import kit
 from tests.kit import Deployment, Resource
 
@@ -22,14 +28,13 @@ IMAGE_BUILD = "docker:index/image:Image"
 GOLDEN_PROXY = Path(__file__).parent / "golden" / "proxy"
 STEPS = ["server-files", "server-env", "server-backup", "server-migrate", "server-up"]
 REPOSITORY = "ghcr.io/kametrix-org/kametrix/kametrix"
-V141 = "sha256:" + "1" * 64
-V142 = "sha256:" + "2" * 64
+# What the registry answers: the digests Pulumi.production.yaml records for each tag.
 REGISTRY = {
-    f"{REPOSITORY}:v1.4.1": V141,
-    f"{REPOSITORY}:v1.4.1-migrate": "sha256:" + "3" * 64,
-    f"{REPOSITORY}:v1.4.2": V142,
-    f"{REPOSITORY}:v1.4.2-migrate": "sha256:" + "4" * 64,
+    f"{REPOSITORY}:{tag}": kit.digest_of(f"{REPOSITORY}:{tag}")
+    for tag in ("v1.4.1", "v1.4.1-migrate", "v1.4.2", "v1.4.2-migrate")
 }
+V142 = REGISTRY[f"{REPOSITORY}:v1.4.2"]
+LOCAL_REPOSITORY = "127.0.0.1:5000/kametrix/kametrix"
 
 
 def production(version: str, **overrides: Any) -> Deployment:
@@ -81,6 +86,14 @@ def test_every_step_of_a_release_runs_under_that_releases_lock_and_nothing_else_
         assert f"--release v1.4.2@{V142[7:19]} " in step.plain("create"), f"{step.urn} does not name its release"
 
 
+def test_every_step_names_who_asked_for_the_release_as_the_stack_records_it() -> None:
+    requester = "https://github.com/kametrix/kametrix-deploy/actions/runs/42 (alice)"
+    for step in steps(production("v1.4.2", **{"release.requestedBy": requester})).values():
+        assert f"--requested-by {shlex.quote(requester)}" in step.plain("create"), step.urn
+    for step in steps(production("v1.4.2")).values():
+        assert "--requested-by ''" in step.plain("create"), f"{step.urn}: no requester is said as none"
+
+
 def test_a_rollback_runs_exactly_the_server_commands_of_the_original_release() -> None:
     original, _, rolled_back = production("v1.4.1"), production("v1.4.2"), production("v1.4.1")
     for name, step in steps(original).items():
@@ -104,14 +117,32 @@ def test_a_release_is_published_for_its_commit_only_after_the_version_serves() -
     assert deployment.depends_on(release, steps(deployment)["server-up"]), f"{release.urn} is published before up"
 
 
-def test_a_version_missing_from_the_registry_fails_before_any_server_step() -> None:
+def test_a_version_without_recorded_digests_missing_from_the_registry_fails_before_any_server_step() -> None:
+    deployment, error = kit.attempt_stack("local", overrides={"version": "v9.9.9"}, registry_tags={})
+    assert isinstance(error, VersionNotInRegistryError)
+    assert "'v9.9.9'" in str(error) and "127.0.0.1:5000/kametrix/kametrix:v9.9.9" in str(error)
+    assert deployment.of_type(COMMAND) == [], [r.urn for r in deployment.of_type(COMMAND)]
+
+
+def test_a_recorded_version_deploys_its_recorded_digests_even_while_the_registry_cannot_answer() -> None:
+    recorded = kit.stack_file("production")["config"]["kametrix-deploy:image"]["digests"]["v1.4.1"]
+    deployment = kit.run_stack("production", overrides={"version": "v1.4.1"}, registry_tags={})
+    assert deployment.output("imageRef") == f"{REPOSITORY}@{recorded['app']}"
+    assert deployment.output("migrateImageRef") == f"{REPOSITORY}@{recorded['migrate']}"
+    assert list(steps(deployment)) == STEPS
+
+
+def test_a_tag_pushed_again_with_other_bytes_stops_the_update_before_the_server_is_touched() -> None:
+    recorded = REGISTRY[f"{REPOSITORY}:v1.4.1"]
+    pushed_again = "sha256:" + "e" * 64
     deployment, error = kit.attempt_stack(
         "production",
-        overrides={"version": "v1.4.2"},
-        registry_tags={k: v for k, v in REGISTRY.items() if "v1.4.2" not in k},
+        overrides={"version": "v1.4.1"},
+        registry_tags={**REGISTRY, f"{REPOSITORY}:v1.4.1": pushed_again},
     )
-    assert isinstance(error, VersionNotInRegistryError)
-    assert "'v1.4.2'" in str(error) and f"{REPOSITORY}:v1.4.2" in str(error)
+    assert isinstance(error, DigestChangedError), error
+    for named in ("'v1.4.1'", recorded, pushed_again, "scripts/record_release.py", "docker push"):
+        assert named in str(error), f"the error does not name {named}: {error}"
     assert deployment.of_type(COMMAND) == [], [r.urn for r in deployment.of_type(COMMAND)]
 
 
@@ -119,41 +150,73 @@ def test_a_version_missing_from_the_registry_fails_before_any_server_step() -> N
     ("reported", "kind", "names"),
     [
         (
-            "Got error when attempting to fetch image version kametrix-org/kametrix/kametrix:v1.4.2 from registry: "
+            "Got error when attempting to fetch image version kametrix/kametrix:v1.0.0 from registry: "
             "Got bad response from registry: 404 Not Found",
             VersionNotInRegistryError,
-            ["version 'v1.4.2' is not in the registry ghcr.io", "kametrix-deploy:version"],
+            ["version 'v1.0.0' is not in the registry 127.0.0.1:5000", "kametrix-deploy:version"],
         ),
         (
-            "Got error when attempting to fetch image version kametrix-org/kametrix/kametrix:v1.4.2 from registry: "
+            "Got error when attempting to fetch image version kametrix/kametrix:v1.0.0 from registry: "
             "Got bad response from registry: 403 Forbidden",
             RegistryAuthenticationError,
-            ["the registry ghcr.io refused the credentials", "image.username ('kametrix-deploy-bot')"],
+            ["the registry 127.0.0.1:5000 refused the credentials", "image.username ('local')"],
         ),
         (
-            'Error during registry request: Head "https://ghcr.io/v2/kametrix-org/kametrix/kametrix/manifests/v1.4.2":'
-            " dial tcp: lookup ghcr.io: no such host",
+            'Error during registry request: Head "https://127.0.0.1:5000/v2/kametrix/kametrix/manifests/v1.0.0":'
+            " dial tcp 127.0.0.1:5000: connect: connection refused",
             RegistryUnreachableError,
-            ["the registry ghcr.io could not be reached", "kametrix-deploy:image.registry ('ghcr.io')"],
+            ["the registry 127.0.0.1:5000 could not be reached", "kametrix-deploy:image.registry ('127.0.0.1:5000')"],
         ),
     ],
 )
 def test_a_registry_failure_says_whether_the_tag_is_missing_the_credentials_refused_or_the_registry_unreachable(
     reported: str, kind: type[Exception], names: list[str]
 ) -> None:
+    """A version without recorded digests needs the registry's answer: the local stack records none."""
     deployment, error = kit.attempt_stack(
-        "production",
-        overrides={"version": "v1.4.2"},
-        registry_tags=REGISTRY,
-        registry_failures={f"{REPOSITORY}:v1.4.2": reported},
+        "local", overrides={"version": "v1.0.0"}, registry_failures={f"{LOCAL_REPOSITORY}:v1.0.0": reported}
     )
     assert type(error) is kind, error
     message = str(error)
     assert all(name in message for name in names), message
-    assert f"{REPOSITORY}:v1.4.2" in message, message
+    assert f"{LOCAL_REPOSITORY}:v1.0.0" in message, message
     assert ("is not in the registry" in message) == (kind is VersionNotInRegistryError), message
     assert "TESTSECRET" not in message, "a registry error printed a secret"
     assert deployment.of_type(COMMAND) == [], "a server step was declared after the registry failed"
+
+
+@pytest.mark.parametrize(
+    "reported",
+    [
+        "Got bad response from registry: 404 Not Found",
+        "Got bad response from registry: 403 Forbidden",
+        "Error during registry request: dial tcp: lookup ghcr.io: no such host",
+    ],
+)
+def test_a_recorded_version_is_deployed_whichever_way_the_registry_fails(reported: str) -> None:
+    recorded = kit.stack_file("production")["config"]["kametrix-deploy:image"]["digests"]["v1.4.1"]
+    failures = {f"{REPOSITORY}:{tag}": reported for tag in ("v1.4.1", "v1.4.1-migrate")}
+    deployment, error = kit.attempt_stack("production", overrides={"version": "v1.4.1"}, registry_failures=failures)
+    assert error is None, error
+    assert deployment.output("imageRef") == f"{REPOSITORY}@{recorded['app']}"
+    assert deployment.output("migrateImageRef") == f"{REPOSITORY}@{recorded['migrate']}"
+    assert list(steps(deployment)) == STEPS
+
+
+def test_a_recorded_staging_version_is_never_built_again() -> None:
+    recorded = kit.stack_file("staging")["config"]["kametrix-deploy:image"]["digests"]["staging-8d2e6b1"]
+    deployment = kit.run_stack("staging", overrides={"version": "staging-8d2e6b1"})
+    assert deployment.of_type(IMAGE_BUILD) == [], "a recorded version was built again"
+    assert deployment.output("imageRef").endswith(f"@{recorded['app']}")
+    assert deployment.output("migrateImageRef").endswith(f"@{recorded['migrate']}")
+
+
+@pytest.mark.parametrize(("stack", "mode"), [("production", "always"), ("staging", "before-migrations")])
+def test_the_backup_step_is_told_the_stages_backup_policy(stack: str, mode: str) -> None:
+    command = steps(kit.run_stack(stack))["server-backup"].plain("create")
+    assert f" --backup {mode} --backup-on-rollback no " in command, command
+    asked = kit.run_stack(stack, overrides={"release.backupOnRollback": True})
+    assert f" --backup {mode} --backup-on-rollback yes " in steps(asked)["server-backup"].plain("create")
 
 
 def test_staging_builds_once_and_pushes_both_stages_of_the_dockerfile() -> None:
@@ -311,3 +374,14 @@ def test_the_drain_time_bounds_the_proxy_and_reaches_the_one_step_that_moves_tra
     command = steps(deployment)["server-up"].plain("create").split()
     assert command[command.index("--drain-seconds") + 1] == "45", command
     assert "--drain-seconds" not in steps(deployment)["server-env"].plain("create"), "env must not move traffic"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"release.backupOnRollback": True}, {"release.backup": "before-migrations"}, {"release.backupsToKeep": 3}],
+)
+def test_a_changed_backup_policy_reruns_the_backup_alone_and_never_moves_traffic(override: dict[str, Any]) -> None:
+    """The re-run backup of the live release gives the release lock back itself, since `up` has nothing to do
+    (test_server_scripts: a step keeps the lock for up only when up has something to do)."""
+    changed = changed_between(production("v1.4.2"), production("v1.4.2", **override))
+    assert changed == {"server-backup"}, changed

@@ -33,6 +33,10 @@ CUTOVER = [
 ]
 
 
+# Who asked for the release, as a workflow records it in the stack.
+REQUESTER = "https://github.com/kametrix/kametrix-deploy/actions/runs/42 (alice)"
+
+
 def release_of(version: str, image: str) -> str:
     """The release a step names, as the program does: the version and the start of the image's digest."""
     return f"{version}@{image.rpartition(':')[2][:12]}"
@@ -42,6 +46,7 @@ def release_of(version: str, image: str) -> str:
 class Server:
     app_dir: Path
     state: Path
+    requested_by: str = REQUESTER
 
     def run(self, script: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         env = {
@@ -60,11 +65,15 @@ class Server:
         )
 
     def common(self, release: str) -> list[str]:
-        return ["--app-dir", str(self.app_dir), "--project", "kametrix", "--release", release]
+        """The flags every step takes: where, which stage, and the release lock's."""
+        return [
+            *("--app-dir", str(self.app_dir), "--project", "kametrix", "--release", release),
+            *("--lock-timeout-seconds", "1800", "--requested-by", self.requested_by),
+        ]
 
     def step(self, script: str, release: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         """A release step, with the flags every step takes."""
-        return self.run(script, *self.common(release), "--lock-timeout-seconds", "1800", *args, stdin=stdin)
+        return self.run(script, *self.common(release), *args, stdin=stdin)
 
     def fact(self, name: str, value: str) -> None:
         (self.state / name).write_text(value)
@@ -113,20 +122,33 @@ class Server:
         return self.step("env.sh", release, stdin=stdin)
 
     def backup(
-        self, version: str = "v2.0.0", keep: str = "2", release: str = release_of("v2.0.0", NEW)
+        self,
+        version: str = "v2.0.0",
+        keep: str = "2",
+        release: str = release_of("v2.0.0", NEW),
+        mode: str = "always",
+        on_rollback: str = "no",
     ) -> subprocess.CompletedProcess[str]:
         return self.step(
             "backup.sh",
             release,
-            *("--version", version, "--backups-to-keep", keep, "--app-image", NEW, "--migrate-image", MIGRATE),
+            *("--version", version, "--backups-to-keep", keep, "--backup", mode, "--backup-on-rollback", on_rollback),
+            *("--app-image", NEW, "--migrate-image", MIGRATE),
         )
 
-    def migrate(self, version: str, image: str) -> subprocess.CompletedProcess[str]:
+    def migrate(
+        self, version: str = "v2.0.0", image: str = NEW, migrate_image: str = MIGRATE
+    ) -> subprocess.CompletedProcess[str]:
         return self.step(
             "migrate.sh",
             release_of(version, image),
-            *("--version", version, "--app-image", image, "--migrate-image", MIGRATE),
+            *("--version", version, "--app-image", image, "--migrate-image", migrate_image),
         )
+
+    def ran_before(self, migrate_image: str = MIGRATE, version: str = "v2.0.0") -> None:
+        """This server applied `migrate_image`'s migrations when it released `version` earlier."""
+        with (self.app_dir / "migrations.log").open("a") as log:
+            log.write(f"{migrate_image} {version} 2026-11-01T10:00:00Z\n")
 
     def lock(self) -> dict[str, str]:
         lines = (self.app_dir / ".release-lock").read_text().splitlines()
@@ -220,6 +242,11 @@ def test_the_server_accepts_exactly_the_versions_the_stack_accepts(version: str)
         ("VERSION=latest", "VERSION: allowed v1.2.3"),
         (f"APP_IMAGE={NEW[:-1]}", "APP_IMAGE: allowed an image pinned by digest"),
         ("LIVE_COLOUR=red", "LIVE_COLOUR: allowed blue or green"),
+        ("PREVIOUS_MIGRATE_IMAGE=kametrix:latest", "PREVIOUS_MIGRATE_IMAGE: allowed an image pinned by digest"),
+        ("PROJECT=Kametrix;rm", "project: allowed a compose project name"),
+        ("LOCK_TIMEOUT_SECONDS=5", "LOCK_TIMEOUT_SECONDS: allowed 60-86400"),
+        ("COLOUR_URL=http://203.0.113.9/x", "COLOUR_URL: allowed an http URL on 127.0.0.1"),
+        ("DRAIN_SECONDS=0", "DRAIN_SECONDS: allowed 1-3600"),
         ("SOMETHING=else", "unknown key 'SOMETHING'"),
     ],
 )
@@ -418,6 +445,19 @@ def test_pruning_keeps_the_newest_images_and_never_the_live_or_previous_one(serv
     assert OLD not in removed and NEW not in removed
 
 
+def test_pruning_never_removes_the_previous_versions_migrate_image(server: Server) -> None:
+    previous_migrate = "registry.example/kametrix@sha256:" + "d" * 64
+    server.live("v5.0.0", OLD)
+    with (server.app_dir / "release.env").open("a") as record:
+        record.write(f"MIGRATE_IMAGE={previous_migrate}\n")
+    server.fact("healthy_after", f"{NEW} 1\n")
+    server.fact("images", "".join(f"{image}\n" for image in (NEW, MIGRATE, OLD, previous_migrate)))
+    result = server.up("v6.0.0", NEW, keep="2")
+    assert result.returncode == 0, result.stderr
+    assert server.read("removed_images") == "", "an image of the previous version was pruned"
+    assert server.record()["PREVIOUS_MIGRATE_IMAGE"] == previous_migrate
+
+
 # --- settings: one cutover per update ---------------------------------------------------------------------
 
 
@@ -544,10 +584,77 @@ def test_a_failed_backup_stops_the_release_and_leaves_no_partial_file(
 def test_a_failed_migration_stops_the_release_with_the_live_version_serving(server: Server) -> None:
     server.live("v2.0.0", OLD)
     server.fact("migrate_status", "1")
-    result = server.migrate("v4.0.0", NEW)
+    result = server.migrate("v4.0.0", NEW, migrate_image="registry.example/kametrix@sha256:" + "4" * 64)
     assert result.returncode == 1
     assert "migrations of v4.0.0 failed; the live version (v2.0.0) keeps serving" in result.stderr
     assert server.read("colour_blue") == OLD and server.read("proxy_colour") == "blue"
+    assert not (server.app_dir / "migrations.log").exists(), "a failed migration was recorded as applied"
+
+
+def test_a_version_that_already_ran_here_runs_no_migration_and_pulls_nothing(server: Server) -> None:
+    server.ran_before(version="v2.0.0")
+    result = server.migrate("v2.0.0")
+    assert result.returncode == 0, result.stderr
+    assert "no migration: v2.0.0 already ran on this server" in result.stdout
+    assert "its schema is already there" in result.stdout
+    assert server.calls() == [], "a rollback's migrate step touched docker"
+
+
+def test_applied_migrations_are_recorded_so_a_later_rollback_skips_them(server: Server) -> None:
+    assert server.migrate("v2.0.0").returncode == 0
+    assert server.read("calls.log").count("pull") == 1
+    log = (server.app_dir / "migrations.log").read_text().split()
+    assert log[:2] == [MIGRATE, "v2.0.0"], log
+    again = server.migrate("v2.0.0")
+    assert "no migration" in again.stdout and server.read("calls.log").count("pull") == 1
+
+
+def test_a_rollback_to_a_version_that_ran_here_takes_no_backup_unless_asked(server: Server) -> None:
+    server.ran_before(version="v2.0.0")
+    result = server.backup(mode="always")
+    assert result.returncode == 0, result.stderr
+    assert "no backup: v2.0.0 already ran on this server" in result.stdout and "backup=\n" in result.stdout
+    assert "release.backupOnRollback" in result.stdout
+    assert not any("pg_dump" in call for call in server.calls()), server.calls()
+    asked = server.backup(mode="before-migrations", on_rollback="yes")
+    assert asked.returncode == 0, asked.stderr
+    assert "backing up: release.backupOnRollback asks for one" in asked.stdout
+    assert any("pg_dump" in call for call in server.calls())
+
+
+@pytest.mark.parametrize(
+    ("mode", "pending_status", "says", "dumps"),
+    [
+        ("before-migrations", "0", "no backup: no migration of v2.0.0 is pending", False),
+        ("before-migrations", "1", "backing up: v2.0.0 has migrations to apply", True),
+        ("always", "0", "backing up: release.backup is always", True),
+    ],
+)
+def test_a_release_backs_up_before_migrations_or_always_as_the_stage_chooses(
+    server: Server, mode: str, pending_status: str, says: str, dumps: bool
+) -> None:
+    server.fact("pending_status", pending_status)
+    result = server.backup(mode=mode)
+    assert result.returncode == 0, result.stderr
+    assert says in result.stdout, result.stdout
+    assert any("pg_dump" in call for call in server.calls()) == dumps, server.calls()
+    if mode == "always":
+        assert not any("status" in call for call in server.calls()), "always needs no migration status"
+
+
+def test_a_backup_says_how_big_and_how_fast_it_was_and_uses_the_measured_dump_settings(server: Server) -> None:
+    result = server.backup()
+    assert result.returncode == 0, result.stderr
+    assert " MB/s)" in result.stdout, result.stdout
+    dump = next(call for call in server.calls() if "pg_dump" in call)
+    assert "--format=custom" in dump.split() and "--compress=1" in dump.split(), dump
+
+
+@pytest.mark.parametrize(("mode", "on_rollback"), [("sometimes", "no"), ("always", "maybe")])
+def test_backup_refuses_an_unknown_policy(server: Server, mode: str, on_rollback: str) -> None:
+    result = server.backup(mode=mode, on_rollback=on_rollback)
+    assert result.returncode == 1 and "allowed" in result.stderr and "received" in result.stderr
+    assert server.calls() == []
 
 
 # --- the release lock -------------------------------------------------------------------------------------
@@ -560,7 +667,7 @@ def files_step(server: Server, release: str) -> subprocess.CompletedProcess[str]
     for name in SCRIPTS:
         (staged / "bin" / name).write_bytes((SCRIPTS_DIR / name).read_bytes())
     (staged / "docker-compose.yml").write_text(f"# rendered for {release}\n")
-    return server.run("files.sh", *server.common(release), "--lock-timeout-seconds", "1800", "--from", str(staged))
+    return server.run("files.sh", *server.common(release), "--from", str(staged))
 
 
 def test_the_lock_passes_through_every_step_of_one_update_and_ends_with_up(server: Server) -> None:
@@ -591,6 +698,14 @@ def test_the_lock_says_which_release_holds_it_which_step_who_runs_it_and_since_w
     assert holder["RELEASE"] == release_of("v2.0.0", NEW) and holder["STEP"] == "backup"
     assert re.fullmatch(r"\d+", holder["PID"]) and abs(int(holder["SINCE"]) - time.time()) < 30
     assert holder["BY"].startswith(subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip())
+    assert holder["REQUESTED_BY"] == REQUESTER
+
+
+def test_who_asked_for_a_release_is_checked_before_the_lock_is_touched(server: Server) -> None:
+    server.requested_by = "alice'; rm -rf /"
+    result = server.backup()
+    assert result.returncode == 1 and "requested-by: allowed a run URL" in result.stderr
+    assert not (server.app_dir / ".release-lock").exists()
 
 
 @pytest.mark.parametrize("script", ["files", "backup"])
@@ -599,7 +714,7 @@ def test_another_release_in_progress_is_refused_even_by_the_files_step(server: S
     mine = release_of("v8.0.0", NEW)
     result = files_step(server, mine) if script == "files" else server.backup(release=mine)
     assert result.returncode == 1
-    assert f"release {release_of('v7.0.0', OLD)}, step backup (pid " in result.stderr
+    assert f"release {release_of('v7.0.0', OLD)} requested by {REQUESTER}, step backup (pid " in result.stderr
     assert f"of kametrix is in progress; refusing to start {mine}" in result.stderr
     assert "bin/release-lock.sh" in result.stderr, "the message does not say how to see or free the lock"
     assert server.lock()["RELEASE"] == release_of("v7.0.0", OLD), "the other release lost its lock"
@@ -628,7 +743,7 @@ def test_the_lock_command_shows_the_holder_and_frees_it_only_once_no_step_runs(s
     assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
     shown = server.run("release-lock.sh")
     assert shown.returncode == 0 and "no step of that release runs" in shown.stdout
-    assert f"held by release {release_of('v7.0.0', OLD)}, step backup" in shown.stdout
+    assert f"held by release {release_of('v7.0.0', OLD)} requested by {REQUESTER}, step backup" in shown.stdout
     assert (server.app_dir / ".release-lock").exists(), "showing the lock freed it"
     with server.step_running():
         refused = server.run("release-lock.sh", "--free")
@@ -658,3 +773,99 @@ def test_a_step_keeps_the_lock_for_up_only_when_up_has_something_to_do(
         (server.app_dir / ".env.next").write_text("A='2'\n")
     assert server.backup(release=release).returncode == 0
     assert (server.app_dir / ".release-lock").exists() == held
+
+
+# --- break-glass switch-back -------------------------------------------------------------------------
+
+
+def recorded_for_switch_back(server: Server, previous_migrate: str = MIGRATE) -> None:
+    """What up.sh records beside the release: the stage's project, cutover and lock settings."""
+    settings = dict(zip(CUTOVER[::2], CUTOVER[1::2], strict=True))
+    with (server.app_dir / "release.env").open("a") as record:
+        record.write(f"PREVIOUS_MIGRATE_IMAGE={previous_migrate}\nPROJECT=kametrix\nLOCK_TIMEOUT_SECONDS=1800\n")
+        record.writelines(f"{flag[2:].replace('-', '_').upper()}={value}\n" for flag, value in settings.items())
+
+
+def test_break_glass_switches_back_to_the_previous_version_through_the_health_gate(server: Server) -> None:
+    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
+    recorded_for_switch_back(server)
+    server.fact("images_present", f"{OLD}\n{NEW}\n")
+    server.fact("healthy_after", f"{OLD} 1\n")
+    result = server.run("switch-back.sh")
+    assert result.returncode == 0, result.stderr
+    assert (server.read("proxy_colour"), server.read("colour_green"), server.read("colour_blue")) == ("green", OLD, "")
+    record = server.record()
+    assert (record["VERSION"], record["APP_IMAGE"], record["PREVIOUS_VERSION"]) == ("v1.0.0", OLD, "v2.0.0")
+    assert "pulumi config set version v1.0.0" in result.stdout
+    assert not any(call.startswith("pull") for call in server.calls()), "break-glass pulled an image"
+    assert not (server.app_dir / ".release-lock").exists()
+
+
+def test_break_glass_never_switches_to_a_previous_version_that_does_not_turn_healthy(server: Server) -> None:
+    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
+    recorded_for_switch_back(server)
+    server.fact("images_present", f"{OLD}\n{NEW}\n")
+    (server.app_dir / ".env.next").write_text("A='2'\n")
+    before = (server.app_dir / "release.env").read_text()
+    result = server.run("switch-back.sh")
+    assert result.returncode == 1
+    assert "v1.0.0 was not switched back to (see above); v2.0.0" in result.stderr and "keeps serving" in result.stderr
+    assert (server.read("proxy_colour"), server.read("colour_blue")) == ("blue", NEW)
+    assert (server.app_dir / "release.env").read_text() == before
+    assert server.file(".env.next") == "A='2'\n", "settings staged for the next update were lost"
+    assert not (server.app_dir / ".release-lock").exists(), "a failed switch-back kept the release lock"
+
+
+def test_break_glass_after_a_release_switches_back_with_what_up_recorded(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    server.fact("healthy_after", f"{NEW} 1\n{OLD} 1\n")
+    assert server.up("v2.0.0", NEW).returncode == 0
+    result = server.run("switch-back.sh")
+    assert result.returncode == 0, result.stderr
+    record = server.record()
+    assert (record["VERSION"], record["APP_IMAGE"], record["MIGRATE_IMAGE"]) == ("v1.0.0", OLD, MIGRATE)
+    assert (record["PREVIOUS_VERSION"], record["PREVIOUS_IMAGE"]) == ("v2.0.0", NEW)
+    assert (server.read("proxy_colour"), server.read("colour_blue")) == ("blue", OLD), "v1.0.0 does not serve"
+    again = server.run("switch-back.sh")
+    assert again.returncode == 0 and server.record()["VERSION"] == "v2.0.0", "switching back again goes forward"
+
+
+def test_break_glass_waits_for_no_release_and_is_refused_while_another_holds_the_lock(server: Server) -> None:
+    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
+    recorded_for_switch_back(server)
+    server.fact("healthy_after", f"{OLD} 1\n")
+    assert server.backup(release=release_of("v3.0.0", NEW)).returncode == 0
+    result = server.run("switch-back.sh")
+    assert result.returncode == 1
+    assert f"release {release_of('v3.0.0', NEW)} requested by {REQUESTER}, step backup" in result.stderr, result.stderr
+    assert f"refusing to start {release_of('v1.0.0', OLD)}" in result.stderr
+    assert server.record()["VERSION"] == "v2.0.0" and server.read("proxy_colour") == "blue"
+    assert server.lock()["RELEASE"] == release_of("v3.0.0", NEW), "the other release lost its lock"
+
+
+def test_break_glass_starts_the_previous_version_with_the_live_settings_and_keeps_staged_ones_staged(
+    server: Server,
+) -> None:
+    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
+    recorded_for_switch_back(server)
+    server.fact("healthy_after", f"{OLD} 1\n")
+    (server.app_dir / ".env.next").write_text("A='staged by an update that stopped before up'\n")
+    result = server.run("switch-back.sh")
+    assert result.returncode == 0, result.stderr
+    assert server.read("env_green") == "POSTGRES_USER='kametrix'\n", "the previous version started with new settings"
+    assert server.file(".env.next") == "A='staged by an update that stopped before up'\n", "staged settings lost"
+    assert not (server.app_dir / ".env.next.held").exists()
+
+
+def test_break_glass_takes_no_arguments(server: Server) -> None:
+    result = server.run("switch-back.sh", "--app-dir", str(server.app_dir))
+    assert result.returncode == 1 and "usage: switch-back.sh (unknown argument '--app-dir')" in result.stderr
+    assert server.calls() == []
+
+
+def test_break_glass_without_a_recorded_previous_version_changes_nothing(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    recorded_for_switch_back(server, previous_migrate="")
+    result = server.run("switch-back.sh")
+    assert result.returncode == 1 and "no previous version with both its images is recorded" in result.stderr
+    assert server.calls() == []

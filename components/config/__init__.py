@@ -29,6 +29,7 @@ from components.config.models import (
     ReleaseSettings,
     Reviewers,
     ServerSettings,
+    VersionDigests,
 )
 from components.config.problems import NAMESPACE, ConfigError, Problem
 from components.config.secrets import (
@@ -74,6 +75,7 @@ __all__ = [
     "ServerSettings",
     "StackConfig",
     "Stage",
+    "VersionDigests",
     "load",
     "load_from_engine",
 ]

@@ -81,6 +81,8 @@ def _check_env_value(value: str) -> str:
 
 
 Port = Annotated[int, in_range(1, 65535, "(TCP port)")]
+# What the server's release lock accepts too (components/scripts/lib.sh, require_requester).
+REQUESTER_PATTERN = r"[A-Za-z0-9 ._:/@()#+,=\[\]-]{1,300}"
 Version = Annotated[str, Rule(_check_version, f"an exact version: {VERSION_FORMATS}", pattern=VERSION_PATTERN.pattern)]
 CommitSha = Annotated[str, matching(r"[0-9a-f]{40}", "a full 40-character lowercase git SHA")]
 GitHubLogin = Annotated[str, matching(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})", "a GitHub login")]
@@ -91,6 +93,7 @@ ENV_NAME_RULE = "an upper-case name not starting with GITHUB_"
 EnvName = Annotated[str, matching(ENV_NAME_PATTERN, ENV_NAME_RULE)]
 AbsolutePath = Annotated[str, matching(r"/[A-Za-z0-9._/-]*", "an absolute path")]
 HttpsUrl = Annotated[str, matching(r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")]
+Digest = Annotated[str, matching(r"sha256:[0-9a-f]{64}", "an image digest sha256:<64 lower-case hex>")]
 FITS_ENV_FILE = Rule(_check_env_value, ENV_FILE_RULE, pattern="^[^'\\r\\n]*$")
 EnvValue = Annotated[str, FITS_ENV_FILE]
 """A plain value the server's `.env` carries."""

@@ -5,16 +5,18 @@ The docstring under each field is its description in docs/configuration.md (scri
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from components.config.fields import (
     FITS_ENV_FILE,
+    REQUESTER_PATTERN,
     AbsolutePath,
     BranchPattern,
     CommitSha,
+    Digest,
     EnvName,
     EnvValue,
     GitHubLogin,
@@ -114,6 +116,15 @@ class BuildSettings(Model):
     """The Dockerfile stage that runs migrations: pushed as `<version>-migrate`."""
 
 
+class VersionDigests(Model):
+    """What one version is, for good: the digests of its two images."""
+
+    app: Digest
+    """The app image's digest (`<repository>:<version>`)."""
+    migrate: Digest
+    """The migrate image's digest (`<repository>:<version>-migrate`)."""
+
+
 class ImageSettings(Model):
     registry: str = "ghcr.io"
     """The container registry."""
@@ -123,6 +134,9 @@ class ImageSettings(Model):
     """The account whose token is the `registryPassword` secret."""
     build: BuildSettings | None = None
     """Build and push the version from source; absent means the version must already exist."""
+    digests: dict[Version, VersionDigests] = Field(default_factory=dict)
+    """Each version's digests, recorded when it first became releasable (scripts/record_release.py). A recorded
+    version deploys exactly these bytes: no build, and a registry whose tag now names other bytes stops the update."""
 
 
 class ServerSettings(Model):
@@ -206,6 +220,18 @@ class ReleaseSettings(Model):
     """A release lock older than this is taken over: a release that died between steps cannot block forever."""
     drain_seconds: Annotated[int, in_range(1, 3600, "seconds")] = 30
     """After a switch, how long requests still running on the old colour may take before it is stopped."""
+    backup: Literal["always", "before-migrations"] = "before-migrations"
+    """Whether a release whose migrations are all applied already backs up (always) or not (before-migrations).
+    A release with a pending migration always backs up first."""
+    backup_on_rollback: bool = False
+    """A rollback to a version this server already ran takes no backup (its schema is already there) unless
+    this is true."""
+    requested_by: (
+        Annotated[str, matching(REQUESTER_PATTERN, "a run URL and who started it, like 'https://…/runs/42 (alice)'")]
+        | None
+    ) = None
+    """Who asked for the pinned version: the workflows write their run URL and actor here when they pin a new
+    version; the server's release lock names it beside the login that runs the steps."""
 
 
 class PlainConfig(Model):

@@ -43,6 +43,7 @@ STAGE_RULES: Mapping[str, str] = {
     "github.drift": "staging, production: with deploymentBranches among the stage's",
     "github.releases": "production: holds the `version` it deploys",
     "image.build": "never in production",
+    "image.digests": "production: holds the `version` it deploys",
     "app.databasePoolMin": "at most databasePoolMax",
     "app.proxyPort": "a port of its own",
     "app.bluePort": "a port of its own",
@@ -187,6 +188,17 @@ def _production_policy(sections: Sections) -> list[Problem]:
                 f"production releases only versions recorded here with their commit; allowed: "
                 f"{', '.join(valid.releases) or 'none recorded yet'}; received version {sections.version!r}. "
                 f"Add `{sections.version}: <commit sha>` under github.releases",
+            )
+        )
+    image = sections.image.valid("digests") if sections.image else None
+    if image is not None and sections.version is not None and sections.version not in image.digests:
+        problems.append(
+            Problem(
+                full_key("image.digests"),
+                f"production deploys only versions whose image digests are recorded here; allowed: "
+                f"{', '.join(image.digests) or 'none recorded yet'}; received version {sections.version!r}. "
+                f"Record it with: python scripts/record_release.py --stack-file Pulumi.production.yaml "
+                f"--version {sections.version} --app-digest sha256:<app> --migrate-digest sha256:<migrate>",
             )
         )
     image = sections.image.valid("build") if sections.image else None

@@ -6,7 +6,7 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-parse_flags env.sh "app-dir project release lock-timeout-seconds" "$@"
+parse_flags env.sh "app-dir project $(release_lock_flag_names)" "$@"
 begin_step
 
 umask 077

@@ -5,7 +5,7 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-parse_flags files.sh "app-dir project release lock-timeout-seconds from" "$@"
+parse_flags files.sh "app-dir project $(release_lock_flag_names) from" "$@"
 begin_step
 from="${FLAGS[from]}"
 [[ "$from" == "$APP_DIR"/.files.* && -d "$from" ]] || die "from: allowed a folder $APP_DIR/.files.*; received '$from'"

@@ -83,17 +83,54 @@ use_app_dir() {
   LOCK_HOLDER="$APP_DIR/.release-lock"
   LOCK_MUTEX="$APP_DIR/.release-lock.mutex"
   LIVE_RELEASE="$APP_DIR/release.env"
+  # Every migrate image whose migrations were applied on this server: "IMAGE VERSION UTC-TIME" lines.
+  MIGRATIONS_LOG="$APP_DIR/migrations.log"
   PARTIAL_FILE="" UNDO="" RELEASE_LOCK_OWNER=""
 }
 
+# The flags of every step that takes the release lock: which release, when its lock goes stale, who asked for it.
+release_lock_flag_names() {
+  echo release lock-timeout-seconds requested-by
+}
+
+# Who asked for a release, as the stack records it (components/config.py, REQUESTER_PATTERN); empty: not said.
+require_requester() {
+  local value="$1"
+  [[ -z "$value" || "$value" =~ ^[][A-Za-z0-9\ ._:/@\(\)#+,=-]{1,300}$ ]] ||
+    die "requested-by: allowed a run URL and who started it, like 'https://…/runs/42 (alice)'; received '$value'"
+}
+
 # The flags of a switch: where the proxy names its colour, each colour's health endpoint, the gate, the drain.
+cutover_flag_names() {
+  echo colour-url blue-health-url green-health-url health-attempts health-interval-seconds drain-seconds
+}
+
+# A flag's key in the live release record: its name in capitals (colour-url: COLOUR_URL).
+flag_key() {
+  local key="${1^^}"
+  echo "${key//-/_}"
+}
+
+# Checks a setting a switch runs with, by its record key; fails for any other key. `up` records these
+# settings, so that switch-back.sh switches the same way without the stack.
+require_switch_setting() {
+  local key="$1" value="$2"
+  case "$key" in
+    PROJECT) [[ "$value" =~ ^[a-z0-9][a-z0-9_-]*$ ]] || die "project: allowed a compose project name; received '$value'" ;;
+    LOCK_TIMEOUT_SECONDS) require_number "$key" "$value" 60 86400 ;;
+    COLOUR_URL | BLUE_HEALTH_URL | GREEN_HEALTH_URL) require_url "$key" "$value" ;;
+    HEALTH_ATTEMPTS) require_number "$key" "$value" 1 600 ;;
+    HEALTH_INTERVAL_SECONDS) require_number "$key" "$value" 1 60 ;;
+    DRAIN_SECONDS) require_number "$key" "$value" 1 3600 ;;
+    *) return 1 ;;
+  esac
+}
+
 require_cutover_flags() {
-  require_url COLOUR_URL "${FLAGS[colour-url]}"
-  require_url BLUE_HEALTH_URL "${FLAGS[blue-health-url]}"
-  require_url GREEN_HEALTH_URL "${FLAGS[green-health-url]}"
-  require_number HEALTH_ATTEMPTS "${FLAGS[health-attempts]}" 1 600
-  require_number HEALTH_INTERVAL_SECONDS "${FLAGS[health-interval-seconds]}" 1 60
-  require_number DRAIN_SECONDS "${FLAGS[drain-seconds]}" 1 3600
+  local name
+  for name in $(cutover_flag_names); do
+    require_switch_setting "$(flag_key "$name")" "${FLAGS[$name]}"
+  done
 }
 
 # Sets the step's paths and cleanup. Every step: a failure, or a signal such as a dropped connection's
@@ -101,7 +138,7 @@ require_cutover_flags() {
 # release lock back and removes the step's partial file.
 begin_step() {
   PROJECT="${FLAGS[project]}"
-  [[ "$PROJECT" =~ ^[a-z0-9][a-z0-9_-]*$ ]] || die "project: allowed a compose project name; received '$PROJECT'"
+  require_switch_setting PROJECT "$PROJECT"
   use_app_dir "${FLAGS[app-dir]}"
   trap end_step EXIT
   trap 'exit 129' HUP
@@ -146,10 +183,10 @@ require_record_value() {
     VERSION) require_version "$key" "$value" ;;
     PREVIOUS_VERSION) [[ -z "$value" ]] || require_version "$key" "$value" ;;
     APP_IMAGE | MIGRATE_IMAGE | BLUE_IMAGE | GREEN_IMAGE) require_digest_ref "$key" "$value" ;;
-    PREVIOUS_IMAGE) [[ -z "$value" ]] || require_digest_ref "$key" "$value" ;;
+    PREVIOUS_IMAGE | PREVIOUS_MIGRATE_IMAGE) [[ -z "$value" ]] || require_digest_ref "$key" "$value" ;;
     LIVE_COLOUR) require_colour "$key" "$value" ;;
     FILES_DIGEST) [[ "$value" =~ ^([0-9a-f]{64})?$ ]] || die "$key: allowed a sha256 digest; received '$value'" ;;
-    *) die "release record: unknown key '$key'" ;;
+    *) require_switch_setting "$key" "$value" || die "release record: unknown key '$key'" ;;
   esac
 }
 
@@ -193,7 +230,8 @@ step_runner() {
 write_lock_holder() {
   local release="$1" since="$2" step="$3"
   PARTIAL_FILE="$(mktemp "$LOCK_HOLDER.XXXXXX")"
-  printf '%s\n' "RELEASE=$release" "SINCE=$since" "STEP=$step" "PID=$$" "BY=$(step_runner)" >"$PARTIAL_FILE"
+  printf '%s\n' "RELEASE=$release" "SINCE=$since" "STEP=$step" "PID=$$" "BY=$(step_runner)" \
+    "REQUESTED_BY=${FLAGS[requested-by]:-}" >"$PARTIAL_FILE"
   chmod 644 "$PARTIAL_FILE"
   mv -f "$PARTIAL_FILE" "$LOCK_HOLDER"
   PARTIAL_FILE=""
@@ -201,12 +239,14 @@ write_lock_holder() {
 
 # One line naming the holder of the release lock, for messages.
 describe_lock_holder() {
-  local now since active
+  local now since active requested
   [[ -f "$LOCK_HOLDER" ]] || { echo "no release recorded in $LOCK_HOLDER"; return 0; }
   now="$(date +%s)" since="$(live SINCE "$LOCK_HOLDER")" active="$(stat -c %Y "$LOCK_HOLDER")"
-  printf 'release %s, step %s (pid %s) run by %s, holding the lock since %s (last active %ss ago)' \
-    "$(live RELEASE "$LOCK_HOLDER")" "$(live STEP "$LOCK_HOLDER")" "$(live PID "$LOCK_HOLDER")" \
-    "$(live BY "$LOCK_HOLDER")" "$(date -u -d "@${since:-0}" +%Y-%m-%dT%H:%M:%SZ)" "$((now - active))"
+  requested="$(live REQUESTED_BY "$LOCK_HOLDER")"
+  printf 'release %s%s, step %s (pid %s) run by %s, holding the lock since %s (last active %ss ago)' \
+    "$(live RELEASE "$LOCK_HOLDER")" "${requested:+ requested by $requested}" "$(live STEP "$LOCK_HOLDER")" \
+    "$(live PID "$LOCK_HOLDER")" "$(live BY "$LOCK_HOLDER")" "$(date -u -d "@${since:-0}" +%Y-%m-%dT%H:%M:%SZ)" \
+    "$((now - active))"
 }
 
 # Holds the release lock for RELEASE from its first step to the end of `up`: one step at a time (flock), and
@@ -214,7 +254,8 @@ describe_lock_holder() {
 acquire_release_lock() {
   local release="$1" stale_seconds="$2" step="$3" wait_seconds="${LOCK_WAIT_SECONDS:-120}" holder="" since
   require_release "$release"
-  require_number LOCK_TIMEOUT_SECONDS "$stale_seconds" 60 86400
+  require_switch_setting LOCK_TIMEOUT_SECONDS "$stale_seconds"
+  require_requester "${FLAGS[requested-by]:-}"
   exec 8>"$LOCK_MUTEX"
   if ! flock -w "$wait_seconds" 8; then
     die "another step has been running for over ${wait_seconds}s ($(describe_lock_holder)); refusing to start $release"
@@ -239,12 +280,15 @@ installed_files_digest() {
   [[ ! -f "$APP_DIR/.files-digest" ]] || cat "$APP_DIR/.files-digest"
 }
 
-# The release `up` last switched to, named as the steps name theirs.
+# A release as the steps name theirs: its version and the start of its image's digest.
+release_name() {
+  local version="$1" image="${2#*@sha256:}"
+  echo "$version@${image:0:12}"
+}
+
+# The release `up` last switched to.
 live_release() {
-  local image
-  image="$(live APP_IMAGE)"
-  image="${image#*@sha256:}"
-  echo "$(live VERSION)@${image:0:12}"
+  release_name "$(live VERSION)" "$(live APP_IMAGE)"
 }
 
 # Whether `up` runs later in this update: it does when the release is not the live one, when settings are
@@ -271,4 +315,18 @@ release_release_lock() {
     rm -f "$LOCK_HOLDER"
   fi
   return 0
+}
+
+# Prints which release applied IMAGE's migrations on this server ("VERSION at TIME"); fails if none did.
+# A version that ran here has its schema in the database: going back to it needs no migration or backup.
+applied_migrations() {
+  local image="$1" found=""
+  if [[ -f "$MIGRATIONS_LOG" ]]; then
+    found="$(awk -v image="$image" '$1 == image { print $2 " at " $3 }' "$MIGRATIONS_LOG" | tail -n 1)"
+  fi
+  # A release recorded before this log existed: its live version's migrations are applied.
+  if [[ -z "$found" && "$(live MIGRATE_IMAGE)" == "$image" ]]; then
+    found="$(live VERSION) (the live release)"
+  fi
+  [[ -n "$found" ]] && echo "$found"
 }

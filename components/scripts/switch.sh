@@ -9,8 +9,7 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-parse_flags switch.sh "app-dir project app-image migrate-image colour-url blue-health-url green-health-url \
-  health-attempts health-interval-seconds drain-seconds" "$@"
+parse_flags switch.sh "app-dir project app-image migrate-image $(cutover_flag_names)" "$@"
 begin_step
 export APP_IMAGE="${FLAGS[app-image]}" MIGRATE_IMAGE="${FLAGS[migrate-image]}"
 colour_url="${FLAGS[colour-url]}" attempts="${FLAGS[health-attempts]}"

@@ -6,8 +6,8 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-cutover_flags=(colour-url blue-health-url green-health-url health-attempts health-interval-seconds drain-seconds)
-parse_flags up.sh "app-dir project release lock-timeout-seconds version app-image migrate-image images-to-keep \
+read -r -a cutover_flags <<<"$(cutover_flag_names)"
+parse_flags up.sh "app-dir project $(release_lock_flag_names) version app-image migrate-image images-to-keep \
   ${cutover_flags[*]}" "$@"
 begin_step
 version="${FLAGS[version]}" app_image="${FLAGS[app-image]}" migrate_image="${FLAGS[migrate-image]}"
@@ -24,8 +24,9 @@ live_image="$(live APP_IMAGE)" live_version="$(live VERSION)"
 
 if [[ "$live_image" == "$app_image" ]]; then
   previous_version="$(live PREVIOUS_VERSION)" previous_image="$(live PREVIOUS_IMAGE)"
+  previous_migrate_image="$(live PREVIOUS_MIGRATE_IMAGE)"
 else
-  previous_version="$live_version" previous_image="$live_image"
+  previous_version="$live_version" previous_image="$live_image" previous_migrate_image="$(live MIGRATE_IMAGE)"
 fi
 
 mapfile -t cutover < <(forward_flags app-dir project app-image migrate-image "${cutover_flags[@]}")
@@ -33,16 +34,24 @@ if ! bash "$(dirname "$0")/switch.sh" "${cutover[@]}"; then
   [[ -n "$live_version" ]] || die "release $version was not switched to (see above); no earlier version is recorded, so nothing serves yet"
   die "release $version was not switched to (see above); $live_version ($live_image) keeps serving"
 fi
+# The stage's project, lock and cutover settings too: switch-back.sh moves traffic the same way without the stack.
+switch_settings=()
+for name in project lock-timeout-seconds "${cutover_flags[@]}"; do
+  switch_settings+=("$(flag_key "$name")=${FLAGS[$name]}")
+done
 record "VERSION=$version" "APP_IMAGE=$app_image" "MIGRATE_IMAGE=$migrate_image" \
-  "PREVIOUS_VERSION=$previous_version" "PREVIOUS_IMAGE=$previous_image" "FILES_DIGEST=$(installed_files_digest)"
+  "PREVIOUS_VERSION=$previous_version" "PREVIOUS_IMAGE=$previous_image" \
+  "PREVIOUS_MIGRATE_IMAGE=$previous_migrate_image" "FILES_DIGEST=$(installed_files_digest)" "${switch_settings[@]}"
 
 repository="${app_image%@*}"
 mapfile -t images < <(docker image ls --no-trunc --format '{{.Repository}}@{{.Digest}}' "$repository" |
   grep -v '@<none>$' | awk '!seen[$0]++')
+# A rollback to the previous version must find both its images here, with the registry down.
 for image in "${images[@]:$keep}"; do
-  if [[ "$image" != "$app_image" && "$image" != "$previous_image" && "$image" != "$migrate_image" ]]; then
-    docker image rm "$image" >/dev/null 2>&1 || true
-  fi
+  case "$image" in
+    "$app_image" | "$migrate_image" | "$previous_image" | "$previous_migrate_image") ;;
+    *) docker image rm "$image" >/dev/null 2>&1 || true ;;
+  esac
 done
 
 release_release_lock

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.recorded_versions import record_digests, version_digests
 from tests import kit
 from tests.e2e.target import LocalTarget, registry_digest
 
@@ -56,12 +57,12 @@ class UpdateResult:
         return [run.name for run in self.runs]
 
 
-def registry_tags(target: LocalTarget, versions: list[str]) -> dict[str, str]:
-    """`repository:tag` -> digest, as the real registry answers right now."""
+def registry_tags(repository: str, versions: list[str]) -> dict[str, str]:
+    """`repository:tag` -> digest, as the real registry answers right now (nothing while it is down)."""
     tags: dict[str, str] = {}
     for version in versions:
         for tag in (version, f"{version}-migrate"):
-            reference = f"{target.app_repository}:{tag}"
+            reference = f"{repository}:{tag}"
             digest = registry_digest(reference)
             if digest is not None:
                 tags[reference] = digest
@@ -100,14 +101,28 @@ class LocalStack:
     recorded: dict[str, Any] = field(default_factory=dict)
 
     secrets: dict[str, Any] = field(default_factory=dict)
+    digests: dict[str, Any] = field(default_factory=dict)
+    """The stack file's `image.digests`: versions recorded so far."""
+
+    @property
+    def repository(self) -> str:
+        """Where the stage's images live: `registry/repository`."""
+        return f"{self.target.registry}/{self.overrides.get('image.repository', 'kametrix/kametrix')}"
 
     def declare(self, version: str) -> kit.Deployment:
+        recorded = {"image.digests": self.digests} if self.digests else {}
         return kit.run_stack(
             "local",
-            overrides={**self.overrides, "version": version},
+            overrides={**self.overrides, **recorded, "version": version},
             secrets={**self.secrets, "sshPrivateKey": self.target.ssh_private_key},
-            registry_tags=registry_tags(self.target, [*self.known_versions, version]),
+            registry_tags=registry_tags(self.repository, [*self.known_versions, version]),
         )
+
+    def record(self, version: str) -> None:
+        """Record `version`'s digests as the registry names them now, as the workflows do once it is released."""
+        tags = registry_tags(self.repository, [version])
+        app, migrate = (tags[f"{self.repository}:{tag}"] for tag in (version, f"{version}-migrate"))
+        record_digests(self.digests, version, version_digests(version, app, migrate))
 
     def plan(self, version: str) -> list[Step] | BaseException:
         """The steps the program declares for `version`, or why it failed before declaring them."""

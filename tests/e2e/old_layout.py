@@ -44,7 +44,7 @@ def compose_file(app: config.AppSettings) -> str:
 
 def image_refs(stage: LocalStack, version: str) -> tuple[str, str]:
     """`version`'s runner and migrate images, pinned to the digests the registry serves."""
-    tags = registry_tags(stage.target, [version])
+    tags = registry_tags(stage.repository, [version])
     repository = stage.target.app_repository
     return f"{repository}@{tags[f'{repository}:{version}']}", f"{repository}@{tags[f'{repository}:{version}-migrate']}"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflows.conftest import Runner, git
-from tests.workflows.model import job, jobs
+from tests.workflows.conftest import Runner, git, install
+from tests.workflows.model import ROOT, job, jobs, local_action
 
 STAGING_COMMIT = "3f9c2a1d7b8e4f6a0c5d2e9b1a7f3c8d4e6b2a90"
 RELEASED = {"v1.4.1": "8d2e6b1a7f3c9d4e0a5b2c7f1e3d9a6b4c8e2f10", "v1.4.2": "3f9c2a1d7b8e4f6a0c5d2e9b1a7f3c8d4e6b2a90"}
@@ -66,9 +66,23 @@ def test_every_job_that_reads_a_stack_reads_it_through_stack_version() -> None:
         assert "config get commit" not in j.run_text(), f"{j.label} reads `commit` outside stack-version"
 
 
-def test_a_production_release_records_a_new_version_with_its_commit(stack_runner: Runner) -> None:
+APP_DIGEST = "sha256:" + "1" * 64
+MIGRATE_DIGEST = "sha256:" + "2" * 64
+
+
+def recorded_digests(runner: Runner, stage: str) -> dict[str, object]:
+    image = stack_config(runner, stage)["kametrix-deploy:image"]
+    assert isinstance(image, dict)
+    digests = image.get("digests", {})
+    assert isinstance(digests, dict)
+    return digests
+
+
+def test_a_production_release_records_a_new_version_with_its_digests_and_commit(stack_runner: Runner) -> None:
     result = stack_runner.script(
-        "record-release", "--stage", "production", "--version", "v1.5.0", "--commit", NEW_COMMIT
+        "record-release",
+        *("--stage", "production", "--version", "v1.5.0", "--commit", NEW_COMMIT),
+        *("--app-digest", APP_DIGEST, "--migrate-digest", f"ghcr.io/kametrix-org/kametrix/kametrix@{MIGRATE_DIGEST}"),
     )
     assert result.code == 0, result.log
     config = stack_config(stack_runner, "production")
@@ -76,12 +90,41 @@ def test_a_production_release_records_a_new_version_with_its_commit(stack_runner
     github = config["kametrix-deploy:github"]
     assert isinstance(github, dict)
     assert github["releases"] == {**RELEASED, "v1.5.0": NEW_COMMIT}, "recorded releases stay, the new one is added"
+    digests = recorded_digests(stack_runner, "production")
+    assert digests["v1.5.0"] == {"app": APP_DIGEST, "migrate": MIGRATE_DIGEST}
+    assert {"v1.4.1", "v1.4.2"} <= set(digests), "recorded versions stay"
+    release = config["kametrix-deploy:release"]
+    assert isinstance(release, dict)
+    assert release["requestedBy"] == "https://github.com/kametrix-org/kametrix-deploy/actions/runs/4242 (release-lead)"
     assert stack_runner.pulumi("config", "get", "--stack", "production", "--path", 'github.releases["v1.5.0"]') == (
         NEW_COMMIT
     )
+    assert stack_runner.pulumi("config", "get", "--stack", "production", "--path", 'image.digests["v1.5.0"].app') == (
+        APP_DIGEST
+    ), "the CLI does not read what was recorded"
+    assert "# What each version is, for good" in (stack_runner.work / "Pulumi.production.yaml").read_text()
 
 
-def test_a_recorded_version_keeps_its_commit(stack_runner: Runner) -> None:
+def test_a_new_production_version_without_its_digests_is_refused(stack_runner: Runner) -> None:
+    result = stack_runner.script(
+        "record-release", "--stage", "production", "--version", "v1.5.0", "--commit", NEW_COMMIT
+    )
+    assert result.code != 0 and "only versions whose digests are recorded" in result.log, result.log
+    assert "v1.5.0" not in recorded_digests(stack_runner, "production")
+
+
+def test_pinning_the_live_version_again_names_no_new_requester(stack_runner: Runner) -> None:
+    live = stack_config(stack_runner, "production")["kametrix-deploy:version"]
+    assert isinstance(live, str)
+    result = stack_runner.script(
+        "record-release", "--stage", "production", "--version", live, "--commit", RELEASED[live]
+    )
+    assert result.code == 0, result.log
+    release = stack_config(stack_runner, "production").get("kametrix-deploy:release") or {}
+    assert isinstance(release, dict) and "requestedBy" not in release, "every step would run again"
+
+
+def test_a_recorded_version_keeps_its_commit_and_its_digests(stack_runner: Runner) -> None:
     ok = stack_runner.script(
         "record-release", "--stage", "production", "--version", "v1.4.1", "--commit", RELEASED["v1.4.1"]
     )
@@ -90,7 +133,28 @@ def test_a_recorded_version_keeps_its_commit(stack_runner: Runner) -> None:
     moved = stack_runner.script(
         "record-release", "--stage", "production", "--version", "v1.4.1", "--commit", NEW_COMMIT
     )
-    assert moved.code != 0 and "a released version never moves" in moved.log, moved.log
+    assert moved.code != 0 and "keeps its commit" in moved.log, moved.log
+    rebuilt = stack_runner.script(
+        "record-release",
+        *("--stage", "production", "--version", "v1.4.1", "--commit", RELEASED["v1.4.1"]),
+        *("--app-digest", APP_DIGEST, "--migrate-digest", MIGRATE_DIGEST),
+    )
+    assert rebuilt.code != 0 and "never changes its bytes" in rebuilt.log, rebuilt.log
+
+
+def test_a_staging_release_records_its_builds_digests(stack_runner: Runner) -> None:
+    version = f"staging-{NEW_COMMIT[:7]}"
+    args = ["--stage", "staging", "--version", version, "--commit", NEW_COMMIT, "--commit-time", "2026-11-28T12:00:00Z"]
+    assert stack_runner.script("record-release", *args).code == 0
+    assert version not in recorded_digests(stack_runner, "staging"), "digests before the build"
+    one = stack_runner.script("record-release", *args, "--app-digest", APP_DIGEST)
+    assert one.code != 0 and "give both --app-digest and --migrate-digest" in one.log, one.log
+    result = stack_runner.script(
+        "record-release", *args, "--app-digest", APP_DIGEST, "--migrate-digest", MIGRATE_DIGEST
+    )
+    assert result.code == 0, result.log
+    assert recorded_digests(stack_runner, "staging")[version] == {"app": APP_DIGEST, "migrate": MIGRATE_DIGEST}
+    assert stack_runner.script("stack-version", "--stage", "staging").code == 0, "the recorded file still reads"
 
 
 def test_a_staging_release_records_its_commit_and_time(stack_runner: Runner) -> None:
@@ -108,7 +172,7 @@ def test_a_staging_release_records_its_commit_and_time(stack_runner: Runner) -> 
 
 def test_the_release_is_recorded_in_one_place() -> None:
     """Releases and rollbacks of both stages write the stack file only through record-release."""
-    recorders = sorted(j.label for j in jobs() for step in j.steps() if "record-release" in step.scripts())
+    recorders = sorted({j.label for j in jobs() for step in j.steps() if "record-release" in step.scripts()})
     assert recorders == ["deploy-production.yml:release", "deploy-staging.yml:release", "rollback.yml:rollback"]
     for j in jobs():
         assert "pulumi config set" not in j.run_text(), f"{j.label} writes the stack file outside record-release"
@@ -162,3 +226,77 @@ def test_the_committed_stack_files_are_what_the_cli_initialised(stack_runner: Ru
     """The fixture itself: both stacks exist on the file backend and the checkout is clean."""
     assert stack_runner.pulumi("stack", "ls", "--json").count('"name"') == 2
     assert git(stack_runner.work, "status", "--porcelain") == ""
+
+
+FAKE_DOCKER = (
+    """#!/usr/bin/env bash
+# A registry holding the production stack's images: logs each call and the login's stdin.
+printf '%s\\n' "$*" >>"$RUNNER_TEMP/docker-calls"
+case "$1" in
+  login) cat >>"$RUNNER_TEMP/docker-login-stdin"; [[ -d "$DOCKER_CONFIG" ]] ;;
+  buildx)
+    case "$4" in
+      */kametrix:v1.5.0) echo "sha256:"""
+    + "1" * 64
+    + """" ;;
+      */kametrix:v1.5.0-migrate) echo "sha256:"""
+    + "2" * 64
+    + """" ;;
+      *) echo "ERROR: not found" >&2; exit 1 ;;
+    esac ;;
+esac
+"""
+)
+
+
+def test_production_resolves_a_new_versions_digests_with_the_stacks_registry_credential(
+    stack_runner: Runner, bin_dir: Path
+) -> None:
+    install(bin_dir, "docker", FAKE_DOCKER)
+    stack_runner.pulumi("config", "set", "--secret", "--stack", "production", "registryPassword", "TESTSECRET-reg")
+    temp = stack_runner.work.parent
+    result = stack_runner.script("resolve-digests", "--stage", "production", "--version", "v1.5.0")
+    assert result.code == 0, result.log
+    assert result.outputs == {"app_digest": APP_DIGEST, "migrate_digest": MIGRATE_DIGEST}
+    calls = (temp / "docker-calls").read_text()
+    assert "login ghcr.io --username kametrix-deploy-bot --password-stdin" in calls, calls
+    assert "ghcr.io/kametrix-org/kametrix/kametrix:v1.5.0-migrate" in calls, calls
+    assert "TESTSECRET" not in calls + result.log, "the registry password reached an argument or the log"
+    assert (temp / "docker-login-stdin").read_text().strip() == "TESTSECRET-reg"
+    assert not list(temp.glob("docker-config.*")), "the step's Docker config (with the credential) was left behind"
+    missing = stack_runner.script("resolve-digests", "--stage", "production", "--version", "v9.9.9")
+    assert missing.code != 0 and "did not resolve ghcr.io/kametrix-org/kametrix/kametrix:v9.9.9" in missing.log
+
+
+def test_each_release_records_its_digests_where_they_are_known() -> None:
+    """Production records what resolve-digests found before its update; staging records its build's digests,
+    the update's imageRef and migrateImageRef, after it. Either way through record-release."""
+    production = job("deploy-production.yml", "release").own_steps()
+    names = [step.raw.get("name") for step in production]
+    record = next(step for step in production if "record-release" in step.scripts())
+    assert names.index("Resolve the version's image digests") < names.index(record.raw["name"])
+    assert record.env["APP_DIGEST"] == "${{ steps.digests.outputs.app_digest }}", record.env
+    assert record.env["MIGRATE_DIGEST"] == "${{ steps.digests.outputs.migrate_digest }}", record.env
+    assert "--app-digest" in record.run and "--migrate-digest" in record.run
+    staging = job("deploy-staging.yml", "release").own_steps()
+    names = [step.raw.get("name") for step in staging]
+    after_up = next(step for step in staging if step.raw.get("name") == "Record the build's digests")
+    assert names.index("pulumi up") < names.index("Record the build's digests")
+    assert "pulumi stack output imageRef" in after_up.run and "pulumi stack output migrateImageRef" in after_up.run
+    assert "record-release" in after_up.scripts() and "--app-digest" in after_up.run
+    pushed = staging[names.index("Record the build's digests") + 1]
+    assert "commit-version-change" in pushed.scripts() and "--kind record" in pushed.run, pushed.run
+
+
+def test_every_job_that_records_a_release_has_what_record_release_py_needs() -> None:
+    """scripts/record_release.py needs ruamel.yaml: the setup action installs requirements.txt into .venv."""
+    assert any(line.startswith("ruamel.yaml==") for line in (ROOT / "requirements.txt").read_text().splitlines())
+    assert "record_release.py" in (ROOT / ".github" / "scripts" / "record-release").read_text()
+    assert ".venv/bin/pip install" in (ROOT / ".github" / "actions" / "setup" / "action.yml").read_text()
+    recorders = [j for j in jobs() if any("record-release" in step.scripts() for step in j.steps())]
+    assert len(recorders) == 3, [j.label for j in recorders]
+    for recorder in recorders:
+        steps = recorder.own_steps()
+        setup = [i for i, step in enumerate(steps) if local_action(step.raw) == "setup"]
+        first_record = next(i for i, step in enumerate(steps) if "record-release" in step.scripts())
+        assert setup and setup[0] < first_record, f"{recorder.label} records before the setup action installed .venv"

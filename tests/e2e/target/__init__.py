@@ -104,6 +104,7 @@ __all__ = [
     "registry_digest",
     "running_target",
     "stop_target",
+    "stopped_registry",
     "target_status",
 ]
 
@@ -163,6 +164,20 @@ def stop_target() -> None:
         terminate(layout.sshd_pid, "sshd")
         terminate(layout.registry_pid, "docker-registry")
         stop_dockerd(layout)
+
+
+@contextlib.contextmanager
+def stopped_registry(target: LocalTarget) -> Iterator[None]:
+    """The target's registry is down (its process stopped) until the block ends, then started again: what an
+    update meets when the stage's registry is down."""
+    layout = Layout(Path(target.target_dir))
+    with locked(layout):
+        terminate(layout.registry_pid, "docker-registry")
+    try:
+        yield
+    finally:
+        with locked(layout):
+            start_registry(layout)
 
 
 def target_status() -> dict[str, int | None]:

@@ -1,0 +1,160 @@
+"""Rollback for an incident, on a real Docker host over real SSH: recorded bytes, no registry, seconds.
+
+The tests run in order against one stage whose images live in a repository of its own (copied from the
+target's versions), so a tag pushed again here touches nobody else's releases.
+"""
+
+from __future__ import annotations
+
+import shlex
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from components.image import DigestChangedError
+from tests.e2e.conftest import new_stage, remove_stage
+from tests.e2e.engine import LocalStack, UpdateResult
+from tests.e2e.target import LocalTarget, registry_digest, stopped_registry
+from tests.e2e.test_releases import (
+    ALL_STEPS,
+    backups,
+    explain,
+    migrations,
+    on_server,
+    recorded,
+    served_version,
+)
+
+VERSIONS = ("v1.0.0", "v2.0.0")
+
+
+@pytest.fixture(scope="module")
+def stage(target: LocalTarget) -> Iterator[LocalStack]:
+    repository = f"kametrix/rollback-{uuid.uuid4().hex[:8]}"
+    for version in VERSIONS:
+        for tag in (version, f"{version}-migrate"):
+            copied = f"{target.registry}/{repository}:{tag}"
+            target.docker("tag", f"{target.app_repository}:{tag}", copied)
+            target.docker("push", "--quiet", copied)
+    base = new_stage(target, app_port=13200, postgres_port=15632)
+    # Two images kept: pruning reaches the previous version's images on the second release.
+    created = LocalStack(
+        target,
+        {**base.overrides, "image.repository": repository, "release.imagesToKeep": 2},
+        base.known_versions,
+    )
+    yield created
+    remove_stage(created)
+    listed = target.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"{target.registry}/{repository}")
+    for image in listed.stdout.decode().split():
+        target.docker("image", "rm", image, check=False)
+
+
+@contextmanager
+def registry_stopped(target: LocalTarget) -> Iterator[None]:
+    """The target's registry is down until the block ends."""
+    with stopped_registry(target):
+        assert registry_digest(f"{target.app_repository}:v1.0.0") is None, "the registry still answers"
+        yield
+
+
+def on_host(stage: LocalStack, image: str) -> bool:
+    return stage.target.docker("image", "inspect", image, check=False).returncode == 0
+
+
+def pinned(stage: LocalStack, version: str, role: str) -> str:
+    return f"{stage.repository}@{stage.digests[version][role]}"
+
+
+def step_output(result: UpdateResult, name: str) -> str:
+    return next(run.stdout for run in result.runs if run.name == name)
+
+
+def test_each_version_released_is_recorded_and_deployed_by_its_recorded_digest(stage: LocalStack) -> None:
+    for version in VERSIONS:
+        result = stage.up(version)
+        assert result.ok, explain(result)
+        stage.record(version)
+        assert recorded(stage, "APP_IMAGE") == pinned(stage, version, "app")
+        assert recorded(stage, "MIGRATE_IMAGE") == pinned(stage, version, "migrate")
+    assert served_version(stage) == "v2.0.0"
+    again = stage.declare("v1.0.0")
+    assert again.output("imageRef") == pinned(stage, "v1.0.0", "app")
+
+
+def test_a_tag_pushed_again_with_other_bytes_stops_the_update_before_the_server(stage: LocalStack) -> None:
+    tag = f"{stage.repository}:v1.0.0"
+    record_before = on_server(stage, f"cat {shlex.quote(stage.overrides['server.appDir'])}/release.env")
+    stage.target.docker("tag", f"{stage.repository}:v2.0.0", tag)
+    stage.target.docker("push", "--quiet", tag)
+    try:
+        result = stage.up("v1.0.0")
+    finally:
+        stage.target.docker("tag", f"{stage.target.app_repository}:v1.0.0", tag)
+        stage.target.docker("push", "--quiet", tag)
+    assert registry_digest(tag) == stage.digests["v1.0.0"]["app"], "the tag was not put back"
+    assert isinstance(result.error, DigestChangedError), explain(result)
+    message = str(result.error)
+    for named in ("'v1.0.0'", stage.digests["v1.0.0"]["app"], stage.digests["v2.0.0"]["app"], "docker push"):
+        assert named in message, f"the error does not name {named}: {message}"
+    assert result.runs == [], "a server step ran"
+    assert on_server(stage, f"cat {shlex.quote(stage.overrides['server.appDir'])}/release.env") == record_before
+    assert served_version(stage) == "v2.0.0"
+
+
+def test_the_prune_keeps_both_images_of_the_previous_version(stage: LocalStack) -> None:
+    assert recorded(stage, "PREVIOUS_VERSION") == "v1.0.0"
+    for role in ("app", "migrate"):
+        assert on_host(stage, pinned(stage, "v1.0.0", role)), f"the previous version's {role} image was pruned"
+
+
+def test_a_rollback_with_the_registry_down_needs_no_registry_no_backup_and_no_migration(stage: LocalStack) -> None:
+    kept_backups, applied = backups(stage), migrations(stage)
+    with registry_stopped(stage.target):
+        result = stage.up("v1.0.0")
+    assert result.ok, explain(result)
+    # Every step names its release, so each runs, and the release lock passes from one to the next.
+    assert result.ran() == ALL_STEPS
+    assert "no backup: v1.0.0 already ran on this server" in step_output(result, "server-backup")
+    assert "no migration: v1.0.0 already ran on this server" in step_output(result, "server-migrate")
+    assert "its schema is already there" in step_output(result, "server-migrate")
+    assert served_version(stage) == "v1.0.0"
+    assert backups(stage) == kept_backups, "a rollback took a backup"
+    assert migrations(stage) == applied, "a rollback changed the schema"
+
+
+def test_an_operator_can_ask_a_rollback_for_a_backup_anyway(stage: LocalStack) -> None:
+    kept_backups = backups(stage)
+    stage.overrides = {**stage.overrides, "release.backupOnRollback": True}
+    result = stage.up("v2.0.0")
+    assert result.ok, explain(result)
+    assert "backing up: release.backupOnRollback asks for one" in step_output(result, "server-backup")
+    assert "no migration: v2.0.0 already ran" in step_output(result, "server-migrate")
+    assert len(backups(stage)) == len(kept_backups) + 1
+    assert served_version(stage) == "v2.0.0"
+    stage.overrides = {k: v for k, v in stage.overrides.items() if k != "release.backupOnRollback"}
+
+
+def test_break_glass_switches_back_on_the_server_and_the_realigned_stack_updates_correctly(stage: LocalStack) -> None:
+    app_dir = shlex.quote(stage.overrides["server.appDir"])
+    with registry_stopped(stage.target):
+        switched = stage.target.ssh(f"bash {app_dir}/bin/switch-back.sh")
+    assert switched.returncode == 0, switched.stderr.decode()
+    out = switched.stdout.decode()
+    assert "switched back to v1.0.0" in out and "pulumi config set version v1.0.0" in out, out
+    assert served_version(stage) == "v1.0.0"
+    assert (recorded(stage, "VERSION"), recorded(stage, "PREVIOUS_VERSION")) == ("v1.0.0", "v2.0.0")
+
+    realigned = stage.up("v1.0.0")
+    assert realigned.ok, explain(realigned)
+    assert realigned.ran() == ALL_STEPS
+    assert "no backup" in step_output(realigned, "server-backup")
+    assert served_version(stage) == "v1.0.0"
+    assert (recorded(stage, "VERSION"), recorded(stage, "PREVIOUS_VERSION")) == ("v1.0.0", "v2.0.0")
+
+    forward = stage.up("v2.0.0")
+    assert forward.ok, explain(forward)
+    assert served_version(stage) == "v2.0.0"
+    assert "previous=v1.0.0" in step_output(forward, "server-up")
