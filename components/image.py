@@ -180,9 +180,8 @@ def _verified(
     work while it is down, and the server pulls nothing it already has. The warning says which failure it was.
     """
     try:
-        answered = docker.get_registry_image(name=f"{repository}:{tag}", opts=lookup).sha256_digest
-    except Exception as error:
-        failure = registry_error(str(error), f"{repository}:{tag}", version, settings)
+        answered = _digest(repository, tag, version, settings, lookup)
+    except RegistryError as failure:
         pulumi.log.warn(f"{failure} Deploying {version}'s recorded digest {recorded} without the registry's word.")
         return recorded
     if answered != recorded:
