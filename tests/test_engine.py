@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.kit import NAMESPACE, PROJECT_DIR
+from tests.pulumi_cli import offline_env
 
 INSTALL_SCRIPT = PROJECT_DIR / "scripts" / "install-engine"
 SECRET = "TESTSECRET-set-through-stdin-5d1e"
@@ -28,15 +29,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def run(cli: Path, project: Path, *args: str, stdin: str | None = None) -> str:
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(project),
-        "PULUMI_HOME": str(project / "pulumi-home"),
-        "PULUMI_BACKEND_URL": f"file://{project / 'state'}",
-        "PULUMI_CONFIG_PASSPHRASE": "test-passphrase",
-        "PULUMI_SKIP_UPDATE_CHECK": "true",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-    }
+    env = {"PATH": os.environ["PATH"], "HOME": str(project), **offline_env(project)}
     argv = [str(cli), *args]
     if os.geteuid() == 0:
         # A network namespace of its own with no interface up: any attempt to reach out fails.

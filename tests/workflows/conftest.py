@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pulumi_cli import offline_env
 from tests.workflows.model import ROOT, SCRIPT_DIR, STAGES, Step
-
-PASSPHRASE = "test-passphrase-not-a-secret"
 
 
 @dataclass
@@ -183,7 +182,7 @@ def initialised_stacks(tmp_path_factory: pytest.TempPathFactory, pulumi_cli: Pat
     make_origin(root)
     work = checkout(root, root / "origin.git", "main")
     (root / "state").mkdir()
-    runner = Runner(work, root, pulumi_cli.parent, pulumi_env(root))
+    runner = Runner(work, root, pulumi_cli.parent, offline_env(root))
     for stage in STAGES:
         runner.pulumi("stack", "init", stage, "--secrets-provider", "passphrase")
     # `stack init` adds the encryption salt: commit it, so a version change is the only diff left.
@@ -192,20 +191,10 @@ def initialised_stacks(tmp_path_factory: pytest.TempPathFactory, pulumi_cli: Pat
     return root
 
 
-def pulumi_env(root: Path) -> dict[str, str]:
-    return {
-        "PULUMI_BACKEND_URL": f"file://{root / 'state'}",
-        "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
-        "PULUMI_HOME": str(root / "pulumi-home"),
-        "PULUMI_SKIP_UPDATE_CHECK": "true",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-    }
-
-
 @pytest.fixture
 def stack_runner(tmp_path: Path, bin_dir: Path, initialised_stacks: Path, pulumi_cli: Path) -> Runner:
     """A checkout of main whose stacks the real Pulumi CLI initialised on a file backend (this test's copy)."""
     for name in ("origin.git", "work", "state", "pulumi-home"):
         shutil.copytree(initialised_stacks / name, tmp_path / name, symlinks=True)
     git(tmp_path / "work", "remote", "set-url", "origin", str(tmp_path / "origin.git"))
-    return Runner(tmp_path / "work", bin_dir, pulumi_cli.parent, pulumi_env(tmp_path))
+    return Runner(tmp_path / "work", bin_dir, pulumi_cli.parent, offline_env(tmp_path))
