@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from components.config import VERSION_PATTERN
+from components.config.fields import REQUESTER_PATTERN
 from components.server_files import COLOURS, LIBRARY, SCRIPTS, SCRIPTS_DIR
 
 FAKES = Path(__file__).parent / "fake_server"
@@ -234,6 +235,20 @@ def test_the_server_accepts_exactly_the_versions_the_stack_accepts(version: str)
         check=False,
     )
     assert (checked.returncode == 0) == bool(VERSION_PATTERN.fullmatch(version)), checked.stderr
+
+
+@pytest.mark.parametrize(
+    "requester",
+    [REQUESTER, "dependabot[bot]", "alice, incident 123", "x" * 300, "x" * 301, "a\nb", "alice'; rm -rf /", "$(id)"],
+)
+def test_the_server_accepts_exactly_the_requesters_the_stack_accepts(requester: str) -> None:
+    checked = subprocess.run(
+        ["bash", "-c", f'source {SCRIPTS_DIR / LIBRARY}; require_requester "$1"', "bash", requester],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (checked.returncode == 0) == bool(re.fullmatch(REQUESTER_PATTERN, requester)), checked.stderr
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,7 @@ release_lock_flag_names() {
   echo release lock-timeout-seconds requested-by
 }
 
-# Who asked for a release, as the stack records it (components/config.py, REQUESTER_PATTERN); empty: not said.
+# Who asked for a release, as the stack records it (components/config/fields.py, REQUESTER_PATTERN); empty: not said.
 require_requester() {
   local value="$1"
   [[ -z "$value" || "$value" =~ ^[][A-Za-z0-9\ ._:/@\(\)#+,=-]{1,300}$ ]] ||
