@@ -25,7 +25,7 @@ from components.config import APP_SECRET_KEYS, NAMESPACE, REGISTRY_KEY, SSH_KEY 
 def local_target_keys(state_dir: Path) -> tuple[str | None, str]:
     """(host key, private key): the local target's when it can run here, else a throwaway key."""
     if os.geteuid() == 0:
-        from tests.e2e.target import build_app_versions, ensure_target
+        from embedded_default.target import build_app_versions, ensure_target
 
         target = ensure_target()
         build_app_versions(target)

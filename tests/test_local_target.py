@@ -1,4 +1,4 @@
-"""The code of the local deploy target (tests/e2e/target/), where it needs neither root nor Docker:
+"""The code of the local deploy target (embedded_default/target/), where it needs neither root nor Docker:
 its CLI runs on the standard library alone, and its registry storage is keyed by every file that
 decides what a revision builds."""
 
@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from embedded_default.target import layout
 from tests import kit
-from tests.e2e.target import layout
 
 
 def test_the_target_cli_runs_on_the_standard_library_alone() -> None:
     # -S: no site-packages, as with the system's python3 before any .venv exists (scripts/remove-caches).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
-        [sys.executable, "-S", "-m", "tests.e2e.target", "--help"],
+        [sys.executable, "-S", "-m", "embedded_default.target", "--help"],
         cwd=kit.PROJECT_DIR,
         env=env,
         capture_output=True,

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from embedded_default.target import APP_VERSIONS, LocalTarget, running_target
 from tests.e2e.engine import LocalStack
-from tests.e2e.target import APP_VERSIONS, LocalTarget, running_target
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

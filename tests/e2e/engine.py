@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.recorded_versions import record_digests, version_digests
+from embedded_default.target import LocalTarget, registry_digest
 from tests import kit
-from tests.e2e.target import LocalTarget, registry_digest
 
 COMMAND = "command:remote:Command"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.target import LocalTarget, target_status
+from embedded_default.target import LocalTarget, target_status
 
 pytestmark = pytest.mark.e2e
 

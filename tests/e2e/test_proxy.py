@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from components import config, server_files
+from embedded_default.target import LocalTarget
 from tests import kit
-from tests.e2e.target import LocalTarget
 
 
 @pytest.mark.parametrize("stack", ["production", "staging", "local"])

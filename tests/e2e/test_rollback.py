@@ -14,9 +14,9 @@ from contextlib import contextmanager
 import pytest
 
 from components.image import DigestChangedError
+from embedded_default.target import LocalTarget, registry_digest, stopped_registry
 from tests.e2e.conftest import new_stage, remove_stage
 from tests.e2e.engine import LocalStack, UpdateResult
-from tests.e2e.target import LocalTarget, registry_digest, stopped_registry
 from tests.e2e.test_releases import (
     ALL_STEPS,
     backups,

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from embedded_default.target import LocalTarget
 from tests.e2e import old_layout
 from tests.e2e.conftest import new_stage, remove_stage
 from tests.e2e.engine import LocalStack
-from tests.e2e.target import LocalTarget
 from tests.e2e.test_releases import ALL_STEPS, explain, row_counts, running_colours, served_version, sql
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.target import APP_VERSIONS, LocalTarget, build_app_versions
+from embedded_default.target import APP_VERSIONS, LocalTarget, build_app_versions
 
 pytestmark = pytest.mark.e2e
 

@@ -4,7 +4,7 @@
 server: a Docker Engine (``dockerd``), an OCI registry on 127.0.0.1:5000 and an SSH
 server on 127.0.0.1:2222 whose sessions reach that Docker Engine, then builds a
 PostgreSQL image and the stages' proxy image (Debian's nginx) without downloading
-any image. ``build_app_versions()`` builds the stand-in app (``tests/e2e/standin_app``)
+any image. ``build_app_versions()`` builds the stand-in app (``embedded_default/standin_app``)
 in versions v1..v4 and pushes them.
 ``stop_target()`` stops exactly the daemons this package started, by their pid files.
 
@@ -40,7 +40,7 @@ SSH: sshd runs with its own ``sshd_config`` (key-only, no ``AcceptEnv``) and
 every session's environment, so a remote ``docker``/``docker compose`` talks to this
 dockerd although the client forwards no variable.
 
-CLI for humans: ``python -m tests.e2e.target up|down|status`` (``__main__.py``; the standard
+CLI for humans: ``python -m embedded_default.target up|down|status`` (``__main__.py``; the standard
 library only, so the system's python3 runs it without the venv).
 
 Modules, by subject: ``processes`` (run commands, start daemons detached, stop them by pid
@@ -57,8 +57,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.e2e.target.connection import LocalTarget, docker_env
-from tests.e2e.target.daemons import (
+from embedded_default.target.connection import LocalTarget, docker_env
+from embedded_default.target.daemons import (
     ensure_keys,
     host_key_line,
     registry_digest,
@@ -67,7 +67,7 @@ from tests.e2e.target.daemons import (
     start_sshd,
     stop_dockerd,
 )
-from tests.e2e.target.images import (
+from embedded_default.target.images import (
     APP_REPOSITORY,
     APP_VERSIONS,
     POSTGRES_IMAGE,
@@ -77,7 +77,7 @@ from tests.e2e.target.images import (
     ensure_server_images,
     push_app_versions,
 )
-from tests.e2e.target.layout import (
+from embedded_default.target.layout import (
     REGISTRY,
     SSH_HOST,
     SSH_PORT,
@@ -87,7 +87,7 @@ from tests.e2e.target.layout import (
     target_dir,
     write_if_changed,
 )
-from tests.e2e.target.processes import TargetError, running_pid, terminate
+from embedded_default.target.processes import TargetError, running_pid, terminate
 
 __all__ = [
     "APP_REPOSITORY",

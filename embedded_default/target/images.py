@@ -1,6 +1,6 @@
 """The images a release pulls from the target's registry, built without downloading any image:
 a Debian base made by debootstrap, PostgreSQL and the proxy (Debian's nginx) on it, and the
-stand-in app (``tests/e2e/standin_app``) in the versions of ``APP_VERSIONS``. Each image carries
+stand-in app (``embedded_default/standin_app``) in the versions of ``APP_VERSIONS``. Each image carries
 a hash of its inputs, so an unchanged one is neither rebuilt nor pushed again."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.target.connection import docker_cli
-from tests.e2e.target.daemons import registry_digest
-from tests.e2e.target.layout import REGISTRY, STANDIN_DIR, Layout, hash_paths, remove_tree
-from tests.e2e.target.processes import TargetError, run, which
+from embedded_default.target.connection import docker_cli
+from embedded_default.target.daemons import registry_digest
+from embedded_default.target.layout import REGISTRY, STANDIN_DIR, Layout, hash_paths, remove_tree
+from embedded_default.target.processes import TargetError, run, which
 
 POSTGRES_IMAGE = f"{REGISTRY}/kametrix/postgres:15"
 PROXY_IMAGE = f"{REGISTRY}/kametrix/proxy:nginx-1.22"

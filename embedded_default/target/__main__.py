@@ -1,4 +1,4 @@
-"""``python -m tests.e2e.target up|down|status``: the loopback deploy target by hand. The
+"""``python -m embedded_default.target up|down|status``: the loopback deploy target by hand. The
 standard library only: the system's python3 runs it without the venv (scripts/remove-caches)."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-from tests.e2e.target import build_app_versions, ensure_target, stop_target, target_status
+from embedded_default.target import build_app_versions, ensure_target, stop_target, target_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.e2e.target",
+        prog="python -m embedded_default.target",
         description="The loopback deploy target of the end-to-end tests.",
     )
     parser.add_argument("action", choices=("up", "down", "status"))

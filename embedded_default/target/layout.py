@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.e2e.target.processes import TargetError
+from embedded_default.target.processes import TargetError
 
 DEFAULT_TARGET_DIR = "/var/tmp/kametrix-e2e-target"
 SSH_HOST = "127.0.0.1"

@@ -13,9 +13,9 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.e2e.target.connection import LocalTarget
-from tests.e2e.target.layout import REGISTRY, SSH_HOST, SSH_PORT, Layout, unmount_under, write_if_changed
-from tests.e2e.target.processes import (
+from embedded_default.target.connection import LocalTarget
+from embedded_default.target.layout import REGISTRY, SSH_HOST, SSH_PORT, Layout, unmount_under, write_if_changed
+from embedded_default.target.processes import (
     DAEMON_START_TIMEOUT,
     TargetError,
     port_in_use,

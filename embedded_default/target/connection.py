@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.e2e.target.processes import TargetError, describe_failure, which
+from embedded_default.target.processes import TargetError, describe_failure, which
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,73 @@
+"""The program: everything one release of Kametrix touches, for the stage this stack is.
+
+One function, with two ways in: `__main__.py` (what `pulumi up` runs through the Python language host, as on
+a CI runner) and `runner/` (the Automation API's inline program, as on an operator's machine).
+"""
+
+import pulumi
+
+from components import config
+from components.github_environment import GitHubEnvironment, GitHubEnvironmentArgs
+from components.image import AppImage, AppImageArgs
+from components.release_record import ReleaseRecord, ReleaseRecordArgs
+from components.server_release import ServerRelease, ServerReleaseArgs
+
+
+def program() -> None:
+    """Read the stack's config once, declare every component of the stage, export the outputs."""
+    stack = config.load_from_engine()
+    plain, secrets = stack.plain, stack.secrets
+
+    image = AppImage(
+        "image",
+        AppImageArgs(
+            settings=plain.image,
+            version=plain.version,
+            commit=plain.commit,
+            commit_time=plain.commit_time,
+            registry_password=secrets.registry_password,
+        ),
+    )
+    server = ServerRelease(
+        "server",
+        ServerReleaseArgs(
+            server=plain.server,
+            app=plain.app,
+            release=plain.release,
+            version=plain.version,
+            app_ref=image.app_ref,
+            migrate_ref=image.migrate_ref,
+            ssh_private_key=secrets.ssh_private_key,
+            app_secrets=secrets.app,
+        ),
+    )
+
+    if stack.github is not None:
+        environment = GitHubEnvironment(
+            "github",
+            GitHubEnvironmentArgs(
+                settings=stack.github,
+                token=secrets.github_token,
+                app_private_key=secrets.github_app_private_key,
+                secrets=secrets.environment,
+                variables={"APP_URL": plain.app.url, "PULUMI_STACK": stack.stage},
+            ),
+        )
+        if stack.github.releases:
+            ReleaseRecord(
+                "release",
+                ReleaseRecordArgs(
+                    repository=stack.github.app_repository,
+                    releases=stack.github.releases,
+                    provider=environment.provider,
+                    released_after=server.steps["up"],
+                ),
+            )
+
+    pulumi.export("stage", stack.stage)
+    pulumi.export("version", plain.version)
+    pulumi.export("imageRef", image.app_ref)
+    pulumi.export("migrateImageRef", image.migrate_ref)
+    pulumi.export("appUrl", plain.app.url)
+    pulumi.export("latestBackup", server.latest_backup)
+    pulumi.export("previousVersion", server.previous_version)
