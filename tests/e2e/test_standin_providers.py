@@ -627,10 +627,20 @@ def test_a_stack_other_than_local_is_refused_and_nothing_runs(
 # --- docker: one update asks the registry each question ----------------------------------------------------------
 
 
+@dataclass
+class Registry:
+    """One update that asked the target's registry each question, and the answers it exported."""
+
+    run: Run
+    engine: Engine
+    answers: dict[str, Any]
+    closed_port: int
+
+
 @pytest.fixture(scope="module")
-def registry_answers(
+def registry(
     target: LocalTarget, pulumi_cli: Path, pulumi_home: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Run, dict[str, Any], int]:
+) -> Registry:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
@@ -669,49 +679,46 @@ def registry_answers(
 
     run = engine.up(program)
     assert_succeeded(run)
-    return run, run.outputs, closed_port
+    return Registry(run, engine, run.outputs, closed_port)
 
 
-def test_a_tag_resolves_to_the_registrys_digest(registry_answers: tuple[Run, dict[str, Any], int]) -> None:
-    _, answers, _ = registry_answers
+def test_a_tag_resolves_to_the_registrys_digest(registry: Registry) -> None:
     digest = registry_digest(RELEASED_TAG)
     assert digest is not None
-    assert answers["released"] == {"id": digest, "name": RELEASED_TAG, "digest": digest, "insecure": False}
+    assert registry.answers["released"] == {"id": digest, "name": RELEASED_TAG, "digest": digest, "insecure": False}
 
 
-def test_a_missing_tag_fails_with_the_real_wording(registry_answers: tuple[Run, dict[str, Any], int]) -> None:
-    _, answers, _ = registry_answers
+def test_a_missing_tag_fails_with_the_real_wording(registry: Registry) -> None:
     assert (
         "invoking docker:index/getRegistryImage:getRegistryImage: 1 error occurred:\n\t* Got error when attempting "
         "to fetch image version kametrix/kametrix:no-such-tag from registry: got bad response from registry: "
         "404 Not Found"
-    ) in answers["missing"]["error"]
+    ) in registry.answers["missing"]["error"]
 
 
-def test_an_unreachable_registry_fails_with_the_real_wording(
-    registry_answers: tuple[Run, dict[str, Any], int],
-) -> None:
-    _, answers, port = registry_answers
+def test_an_unreachable_registry_fails_with_the_real_wording(registry: Registry) -> None:
+    port = registry.closed_port
     assert (
         f"from registry: Error during registry request: Head "
         f'"http://127.0.0.1:{port}/v2/kametrix/kametrix/manifests/v1": '
         f"dial tcp 127.0.0.1:{port}: connect: connection refused"
-    ) in answers["unreachable"]["error"]
+    ) in registry.answers["unreachable"]["error"]
 
 
-def test_a_registry_address_without_http_scheme_is_asked_over_https(
-    registry_answers: tuple[Run, dict[str, Any], int],
-) -> None:
-    _, answers, _ = registry_answers
+def test_a_registry_address_without_http_scheme_is_asked_over_https(registry: Registry) -> None:
     assert (
         'Error during registry request: Head "https://127.0.0.1:5000/v2/kametrix/kametrix/manifests/v1.0.0": '
         "http: server gave HTTP response to HTTPS client"
-    ) in answers["https"]["error"]
+    ) in registry.answers["https"]["error"]
 
 
-def test_docker_stand_in_says_so_and_keeps_the_registry_password_secret(
-    registry_answers: tuple[Run, dict[str, Any], int],
-) -> None:
-    run, _, _ = registry_answers
-    assert "stand-in for pulumi-docker 5.2.0 (embedded_default/providers): a test double" in run.output
-    assert SECRET_REGISTRY_PASSWORD not in run.everything()
+def test_docker_stand_in_says_so_in_the_engine_output(registry: Registry) -> None:
+    notice = "stand-in for pulumi-docker 5.2.0 (embedded_default/providers): a test double, the local stack only"
+    assert notice in registry.run.output
+
+
+def test_the_registry_password_stays_secret(registry: Registry) -> None:
+    state = registry.engine.state_text()
+    assert "ciphertext" in state
+    assert SECRET_REGISTRY_PASSWORD not in state
+    assert SECRET_REGISTRY_PASSWORD not in registry.run.everything()
