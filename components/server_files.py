@@ -91,24 +91,25 @@ def compose_file(app: AppSettings) -> str:
     depends_on = {"postgres": {"condition": "service_healthy"}}
     colours: dict[str, dict[str, object]] = {}
     for colour in COLOURS:
-        port = colour_port(app, colour) if app.host_network else CONTAINER_PORT
         colours[f"app-{colour}"] = {
             "image": "${APP_IMAGE:?set by the release steps}",
             "container_name": f"{app.app_container}-{colour}",
             "restart": "unless-stopped",
             "env_file": [".env"],
-            "environment": {"PORT": str(port)},
+            # As the app's standalone Next.js server is run: every interface of the container's own network
+            # namespace (only its compose network and the loopback-published port reach it), port 3000.
+            "environment": {"HOSTNAME": "0.0.0.0", "PORT": str(CONTAINER_PORT)},  # noqa: S104
             "depends_on": depends_on,
             "healthcheck": {
-                "test": ["CMD", "wget", "-qO-", f"http://127.0.0.1:{port}/api/health?quick=true"],
+                "test": ["CMD", "wget", "-qO-", f"http://127.0.0.1:{CONTAINER_PORT}/api/health?quick=true"],
                 "interval": "10s",
                 "timeout": "5s",
                 "retries": 3,
                 "start_period": "30s",
             },
+            # The health gate reaches each colour from the host, on loopback only.
+            "ports": [f"127.0.0.1:{colour_port(app, colour)}:{CONTAINER_PORT}"],
         }
-        if not app.host_network:
-            colours[f"app-{colour}"]["ports"] = [f"127.0.0.1:{colour_port(app, colour)}:{CONTAINER_PORT}"]
     proxy: dict[str, object] = {
         "image": app.proxy_image,
         "container_name": f"{app.compose_project}-proxy",
@@ -118,6 +119,8 @@ def compose_file(app: AppSettings) -> str:
         "volumes": [f"./{PROXY_DIR}:{PROXY_MOUNT}:ro"],
         # SIGQUIT: nginx's graceful stop, letting running requests finish.
         "stop_signal": "SIGQUIT",
+        # Where the front proxy that terminates TLS reaches the stage: the host's loopback only.
+        "ports": [f"127.0.0.1:{app.proxy_port}:{app.proxy_port}"],
     }
     migrate: dict[str, object] = {
         "image": "${MIGRATE_IMAGE:?set by the release steps}",
@@ -127,11 +130,6 @@ def compose_file(app: AppSettings) -> str:
         "depends_on": depends_on,
         "restart": "no",
     }
-    if app.host_network:
-        for service in (postgres, *colours.values(), proxy, migrate):
-            service["network_mode"] = "host"
-    else:
-        proxy["ports"] = [f"127.0.0.1:{app.proxy_port}:{app.proxy_port}"]
     document = {
         "services": {"postgres": postgres, **colours, "proxy": proxy, "migrate": migrate},
         "volumes": {"postgres-data": {}},
@@ -141,21 +139,15 @@ def compose_file(app: AppSettings) -> str:
 
 def proxy_files(app: AppSettings, release: ReleaseSettings) -> dict[str, str]:
     """nginx.conf, which sends every request to the colour that live.conf names, and one such file per colour."""
-    if app.host_network:
-        listen, resolver = f"127.0.0.1:{app.proxy_port}", ""
-        upstreams = {colour: f"127.0.0.1:{colour_port(app, colour)}" for colour in COLOURS}
-    else:
-        # Docker's DNS, asked at request time: a colour's container keeps its name, not its address.
-        listen, resolver = str(app.proxy_port), "\n    resolver 127.0.0.11 valid=10s;"
-        upstreams = {colour: f"app-{colour}:{CONTAINER_PORT}" for colour in COLOURS}
+    # Docker's DNS, asked at request time: a colour's container keeps its name, not its address.
+    upstreams = {colour: f"app-{colour}:{CONTAINER_PORT}" for colour in COLOURS}
     addresses = " ".join(f"{colour} {address};" for colour, address in upstreams.items())
     nginx = render(
         "nginx.conf",
         drain_seconds=release.drain_seconds,
-        resolver=resolver,
         proxy_mount=PROXY_MOUNT,
         addresses=addresses,
-        listen=listen,
+        listen=app.proxy_port,
         colour_path=COLOUR_PATH,
     )
     files = {f"{PROXY_DIR}/nginx.conf": nginx}
@@ -178,7 +170,7 @@ def render(template: str, **values: object) -> str:
 
 def env_file(app: AppSettings, secrets: Mapping[str, SecretStr]) -> str:
     """The app's `.env`: its plain settings and secrets, one single-quoted KEY='value' a line."""
-    database_host = f"127.0.0.1:{app.postgres_port}" if app.host_network else f"postgres:{app.postgres_port}"
+    database_host = f"postgres:{app.postgres_port}"
     password = secrets["POSTGRES_PASSWORD"].get_secret_value()
     values = {
         "NODE_ENV": "production",

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic.alias_generators import to_snake
 
+from components import config
 from components.image import (
     DigestChangedError,
     RegistryAuthenticationError,
@@ -335,11 +337,9 @@ def test_the_app_is_reached_only_through_the_proxy_which_sends_traffic_to_the_li
 
 
 @pytest.mark.parametrize("stack", ["staging", "production", "local"])
-def test_the_proxy_config_rendered_from_its_template_is_byte_identical_to_the_f_string_it_replaced(
-    stack: str,
-) -> None:
-    """tests/golden/proxy/<stack>/ holds what the f-string in components/server_files.py rendered for each
-    committed stack file before the templates in components/templates/ took its place."""
+def test_the_proxy_config_of_each_stack_is_the_reviewed_one(stack: str) -> None:
+    """tests/golden/proxy/<stack>/ holds the proxy config each committed stack file renders, as reviewed: a change
+    to the template or its values shows there, in the diff."""
     files = server_files(kit.run_stack(stack))
     golden = GOLDEN_PROXY / stack
     rendered = {name: content for name, content in files.items() if name.startswith("proxy/")}
@@ -348,14 +348,35 @@ def test_the_proxy_config_rendered_from_its_template_is_byte_identical_to_the_f_
         assert content.encode() == (golden / name.removeprefix("proxy/")).read_bytes(), f"{stack}: {name}"
 
 
-def test_on_host_networking_everything_listens_on_loopback_ports_of_its_own() -> None:
-    files = server_files(kit.run_stack("local"))
-    services = yaml.safe_load(files["docker-compose.yml"])["services"]
-    assert all(service["network_mode"] == "host" for service in services.values())
-    assert services["app-blue"]["environment"]["PORT"] == "13001"
-    assert "listen 127.0.0.1:13000;" in files["proxy/nginx.conf"]
-    assert "{ blue 127.0.0.1:13001; green 127.0.0.1:13002; }" in files["proxy/nginx.conf"]
-    assert "resolver" not in files["proxy/nginx.conf"]
+# What a stage's compose file may differ in from another's: its names, ports and images.
+STAGE_VALUES = (
+    "composeProject",
+    "appContainer",
+    "dbContainer",
+    "proxyImage",
+    "postgresImage",
+    "proxyPort",
+    "bluePort",
+    "greenPort",
+    "postgresPort",
+)
+
+
+def test_every_stage_runs_the_same_topology_and_only_stage_values_differ() -> None:
+    """The local stack renders the compose file staging and production run: a compose network, containers found by
+    service name, ports published on 127.0.0.1. Given staging's names, ports and images, it renders staging's file
+    byte for byte."""
+    staging_app = kit.stack_file("staging")["config"]["kametrix-deploy:app"]
+    defaults = config.AppSettings.model_fields
+    staging_values = {f"app.{key}": staging_app.get(key, defaults[to_snake(key)].default) for key in STAGE_VALUES}
+    as_staging = server_files(kit.run_stack("local", overrides=staging_values))["docker-compose.yml"]
+    assert as_staging == server_files(kit.run_stack("staging"))["docker-compose.yml"]
+
+    local = yaml.safe_load(server_files(kit.run_stack("local"))["docker-compose.yml"])["services"]
+    assert not any("network_mode" in service for service in local.values()), "a service runs on the host's network"
+    published = [port for service in local.values() for port in service.get("ports", [])]
+    assert published and all(port.startswith("127.0.0.1:") for port in published), published
+    assert "resolver 127.0.0.11 valid=10s;" in server_files(kit.run_stack("local"))["proxy/nginx.conf"]
 
 
 def test_the_single_container_layouts_project_and_database_volume_stay() -> None:

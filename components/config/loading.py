@@ -28,6 +28,8 @@ _OBJECT_KEYS = {"server", "image", "app", "release", "github", ENVIRONMENT_SECRE
 _REPLACED_KEYS = {
     "app.appPort": "the app is reached through the stage's proxy now: allowed instead app.proxyPort (where the "
     "front proxy points), app.bluePort and app.greenPort (see docs/zero-downtime.md)",
+    "app.hostNetwork": "every stage runs the same topology now: a compose network, containers found by service "
+    "name, ports published on 127.0.0.1 only; remove the key",
 }
 
 

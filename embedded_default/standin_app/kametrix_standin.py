@@ -3,7 +3,8 @@
 It honours the public contract of the real app (shared/target-app.md) with the Debian
 python3 and psql of its base image, and nothing else:
 
-- ``serve`` (the ``runner`` stage): HTTP on 127.0.0.1:$PORT (default 3000) with
+- ``serve`` (the ``runner`` stage): HTTP on $HOSTNAME:$PORT (default 0.0.0.0:3000, as the standalone
+  Next.js server of the real image listens) with
   ``GET /api/health`` (plain, ``?quick=true``, ``?build=true``) and ``GET /api/version``.
   The database check runs ``SELECT 1`` through psql against ``DATABASE_URL``.
   ``GET /api/env-check`` tells which of the app's settings are set, each with the
@@ -238,15 +239,14 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def serve() -> int:
-    port = int(os.environ.get("PORT", "3000"))
+    host, port = os.environ.get("HOSTNAME", "0.0.0.0"), int(os.environ.get("PORT", "3000"))  # noqa: S104
     build_info()  # fail at start, not at the first request, when the build is broken
-    # Loopback only: containers of the test target share the host's network.
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     # As PID 1 of its container the process would ignore SIGTERM: `docker stop` would
     # wait 10 s and kill it. Stop at once instead.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    print(f"kametrix stand-in {build_info()['version']} listening on 127.0.0.1:{port}", flush=True)
+    print(f"kametrix stand-in {build_info()['version']} listening on {host}:{port}", flush=True)
     server.serve_forever()
     return 0
 

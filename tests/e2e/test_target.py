@@ -27,6 +27,8 @@ DB_USER = "kametrix"
 DB_NAME = "kametrix"
 DB_PASSWORD = "e2e:pw/with@odd%chars"  # throwaway, only ever in this test's containers
 DB_PASSWORD_URL = "e2e%3Apw%2Fwith%40odd%25chars"
+DB_PORT = 5432
+APP_PORT = 3000
 
 
 @pytest.fixture(scope="module")
@@ -72,22 +74,23 @@ def wait_for(what: str, probe: Any, timeout: float = 60) -> Any:
 @dataclasses.dataclass
 class Database:
     container: str
-    port: int
+    network: str
+    """A bridge network of the database's own, as a stage's compose network: the app finds it by name."""
     url: str  # as the app gets it: Prisma style, with ?schema=public
 
 
 @contextlib.contextmanager
 def postgres(target: LocalTarget) -> Iterator[Database]:
-    """A PostgreSQL container of the target's image with its own volume; removed after."""
+    """A PostgreSQL container of the target's image on a network and volume of its own; removed after."""
     name = f"e2e-target-db-{uuid.uuid4().hex[:8]}"
-    port = free_port(15400)
     try:
+        target.docker("network", "create", name)
         target.docker(
-            "run", "--detach", "--name", name, "--network", "host",
+            "run", "--detach", "--name", name, "--network", name,
             "--volume", f"{name}:/var/lib/postgresql/data",
             "--env", f"POSTGRES_USER={DB_USER}",
             "--env", f"POSTGRES_DB={DB_NAME}",
-            "--env", f"PGPORT={port}",
+            "--env", f"PGPORT={DB_PORT}",
             "--env", "POSTGRES_PASSWORD",
             target.postgres_image,
             env_extra={"POSTGRES_PASSWORD": DB_PASSWORD},
@@ -96,15 +99,16 @@ def postgres(target: LocalTarget) -> Iterator[Database]:
         wait_for(
             "postgres accepting TCP connections",
             lambda: (
-                target.docker("exec", name, "pg_isready", "-h", "127.0.0.1", "-p", str(port), check=False).returncode
+                target.docker("exec", name, "pg_isready", "-h", "127.0.0.1", "-p", str(DB_PORT), check=False).returncode
                 == 0
             ),
         )
-        url = f"postgresql://{DB_USER}:{DB_PASSWORD_URL}@127.0.0.1:{port}/{DB_NAME}?schema=public"
-        yield Database(name, port, url)
+        url = f"postgresql://{DB_USER}:{DB_PASSWORD_URL}@{name}:{DB_PORT}/{DB_NAME}?schema=public"
+        yield Database(name, name, url)
     finally:
         target.docker("rm", "--force", "--volumes", name, check=False)
         target.docker("volume", "rm", "--force", name, check=False)
+        target.docker("network", "rm", name, check=False)
 
 
 def sql(target: LocalTarget, db: Database, query: str) -> str:
@@ -118,9 +122,9 @@ def schema(target: LocalTarget, db: Database) -> str:
     return "\n".join(line for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
 
 
-def env_file(tmp_path: Path, db: Database, port: int) -> Path:
+def env_file(tmp_path: Path, db: Database) -> Path:
     """A .env with the app's settings (shared/target-app.md), as the release writes it."""
-    path = tmp_path / f"app-{port}.env"
+    path = tmp_path / "app.env"
     path.write_text(
         "\n".join(
             [
@@ -128,7 +132,6 @@ def env_file(tmp_path: Path, db: Database, port: int) -> Path:
                 f"POSTGRES_USER={DB_USER}",
                 f"POSTGRES_PASSWORD={DB_PASSWORD}",
                 f"POSTGRES_DB={DB_NAME}",
-                f"PORT={port}",
                 "NODE_ENV=production",
                 "NEXT_PUBLIC_APP_URL=http://127.0.0.1",
                 "DATABASE_POOL_MIN=2",
@@ -144,17 +147,22 @@ def env_file(tmp_path: Path, db: Database, port: int) -> Path:
     return path
 
 
-def migrate(target: LocalTarget, ref: str, env: Path) -> subprocess.CompletedProcess[bytes]:
+def migrate(target: LocalTarget, db: Database, ref: str, env: Path) -> subprocess.CompletedProcess[bytes]:
     """The builder image's default command, as `docker compose run --rm migrate` runs it."""
-    return target.docker("run", "--rm", "--network", "host", "--env-file", str(env), ref, check=False, timeout=120)
+    return target.docker("run", "--rm", "--network", db.network, "--env-file", str(env), ref, check=False, timeout=120)
 
 
 @contextlib.contextmanager
-def app(target: LocalTarget, ref: str, env: Path) -> Iterator[str]:
+def app(target: LocalTarget, db: Database, ref: str, env: Path) -> Iterator[str]:
+    """The runner image as a stage runs a colour: on the database's network, its port 3000 published on
+    127.0.0.1 only."""
     name = f"e2e-target-app-{uuid.uuid4().hex[:8]}"
-    port = int(next(line for line in env.read_text().splitlines() if line.startswith("PORT=")).split("=")[1])
+    port = free_port(13000)
     try:
-        target.docker("run", "--detach", "--name", name, "--network", "host", "--env-file", str(env), ref)
+        target.docker(
+            "run", "--detach", "--name", name, "--network", db.network, "--publish", f"127.0.0.1:{port}:{APP_PORT}",
+            "--env-file", str(env), ref,
+        )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         wait_for("the app answering", lambda: http_get(f"{base}/api/version")[0] == 200, timeout=30)
         yield base
@@ -231,9 +239,9 @@ def test_postgres_image_initialises_a_database_that_dumps_and_restores(target: L
     with postgres(target) as db:
         assert sql(target, db, "SELECT current_user, current_database()") == f"{DB_USER}|{DB_NAME}"
         sql(target, db, "CREATE TABLE probe (id int PRIMARY KEY); INSERT INTO probe VALUES (1), (2);")
-        # Password auth on TCP, and only on 127.0.0.1.
+        # Password auth on TCP, on every address of its container, as the official image: the app reaches it by name.
         listen = sql(target, db, "SHOW listen_addresses")
-        assert listen == "127.0.0.1"
+        assert listen == "*"
         tcp = [
             "exec",
             "--env",
@@ -244,7 +252,7 @@ def test_postgres_image_initialises_a_database_that_dumps_and_restores(target: L
             "-h",
             "127.0.0.1",
             "-p",
-            str(db.port),
+            str(DB_PORT),
             "-U",
             DB_USER,
             "-d",
@@ -268,7 +276,7 @@ def test_postgres_image_initialises_a_database_that_dumps_and_restores(target: L
             "postgres back after restart",
             lambda: (
                 target.docker(
-                    "exec", db.container, "pg_isready", "-h", "127.0.0.1", "-p", str(db.port), check=False
+                    "exec", db.container, "pg_isready", "-h", "127.0.0.1", "-p", str(DB_PORT), check=False
                 ).returncode
                 == 0
             ),
@@ -307,18 +315,18 @@ def test_v1_migrates_and_reports_a_healthy_valid_build(
     target: LocalTarget, app_refs: dict[str, str], tmp_path: Path
 ) -> None:
     with postgres(target) as db:
-        env = env_file(tmp_path, db, free_port(13000))
-        done = migrate(target, f"{runner_tag(target, 'v1.0.0')}-migrate", env)
+        env = env_file(tmp_path, db)
+        done = migrate(target, db, f"{runner_tag(target, 'v1.0.0')}-migrate", env)
         assert done.returncode == 0, done.stderr.decode()
         assert b"All migrations have been successfully applied." in done.stdout
         assert sql(target, db, "SELECT count(*) FROM customers") == "3"
         assert sql(
             target, db, "SELECT string_agg(migration_name, ',' ORDER BY migration_name) FROM _prisma_migrations"
         ) == ("001_create_customers,002_create_calls")
-        again = migrate(target, f"{runner_tag(target, 'v1.0.0')}-migrate", env)
+        again = migrate(target, db, f"{runner_tag(target, 'v1.0.0')}-migrate", env)
         assert again.returncode == 0 and b"No pending migrations to apply." in again.stdout
 
-        with app(target, app_refs["v1.0.0"], env) as base:
+        with app(target, db, app_refs["v1.0.0"], env) as base:
             status, quick = wait_for(
                 "v1 healthy", lambda: (r := http_get(f"{base}/api/health?quick=true"))[0] == 200 and r
             )
@@ -342,9 +350,9 @@ def test_v1_migrates_and_reports_a_healthy_valid_build(
 
 def test_v3_never_reports_a_valid_build(target: LocalTarget, app_refs: dict[str, str], tmp_path: Path) -> None:
     with postgres(target) as db:
-        env = env_file(tmp_path, db, free_port(13000))
-        assert migrate(target, f"{runner_tag(target, 'v3.0.0')}-migrate", env).returncode == 0
-        with app(target, app_refs["v3.0.0"], env) as base:
+        env = env_file(tmp_path, db)
+        assert migrate(target, db, f"{runner_tag(target, 'v3.0.0')}-migrate", env).returncode == 0
+        with app(target, db, app_refs["v3.0.0"], env) as base:
             wait_for("v3 database check healthy", lambda: http_get(f"{base}/api/health")[0] == 200)
             status, quick = http_get(f"{base}/api/health?quick=true")
             assert status == 503
@@ -357,13 +365,13 @@ def test_v4_migration_fails_and_leaves_the_schema_unchanged(
     target: LocalTarget, app_refs: dict[str, str], tmp_path: Path
 ) -> None:
     with postgres(target) as db:
-        env = env_file(tmp_path, db, free_port(13000))
-        assert migrate(target, f"{runner_tag(target, 'v2.0.0')}-migrate", env).returncode == 0
+        env = env_file(tmp_path, db)
+        assert migrate(target, db, f"{runner_tag(target, 'v2.0.0')}-migrate", env).returncode == 0
         before = schema(target, db)
         assert "CREATE TABLE public.appointments" in before
         rows_before = sql(target, db, "SELECT count(*) FROM customers")
 
-        done = migrate(target, f"{runner_tag(target, 'v4.0.0')}-migrate", env)
+        done = migrate(target, db, f"{runner_tag(target, 'v4.0.0')}-migrate", env)
 
         assert done.returncode != 0
         assert b"004_broken_vip_flag" in done.stderr
@@ -371,5 +379,5 @@ def test_v4_migration_fails_and_leaves_the_schema_unchanged(
         assert sql(target, db, "SELECT count(*) FROM customers") == rows_before
         assert sql(target, db, "SELECT count(*) FROM _prisma_migrations WHERE migration_name LIKE '004%'") == "0"
         # The previous release (v2) still runs on the unchanged schema.
-        with app(target, app_refs["v2.0.0"], env) as base:
+        with app(target, db, app_refs["v2.0.0"], env) as base:
             wait_for("v2 healthy", lambda: http_get(f"{base}/api/health?quick=true")[0] == 200)

@@ -40,6 +40,9 @@ initialise() {
   initdb --username="$POSTGRES_USER" --pwfile=<(printf '%s\n' "${POSTGRES_PASSWORD:-}") \
     --auth-local=trust --auth-host="$auth" "${args[@]}"
 
+  # As the official image does: password logins from any address of the compose network.
+  printf 'host all all all %s\n' "$auth" >>"$PGDATA/pg_hba.conf"
+
   # A first start on the Unix socket only, for the database and the init scripts.
   pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p $PGPORT" -w start
   local psql=(psql -X -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --dbname postgres)
