@@ -63,12 +63,12 @@ class AppImage(pulumi.ComponentResource):
         settings = args.settings
         repository = f"{settings.registry}/{settings.repository}"
         password = pulumi.Output.secret(args.registry_password.get_secret_value())
+        # The provider asks a registry over HTTPS unless its address says `http://`.
+        address = f"http://{settings.registry}" if settings.plain_http else settings.registry
         self.provider = docker.Provider(
             f"{name}-provider",
             registry_auth=[
-                docker.ProviderRegistryAuthArgs(
-                    address=settings.registry, username=settings.username, password=password
-                )
+                docker.ProviderRegistryAuthArgs(address=address, username=settings.username, password=password)
             ],
             opts=pulumi.ResourceOptions(parent=self),
         )

@@ -15,9 +15,10 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
+from tests.e2e.engine import UpdateResult  # noqa: E402
+
 from embedded_default.target import running_target  # noqa: E402
 from tests.e2e.conftest import new_stage, remove_stage  # noqa: E402  - the project root is on the path only now
-from tests.e2e.engine import UpdateResult  # noqa: E402
 
 SCENARIOS = (
     ("first release", "v1.0.0", True),

@@ -31,10 +31,11 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
 # The project root is on the path only now.
+from tests.e2e.engine import LocalStack  # noqa: E402
+
 from embedded_default.target import LocalTarget, running_target  # noqa: E402
 from tests.e2e import old_layout  # noqa: E402
 from tests.e2e.conftest import new_stage, remove_stage  # noqa: E402
-from tests.e2e.engine import LocalStack  # noqa: E402
 from tests.e2e.load import Load, LoadResult  # noqa: E402
 
 # scenario, version, whether the update is to succeed, whether it changes a setting too

@@ -22,6 +22,7 @@ the pinned ``pulumi`` (requirements.txt); when an upgrade breaks the kit, look h
 
 from __future__ import annotations
 
+import asyncio
 import runpy
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -123,6 +124,11 @@ def run_program(
 ) -> ProgramRun:
     """Run the Python file ``program`` as ``__main__`` under ``mock``, as the engine would run it
     for ``project``/``stack`` with this config bag (full keys, values as the engine hands them)."""
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:
+        # A test that ran asyncio.run() left this thread without a current event loop; the SDK's mocks need one.
+        asyncio.set_event_loop(asyncio.new_event_loop())
     monitor = _RecordingMonitor(mock)
     pulumi.runtime.set_mocks(mock, project=project, stack=stack, preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config(dict(config), secret_keys)

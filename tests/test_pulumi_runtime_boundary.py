@@ -13,8 +13,9 @@ from tests import kit
 
 ADAPTER = kit.PROJECT_DIR / "tests" / "pulumi_runtime.py"
 # The modules inside pulumi.runtime (rpc, settings, mocks, stack, sync_await, ...); the package's own
-# attributes (Mocks, set_mocks, MockResourceArgs, ...) are the public API.
-RUNTIME_MODULES = {module.name for module in pkgutil.iter_modules(pulumi.runtime.__path__)}
+# attributes (Mocks, set_mocks, MockResourceArgs, ...) are the public API. `proto` is not an internal: it holds the
+# messages of the provider protocol, the contract every provider plugin implements (embedded_default/providers).
+RUNTIME_MODULES = {module.name for module in pkgutil.iter_modules(pulumi.runtime.__path__)} - {"proto"}
 
 
 def runtime_internals_used(source: Path) -> set[str]:
@@ -24,10 +25,11 @@ def runtime_internals_used(source: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module:
             if node.module == "pulumi.runtime":
                 used |= {alias.name for alias in node.names if alias.name in RUNTIME_MODULES}
-            elif node.module.startswith("pulumi.runtime."):
+            elif node.module.startswith("pulumi.runtime.") and node.module.split(".")[2] in RUNTIME_MODULES:
                 used.add(node.module.split(".")[2])
         elif isinstance(node, ast.Import):
-            used |= {a.name.split(".")[2] for a in node.names if a.name.startswith("pulumi.runtime.")}
+            imported = {a.name.split(".")[2] for a in node.names if a.name.startswith("pulumi.runtime.")}
+            used |= imported & RUNTIME_MODULES
         elif isinstance(node, ast.Attribute) and node.attr in RUNTIME_MODULES and _is_pulumi_runtime(node.value):
             used.add(node.attr)
     return used

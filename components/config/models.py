@@ -132,6 +132,9 @@ class ImageSettings(Model):
     """The image's path in the registry."""
     username: str
     """The account whose token is the `registryPassword` secret."""
+    plain_http: bool = False
+    """The registry answers plain HTTP, without TLS (the local target's registry on 127.0.0.1). Otherwise the docker
+    provider asks it over HTTPS, as it always does unless told `http://`."""
     build: BuildSettings | None = None
     """Build and push the version from source; absent means the version must already exist."""
     digests: dict[Version, VersionDigests] = Field(default_factory=dict)
@@ -178,9 +181,7 @@ class AppSettings(Model):
     postgres_image: EnvValue = "postgres:16-alpine"
     """The PostgreSQL image."""
     postgres_port: Port = 5432
-    """PostgreSQL's port (on the host's loopback with host networking)."""
-    host_network: bool = False
-    """Run every container on the host's network (the local target); otherwise a compose network."""
+    """PostgreSQL's port on the stage's compose network (`postgres:<port>`); never published on the host."""
     postgres_user: EnvValue
     """POSTGRES_USER."""
     postgres_db: EnvValue

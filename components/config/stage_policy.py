@@ -43,6 +43,7 @@ STAGE_RULES: Mapping[str, str] = {
     "github.drift": "staging, production: with deploymentBranches among the stage's",
     "github.releases": "production: holds the `version` it deploys",
     "image.build": "never in production",
+    "image.plainHttp": "local only",
     "image.digests": "production: holds the `version` it deploys",
     "app.databasePoolMin": "at most databasePoolMax",
     "app.proxyPort": "a port of its own",
@@ -147,6 +148,15 @@ def stage_policy(stack: str, sections: Sections) -> list[Problem]:
         )
     if sections.app is not None:
         problems.extend(_app_policy(sections.app))
+    image = sections.image.valid("plain_http") if sections.image else None
+    if stack != "local" and image is not None and image.plain_http:
+        problems.append(
+            Problem(
+                full_key("image.plainHttp"),
+                "a real stage's registry speaks TLS: images and the registry token never cross the network in "
+                "plaintext; allowed: false (the local stack only may say true); received true",
+            )
+        )
     return problems
 
 

@@ -17,16 +17,15 @@ from typing import Any
 import yaml
 
 from components import config, server_files
-from tests import kit
-from tests.e2e.engine import LocalStack, registry_tags
+from embedded_default.target import registry_digest
+from tests.e2e.stage import Stage
 
 PIPELINE = Path(__file__).with_name("old_pipeline.sh")
 
 
-def settings(stage: LocalStack, version: str) -> config.PlainConfig:
+def settings(stage: Stage) -> config.PlainConfig:
     """The stage's plain config, as the program reads it."""
-    raw, secret_keys = kit.stack_config("local", {**stage.overrides, "version": version}, stage.secrets)
-    return config.load("local", raw, set(secret_keys)).plain
+    return stage.stack_config().plain
 
 
 def compose_file(app: config.AppSettings) -> str:
@@ -36,22 +35,23 @@ def compose_file(app: config.AppSettings) -> str:
     single = services.pop("app-blue")
     del services["app-green"], services["proxy"]
     single["container_name"] = app.app_container
-    single["environment"]["PORT"] = str(app.proxy_port)
-    single["healthcheck"]["test"][-1] = f"http://127.0.0.1:{app.proxy_port}/api/health?quick=true"
+    # The one container took the port the proxy has now.
+    single["ports"] = [f"127.0.0.1:{app.proxy_port}:{server_files.CONTAINER_PORT}"]
     document["services"] = {"postgres": services["postgres"], "app": single, "migrate": services["migrate"]}
     return yaml.safe_dump(document, sort_keys=False)
 
 
-def image_refs(stage: LocalStack, version: str) -> tuple[str, str]:
+def image_refs(stage: Stage, version: str) -> tuple[str, str]:
     """`version`'s runner and migrate images, pinned to the digests the registry serves."""
-    tags = registry_tags(stage.repository, [version])
-    repository = stage.target.app_repository
-    return f"{repository}@{tags[f'{repository}:{version}']}", f"{repository}@{tags[f'{repository}:{version}-migrate']}"
+    repository = stage.repository
+    app, migrate = (registry_digest(f"{repository}:{tag}") for tag in (version, f"{version}-migrate"))
+    assert app and migrate, f"{version} is not in the registry"
+    return f"{repository}@{app}", f"{repository}@{migrate}"
 
 
-def release(stage: LocalStack, version: str) -> subprocess.CompletedProcess[bytes]:
+def release(stage: Stage, version: str) -> subprocess.CompletedProcess[bytes]:
     """One release of `version` in the old pipeline's order, over SSH on the stage's own compose project."""
-    plain = settings(stage, version)
+    plain = settings(stage)
     arguments = [
         plain.server.app_dir,
         plain.app.compose_project,
@@ -63,14 +63,12 @@ def release(stage: LocalStack, version: str) -> subprocess.CompletedProcess[byte
     return stage.target.ssh(shlex.join(["bash", f"{plain.server.app_dir}/{PIPELINE.name}", *arguments]), timeout=600)
 
 
-def install(stage: LocalStack, version: str) -> subprocess.CompletedProcess[bytes]:
+def install(stage: Stage, version: str) -> subprocess.CompletedProcess[bytes]:
     """Puts the single-container layout on the stage's server, with the program's own `.env` and the old
     pipeline beside it, and releases `version` on it; then writes the release record as the program did."""
-    plain = settings(stage, version)
-    plan = stage.plan(version)
-    assert not isinstance(plan, BaseException), plan
-    env = next(step.stdin for step in plan if step.name == "server-env")
-    assert env is not None
+    loaded = stage.stack_config()
+    plain = loaded.plain
+    env = server_files.env_file(plain.app, loaded.secrets.app)
     app_dir = shlex.quote(plain.server.app_dir)
     stage.target.ssh(
         f"mkdir -p {app_dir} && cat >{app_dir}/docker-compose.yml",

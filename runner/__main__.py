@@ -1,0 +1,121 @@
+"""`python -m runner`: the program under the real Pulumi engine, for any stack. See `--help`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pulumi import automation as auto
+
+from components.config import ConfigError
+from components.recorded_versions import RecordError
+from runner import commands
+from runner.workspace import RunnerError, open_workspace
+
+DESCRIPTION = """\
+The operator's tool for every stack: runs the program (components/program.py) as an inline program of Pulumi's
+Automation API with the Pulumi CLI of scripts/install-engine, in the project's workspace (Pulumi.yaml and the stack
+file), and prints the engine's output as it goes.
+
+Staging and production: run it where you would run `pulumi up`, with the stage's backend and passphrase in the
+environment (PULUMI_BACKEND_URL, PULUMI_CONFIG_PASSPHRASE, cloud credentials); Pulumi downloads the real provider
+plugins as usual. The local stack runs in .pulumi/local with the embedded default's stand-in providers
+(bash scripts/release-local prepares it).
+
+An update first repairs what an interrupted one left (README, "An interrupted update"): a state lock of an update
+that died on this machine is removed (pulumi cancel), and pending operations of release steps are cleared
+(pulumi refresh --clear-pending-creates); the steps then run again and converge.
+"""
+
+EPILOG = """\
+examples:
+  python -m runner --stack production status
+  python -m runner --stack production release v1.4.3 --requested-by "incident 42 (alice)"
+  python -m runner --stack production rollback            # to the version that served before the live one
+  python -m runner --stack local rollback v1.0.0 --yes
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    parsed = argparse.ArgumentParser(
+        prog="python -m runner",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parsed.add_argument("-s", "--stack", required=True, help="staging, production or local")
+    parsed.add_argument(
+        "--work-dir",
+        type=Path,
+        help="the folder holding Pulumi.yaml and the stack file (default: this project; local: .pulumi/local)",
+    )
+    parsed.add_argument("--events", type=Path, help="append the engine's events to this file, one JSON object a line")
+    parsed.add_argument(
+        "--log-verbosity", type=int, metavar="N", help="print the CLI's own log at this level on stderr (-v=N)"
+    )
+    sub = parsed.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("preview", help="what an update would change, with the diff (nothing runs on the server)")
+    changing = argparse.ArgumentParser(add_help=False)
+    changing.add_argument("--yes", action="store_true", help="update without asking (needed when not on a terminal)")
+    changing.add_argument("--diff", action="store_true", help="show each change as a diff")
+    sub.add_parser("up", parents=[changing], help="update the stack to what its stack file declares")
+    release = sub.add_parser("release", parents=[changing], help="pin VERSION in the stack file, then update")
+    release.add_argument("version")
+    release.add_argument("--requested-by", help="who asks for it, for the server's release lock (run URL and actor)")
+    rollback = sub.add_parser(
+        "rollback", parents=[changing], help="release an earlier recorded version again (default: the previous one)"
+    )
+    rollback.add_argument("version", nargs="?", help="default: the version that served before the live one")
+    rollback.add_argument("--requested-by", help="who asks for it, for the server's release lock")
+    sub.add_parser("status", help="what serves, what served before, who holds the release lock, the last update")
+    history = sub.add_parser("history", help="the stack's updates, newest first: when, what, which version, result")
+    history.add_argument("--limit", type=int, default=20)
+    unlock = sub.add_parser("unlock", help="free the stack's state lock of an update that is gone (pulumi cancel)")
+    unlock.add_argument("--yes", action="store_true", required=True, help="confirm the holder no longer runs")
+    return parsed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        workspace = open_workspace(args.stack, args.work_dir)
+        with commands.opened_events(args.events) as events:
+            session = commands.Session(workspace, events, args.log_verbosity)
+            if args.command in ("up", "release", "rollback") and not args.yes:
+                _confirm(session, args.command)
+            if args.command == "preview":
+                commands.preview(session)
+            elif args.command == "up":
+                commands.up(session, args.diff)
+            elif args.command == "release":
+                commands.release(session, args.version, args.requested_by, args.diff)
+            elif args.command == "rollback":
+                commands.rollback(session, args.version, args.requested_by)
+            elif args.command == "status":
+                commands.status(session)
+            elif args.command == "history":
+                commands.history(session, args.limit)
+            elif args.command == "unlock":
+                commands.unlock(session)
+    except (RunnerError, ConfigError, RecordError) as error:
+        print(f"runner: {error}", file=sys.stderr)
+        return 1
+    except auto.errors.CommandError as error:
+        print(f"runner: the engine failed (its output is above):\n{commands._engine_failure(error)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _confirm(session: commands.Session, command: str) -> None:
+    if not sys.stdin.isatty():
+        raise RunnerError(f"{command} changes the stack: pass --yes when not on a terminal")
+    commands.preview(session)
+    answer = input(f"{command} {session.workspace.stack_name} as previewed above? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise RunnerError("not confirmed; nothing was changed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""What the runner does for an operator: each command runs the real engine on one stack and prints its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from pulumi import automation as auto
+
+from components import config
+from components.config import NAMESPACE
+from runner import server, stack_file
+from runner.workspace import RunnerError, Workspace
+
+T = TypeVar("T")
+# The engine's words for a stack another update holds (the file and S3 backends' lock).
+_LOCKED = "the stack is currently locked by"
+_LOCK_HOLDER = re.compile(r"created by (?P<user>\S+)@(?P<host>\S+) \(pid (?P<pid>\d+)\) at (?P<since>\S+)")
+# Resource types whose steps converge when run again: a pending operation of theirs is safe to clear.
+_STEPS_THAT_CONVERGE = ("command:remote:Command",)
+
+
+@dataclass
+class Session:
+    """One command of the runner on one stack: where the engine's output, its log and its events go."""
+
+    workspace: Workspace
+    events: IO[str] | None = None
+    log_verbosity: int | None = None
+    """The CLI's own log (`-v=N --logtostderr`), printed on stderr as it comes."""
+    out: IO[str] = sys.stdout
+    started: float = field(default_factory=time.monotonic)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def engine_output(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def engine_log(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def engine_event(self, event: auto.EngineEvent) -> None:
+        if self.events is None:
+            return
+        record = _event_record(event)
+        if record is not None:
+            record["at"] = round(time.monotonic() - self.started, 3)
+            self.events.write(json.dumps(record, sort_keys=True) + "\n")
+            self.events.flush()
+
+    def engine_options(self) -> dict[str, Any]:
+        """What every engine operation of the runner is run with."""
+        options: dict[str, Any] = {
+            "on_output": self.engine_output,
+            "on_error": self.engine_log,
+            "on_event": self.engine_event,
+        }
+        if self.log_verbosity is not None:
+            options.update(log_verbosity=self.log_verbosity, log_to_std_err=True, log_flow=True)
+        return options
+
+
+def _event_record(event: auto.EngineEvent) -> dict[str, Any] | None:
+    """The parts of an engine event a caller needs, as the engine gave them (secrets shown as the engine shows
+    them: masked)."""
+    if event.resource_pre_event is not None:
+        meta = event.resource_pre_event.metadata
+        return {"event": "pre", "urn": meta.urn, "type": meta.type, "op": str(meta.op.value)}
+    if event.res_outputs_event is not None:
+        meta = event.res_outputs_event.metadata
+        outputs = meta.new.outputs if meta.new is not None else None
+        return {"event": "done", "urn": meta.urn, "type": meta.type, "op": str(meta.op.value), "outputs": outputs}
+    if event.res_op_failed_event is not None:
+        meta = event.res_op_failed_event.metadata
+        return {"event": "failed", "urn": meta.urn, "type": meta.type, "op": str(meta.op.value)}
+    if event.diagnostic_event is not None:
+        diagnostic = event.diagnostic_event
+        return {
+            "event": "diagnostic",
+            "urn": diagnostic.urn,
+            "severity": diagnostic.severity,
+            "message": diagnostic.message,
+            "ephemeral": bool(diagnostic.ephemeral),
+        }
+    if event.summary_event is not None:
+        summary = event.summary_event
+        return {
+            "event": "summary",
+            "changes": {str(k.value if hasattr(k, "value") else k): v for k, v in summary.resource_changes.items()},
+            "seconds": summary.duration_seconds,
+        }
+    return None
+
+
+def _engine_failure(error: auto.errors.CommandError) -> str:
+    """What the CLI said on stderr: its output on stdout was printed as it went."""
+    text = str(error)
+    return text.partition("\n stderr: ")[2].strip() or text.strip()
+
+
+# --- locks and interrupted updates ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateLockHolder:
+    user: str
+    host: str
+    pid: int
+    since: str
+
+    def is_dead_here(self) -> bool:
+        """True when the holder ran on this machine and its process is gone: its update died."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} of {self.user} on {self.host}, since {self.since}"
+
+
+def _state_lock_holders(error: auto.errors.CommandError) -> list[StateLockHolder] | None:
+    text = _engine_failure(error)
+    if _LOCKED not in text:
+        return None
+    return [StateLockHolder(m["user"], m["host"], int(m["pid"]), m["since"]) for m in _LOCK_HOLDER.finditer(text)]
+
+
+def _with_state_lock(session: Session, stack: auto.Stack, operation: Callable[[], T]) -> T:
+    """Run `operation`; if the stack's state is locked by an update that died on this machine (its process is gone),
+    remove that lock as `pulumi cancel` does and run it once more. A lock held by a live process, or by another
+    machine, stops the runner with who holds it."""
+    try:
+        return operation()
+    except auto.errors.CommandError as error:
+        holders = _state_lock_holders(error)
+        if holders is None:
+            raise
+        if not holders or not all(holder.is_dead_here() for holder in holders):
+            named = "; ".join(str(holder) for holder in holders) or "a holder the backend does not name"
+            raise RunnerError(
+                f"the stack's state is locked by another update: {named}. Wait for it to end. If it is gone (its "
+                f"machine or process died), free the lock: python -m runner --stack {stack.name} unlock --yes"
+            ) from None
+        session.say(
+            "the stack's state was locked by an update that died on this machine "
+            f"({'; '.join(str(holder) for holder in holders)}): removing its lock (pulumi cancel)"
+        )
+        stack.cancel()
+        return operation()
+
+
+def _clear_interrupted_operations(session: Session, stack: auto.Stack) -> None:
+    """An update killed mid-step leaves pending operations in the state. Pulumi's documented repair is
+    `pulumi refresh` (with --clear-pending-creates for creates). Done here only when every pending operation is
+    a release step, which converges when it runs again; anything else is left to the operator."""
+    pending = stack.export_stack().deployment.get("pending_operations") or []
+    if not pending:
+        return
+    described = [f"{op['resource']['urn']} (interrupted while {op['type']})" for op in pending]
+    if any(op["resource"]["type"] not in _STEPS_THAT_CONVERGE for op in pending):
+        raise RunnerError(
+            "the last update was interrupted with operations pending that are not release steps:\n  "
+            + "\n  ".join(described)
+            + "\nCheck each resource, then: pulumi refresh --stack "
+            + stack.name
+        )
+    session.say(
+        "the last update was interrupted while these release steps ran; each converges when it runs again, "
+        "so their pending operations are cleared (pulumi refresh --clear-pending-creates) and the update runs "
+        "them again:\n  " + "\n  ".join(described)
+    )
+    stack.refresh(clear_pending_creates=True, show_secrets=False, **session.engine_options())
+
+
+# --- the commands ------------------------------------------------------------------------------------------------
+
+
+def preview(session: Session) -> None:
+    stack = session.workspace.stack()
+    _with_state_lock(
+        session,
+        stack,
+        lambda: stack.preview(diff=True, **session.engine_options()),
+    )
+
+
+def up(session: Session, diff: bool = False) -> auto.UpResult:
+    """Bring the stack to what its stack file declares; record the released version's digests if they are not."""
+    workspace = session.workspace
+    stack = workspace.stack()
+    _with_state_lock(session, stack, lambda: _clear_interrupted_operations(session, stack))
+    result = _with_state_lock(
+        session,
+        stack,
+        lambda: stack.up(diff=diff, show_secrets=False, **session.engine_options()),
+    )
+    outputs = {name: value.value for name, value in result.outputs.items()}
+    version = str(outputs.get("version", ""))
+    if version and version not in stack_file.recorded_versions(workspace.stack_file):
+        stack_file.record(workspace.stack_file, version, outputs["imageRef"], outputs["migrateImageRef"])
+        session.say(
+            f"recorded {version}'s digests under image.digests in {workspace.stack_file}: from now on {version} "
+            "means exactly these bytes (commit the stack file on a real stage)"
+        )
+    return result
+
+
+def release(session: Session, version: str, requested_by: str | None, diff: bool = False) -> auto.UpResult:
+    """Pin `version` in the stack file, then update: a release, or a rollback when it ran before."""
+    workspace = session.workspace
+    pinned = stack_file.pinned_version(workspace.stack_file)
+    if stack_file.pin(workspace.stack_file, version, requested_by):
+        session.say(f"pinned {version} in {workspace.stack_file} (was {pinned}); commit it on a real stage")
+    return up(session, diff)
+
+
+def rollback(session: Session, version: str | None, requested_by: str | None) -> auto.UpResult:
+    """Release an earlier version again: `version`, or the one that served before the live one. Only a recorded
+    version: its bytes are known, it is never built again, and its schema is already in the database."""
+    workspace = session.workspace
+    target = version or _previous_version(session)
+    recorded = stack_file.recorded_versions(workspace.stack_file)
+    if target not in recorded:
+        raise RunnerError(
+            f"rollback: allowed a version that was released and recorded under image.digests in "
+            f"{workspace.stack_file} ({', '.join(recorded) or 'none recorded yet'}); received {target!r}"
+        )
+    session.say(f"rolling back to {target}")
+    return release(session, target, requested_by)
+
+
+def _previous_version(session: Session) -> str:
+    """The version that served before the live one, as the server recorded it."""
+    state = _server_state(session)
+    previous = state.record.get("PREVIOUS_VERSION", "") if state is not None else ""
+    if not previous:
+        raise RunnerError(
+            "rollback: the server records no version that served before the live one; name one: rollback VERSION"
+        )
+    return previous
+
+
+def _stack_config(workspace: Workspace) -> config.StackConfig:
+    stack = workspace.stack()
+    raw = {key: value.value for key, value in stack.get_all_config().items()}
+    secret_keys = {key for key, value in stack.get_all_config().items() if value.secret}
+    return config.load(workspace.stack_name, raw, secret_keys)
+
+
+def _server_state(session: Session) -> server.ServerState | None:
+    loaded = _stack_config(session.workspace)
+    try:
+        return server.read_state(loaded.plain.server, loaded.secrets.ssh_private_key)
+    except server.ServerUnreachableError as error:
+        session.say(f"the server could not be asked: {error}")
+        return None
+
+
+def status(session: Session) -> None:
+    workspace = session.workspace
+    stack = workspace.stack()
+    pinned = stack_file.pinned_version(workspace.stack_file)
+    session.say(f"stack          {workspace.stack_name} ({workspace.stack_file}; backend {workspace.backend()})")
+    session.say(f"pinned         {pinned}")
+    state = _server_state(session)
+    if state is not None:
+        record = state.record
+        live = record.get("VERSION")
+        if live:
+            session.say(f"live           {live} on {record.get('LIVE_COLOUR', '?')} ({record.get('APP_IMAGE', '?')})")
+            session.say(f"previous       {record.get('PREVIOUS_VERSION') or 'none recorded'}")
+        else:
+            session.say("live           nothing released on the server yet")
+        session.say(f"release lock   {state.lock}")
+        if live and live != pinned:
+            session.say(
+                f"note           the stack pins {pinned} but {live} serves: the last update did not reach its "
+                "switch; `up` finishes it, or pin the live version back"
+            )
+    history = stack.history(page_size=1)
+    if history:
+        session.say(f"last update    {_describe_update(history[0])}")
+    else:
+        session.say("last update    none")
+
+
+def history(session: Session, limit: int) -> None:
+    stack = session.workspace.stack()
+    updates = stack.history(page_size=limit)
+    if not updates:
+        session.say("no updates yet")
+        return
+    for update in updates:
+        session.say(_describe_update(update))
+
+
+def _describe_update(update: auto.UpdateSummary) -> str:
+    version = update.config.get(f"{NAMESPACE}:version")
+    requested = ""
+    release_settings = update.config.get(f"{NAMESPACE}:release")
+    if release_settings is not None and not release_settings.secret:
+        requested_by = json.loads(release_settings.value or "{}").get("requestedBy")
+        requested = f", requested by {requested_by}" if requested_by else ""
+    seconds = ""
+    if update.end_time is not None:
+        seconds = f" in {(update.end_time - update.start_time).total_seconds():.0f} s"
+    changes = ", ".join(f"{count} {op}" for op, count in (update.resource_changes or {}).items() if count)
+    when = update.start_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pinned = version.value if version is not None else "?"
+    return f"{when} {update.kind} {update.result}{seconds}: {pinned}{requested}" + (f" ({changes})" if changes else "")
+
+
+def unlock(session: Session) -> None:
+    """Free the stack's state lock (`pulumi cancel`): only after checking that the update holding it is gone."""
+    session.workspace.stack().cancel()
+    session.say("the stack's state lock is freed (pulumi cancel); pending operations are repaired by the next up")
+
+
+@contextmanager
+def opened_events(path: Path | None) -> Iterator[IO[str] | None]:
+    if path is None:
+        yield None
+        return
+    with path.open("a") as handle:
+        yield handle

@@ -1,0 +1,66 @@
+"""What the server says of its release, asked over SSH the way the release steps reach it: the stack's host, port,
+user and deploy key, and its pinned host key (nothing runs if the server answers with another)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from components.config import ServerSettings
+
+# Between the release record and the lock's words in the answer.
+_SEPARATOR = "--- release lock"
+
+
+@dataclass(frozen=True)
+class ServerState:
+    record: dict[str, str]
+    """The live release record (`<appDir>/release.env`): VERSION, PREVIOUS_VERSION, LIVE_COLOUR, images."""
+    lock: str
+    """What `release-lock.sh` says: free, or who holds it, since when, and whether a step runs."""
+
+
+class ServerUnreachableError(Exception):
+    pass
+
+
+def ssh(server: ServerSettings, private_key: SecretStr, command: str, timeout: float = 60) -> str:
+    """Run `command` on the server; its stdout. The key is written to a private temporary file only."""
+    with tempfile.TemporaryDirectory(prefix="kametrix-runner-") as folder:
+        key = Path(folder, "key")
+        key.touch(mode=0o600)
+        # OpenSSH reads a key file only up to a final line break, which a secret set from stdin may lack.
+        key.write_text(private_key.get_secret_value().rstrip("\n") + "\n")
+        known_hosts = Path(folder, "known_hosts")
+        address = server.host if server.port == 22 else f"[{server.host}]:{server.port}"
+        known_hosts.write_text(f"{address} {server.host_key}\n")
+        argv = [
+            "ssh", "-F", "/dev/null", "-T", "-p", str(server.port), "-l", server.user, "-i", str(key),
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR", server.host, "--", command,
+        ]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode == 255:
+        raise ServerUnreachableError(
+            f"{server.user}@{server.host}:{server.port} could not be reached over SSH: {done.stderr.strip()}"
+        )
+    return done.stdout
+
+
+def read_state(server: ServerSettings, private_key: SecretStr) -> ServerState:
+    app_dir = shlex.quote(server.app_dir)
+    answer = ssh(
+        server,
+        private_key,
+        f"cat {app_dir}/release.env 2>/dev/null; echo {shlex.quote(_SEPARATOR)}; "
+        f"bash {app_dir}/bin/release-lock.sh 2>&1 || true",
+    )
+    record_text, _, lock = answer.partition(f"{_SEPARATOR}\n")
+    record = dict(line.split("=", 1) for line in record_text.splitlines() if "=" in line)
+    return ServerState(record=record, lock=lock.strip() or "no release steps are installed on the server yet")

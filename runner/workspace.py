@@ -1,0 +1,104 @@
+"""Which engine, folder, environment and plugins a stack runs with.
+
+- `staging`, `production`: the project folder (its `Pulumi.yaml` and `Pulumi.<stack>.yaml`), the backend and
+  passphrase of the operator's environment (`PULUMI_BACKEND_URL`, `PULUMI_CONFIG_PASSPHRASE`, cloud credentials),
+  and Pulumi's real provider plugins, downloaded as Pulumi always does. A plugin found on `PATH` is ignored, so a
+  stand-in can never answer for a real stage.
+- `local`: a folder of this machine's own (`embedded_default.workspace`), with its file backend and passphrase, and
+  the stand-in providers of the embedded default in a plugin home of the project's own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pulumi import automation as auto
+
+from components.config import STAGES
+from components.program import program
+from embedded_default import workspace as local_workspace
+
+PROJECT = "kametrix-deploy"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+INSTALL_ENGINE = PROJECT_DIR / "scripts" / "install-engine"
+# Where a caller names the CLI to use instead of the one scripts/install-engine provides.
+CLI_VARIABLE = "KAMETRIX_PULUMI_CLI"
+LOCAL = "local"
+
+
+class RunnerError(Exception):
+    """Something the operator must fix before the runner can go on; the message says what."""
+
+
+def pulumi_cli() -> Path:
+    """The Pulumi CLI: `$KAMETRIX_PULUMI_CLI`, else the one `scripts/install-engine` provides (cached)."""
+    named = os.environ.get(CLI_VARIABLE)
+    if named:
+        return Path(named)
+    done = subprocess.run(
+        ["bash", str(INSTALL_ENGINE), "--print-path"], capture_output=True, text=True, check=False, timeout=3600
+    )
+    if done.returncode != 0:
+        raise RunnerError(f"scripts/install-engine could not provide the Pulumi CLI:\n{done.stderr.strip()}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """One stack of the project, ready to run."""
+
+    stack_name: str
+    work_dir: Path
+    cli: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def stack_file(self) -> Path:
+        return self.work_dir / f"Pulumi.{self.stack_name}.yaml"
+
+    def stack(self) -> auto.Stack:
+        """The stack with the program as its inline program. The local stack is created on first use; a real
+        stage must exist already (`pulumi stack init`, README "One-time setup of a stage")."""
+        options = auto.LocalWorkspaceOptions(
+            work_dir=str(self.work_dir),
+            pulumi_command=auto.PulumiCommand(root=str(self.cli.parent.parent), skip_version_check=True),
+            env_vars=dict(self.env),
+            secrets_provider="passphrase" if self.stack_name == LOCAL else None,
+        )
+        if self.stack_name == LOCAL:
+            return auto.create_or_select_stack(self.stack_name, project_name=PROJECT, program=program, opts=options)
+        try:
+            return auto.select_stack(self.stack_name, project_name=PROJECT, program=program, opts=options)
+        except auto.errors.StackNotFoundError:
+            raise RunnerError(
+                f"stack {self.stack_name!r} does not exist in the backend {self.backend()!r}; create it once (README, "
+                f"One-time setup of a stage): pulumi stack init {self.stack_name} --secrets-provider passphrase"
+            ) from None
+
+    def backend(self) -> str:
+        return self.env.get("PULUMI_BACKEND_URL") or os.environ.get("PULUMI_BACKEND_URL") or "(the CLI's login)"
+
+
+def open_workspace(stack_name: str, work_dir: Path | None = None) -> Workspace:
+    """The workspace of `stack_name`: a real stage in the project folder, or the local stack's own folder."""
+    if stack_name not in STAGES:
+        raise RunnerError(f"--stack: allowed {', '.join(STAGES)}; received {stack_name!r}")
+    cli = pulumi_cli()
+    if stack_name == LOCAL:
+        folder = work_dir or local_workspace.DEFAULT_DIR
+        if not (folder / f"Pulumi.{LOCAL}.yaml").is_file():
+            raise RunnerError(
+                f"{folder} holds no local stack yet; the main job prepares it: bash scripts/release-local"
+            )
+        return Workspace(LOCAL, folder, cli, local_workspace.engine_environment(folder, cli))
+    plugin_home = os.environ.get("PULUMI_HOME")
+    if plugin_home and Path(plugin_home).resolve() == local_workspace.PLUGIN_HOME.resolve():
+        raise RunnerError(
+            f"PULUMI_HOME is {plugin_home}, the stand-in providers' home of the local stack; {stack_name} runs only "
+            "with Pulumi's real provider plugins: unset PULUMI_HOME"
+        )
+    return Workspace(stack_name, work_dir or PROJECT_DIR, cli, {"PULUMI_IGNORE_AMBIENT_PLUGINS": "true"})

@@ -1,0 +1,134 @@
+"""What the real engine does with the program, each fact on a stage of its own, through the runner."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from embedded_default.target import LocalTarget
+from tests.e2e.conftest import new_stage, remove_stage
+from tests.e2e.stage import COMMAND, Stage, explain
+
+# Distinctive values for the secrets of this module's stage, found by searching for them.
+SECRETS = {
+    "postgresPassword": "ENGINEFACT-postgres-7c1d",
+    "stripeSecretKey": "ENGINEFACT-stripe-0a9e",
+    "smtpPass": "ENGINEFACT-smtp-55f2",
+}
+MARKER = "ENGINEFACT-"
+# A line of the CLI's own log: one JSON object with its time, level and verbosity.
+CLI_LOG_LINE = re.compile(r'^\{"time":"\d{4}-\d\d-\d\dT[^"]+","level":"[A-Z]+",.*"v":\d+\}$', re.MULTILINE)
+ALL_STEPS = ["server-files", "server-env", "server-backup", "server-migrate", "server-up"]
+
+
+@pytest.fixture(scope="module")
+def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterator[Stage]:
+    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13300, postgres_port=15732)
+    for name, value in SECRETS.items():
+        created.set_secret(name, value)
+    yield created
+    remove_stage(created)
+
+
+def on_server(stage: Stage, command: str) -> subprocess.CompletedProcess[bytes]:
+    return stage.target.ssh(command)
+
+
+def app_dir_exists(stage: Stage) -> bool:
+    return on_server(stage, f"test -e {shlex.quote(stage.app_dir)}").returncode == 0
+
+
+def test_preview_runs_nothing_on_the_server(stage: Stage) -> None:
+    result = stage.run("preview")
+    assert result.ok, explain(result)
+    planned = [event["op"] for event in result.events if event["event"] == "pre" and event["type"] == COMMAND]
+    assert planned == ["create"] * len(ALL_STEPS), explain(result)
+    assert not app_dir_exists(stage), "the preview touched the server"
+
+
+def test_a_wrong_pinned_host_key_is_refused_before_any_command_runs(stage: Stage, tmp_path: Path) -> None:
+    other_key = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    kind, blob, *_ = other_key.with_suffix(".pub").read_text().split()
+    stage.configure({"server.hostKey": f"{kind} {blob}"})
+    try:
+        result = stage.up("v1.0.0")
+    finally:
+        stage.configure({"server.hostKey": stage.target.ssh_host_key})
+    assert not result.ok
+    assert result.failed is not None and result.failed.name == "server-files", explain(result)
+    assert "host key mismatch" in result.failed.error.lower(), explain(result)
+    assert not app_dir_exists(stage), "a command ran on a server whose host key is not the pinned one"
+
+
+def test_the_first_release_creates_every_step_and_an_unchanged_stack_is_a_no_op(stage: Stage) -> None:
+    first = stage.up("v1.0.0")
+    assert first.ok, explain(first)
+    assert first.ran() == ALL_STEPS
+    again = stage.up()
+    assert again.ok, explain(again)
+    assert again.ran() == [], "an unchanged stack ran a step"
+    summary = next(event for event in again.events if event["event"] == "summary")
+    assert set(summary["changes"]) == {"same"}, summary
+
+
+def test_a_changed_setting_reruns_only_what_depends_on_it(stage: Stage) -> None:
+    stage.configure({"release.backupsToKeep": 4})
+    result = stage.up()
+    assert result.ok, explain(result)
+    assert result.ran() == ["server-backup"]
+
+
+def test_a_failed_step_is_run_again_by_the_next_update_and_nothing_else(stage: Stage) -> None:
+    failed = stage.up("v4.0.0")
+    assert failed.failed is not None and failed.failed.name == "server-migrate", explain(failed)
+    assert failed.ran() == ["server-files", "server-env", "server-backup", "server-migrate"], explain(failed)
+    again = stage.up()
+    assert again.failed is not None and again.failed.name == "server-migrate", explain(again)
+    assert again.ran() == ["server-migrate"], "a step that succeeded ran again"
+    back = stage.up("v1.0.0")
+    assert back.ok, explain(back)
+
+
+def secret_values(stage: Stage) -> dict[str, str]:
+    """Every secret of the stack, decrypted here only to look for it elsewhere: each value, and each line of the
+    deploy key's body."""
+    raw = json.loads(stage.pulumi("config", "--show-secrets", "--json", "--stack", "local"))
+    found: dict[str, str] = {}
+    for key, entry in raw.items():
+        if not entry.get("secret"):
+            continue
+        value = entry["value"]
+        lines = [line for line in value.splitlines() if len(line) >= 16 and "PRIVATE KEY" not in line]
+        for number, line in enumerate(lines or [value]):
+            found[f"{key} (part {number})"] = line
+    return found
+
+
+def test_no_secret_reaches_the_state_the_output_the_events_or_the_clis_log(stage: Stage) -> None:
+    stage.set_secret("smtpPass", "ENGINEFACT-smtp-rotated-93b0")
+    preview = stage.run("--log-verbosity", "9", "preview")
+    assert preview.ok, explain(preview)
+    update = stage.run("--log-verbosity", "9", "up", "--yes", "--diff")
+    assert update.ok, explain(update)
+    assert update.ran() == ["server-env", "server-up"], explain(update)
+    assert CLI_LOG_LINE.search(update.output), "the CLI's own log (-v=9 --logtostderr) was not captured"
+
+    secrets = secret_values(stage)
+    assert len(secrets) >= 13 and any(MARKER in value for value in secrets.values())
+    for where, text in {
+        "preview --diff output and CLI log": preview.output,
+        "up --diff output and CLI log": update.output,
+        "the engine's events": (stage.work_dir / "events.jsonl").read_text(),
+        "the state file": stage.state_file().read_text(),
+        "the state export": stage.pulumi("stack", "export", "--stack", "local"),
+        "the stack file": stage.stack_file.read_text(),
+    }.items():
+        leaked = [key for key, value in secrets.items() if value in text]
+        assert not leaked, f"in plaintext in {where}: {leaked}"
