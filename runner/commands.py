@@ -120,7 +120,8 @@ class StateLockHolder:
     since: str
 
     def is_dead_here(self) -> bool:
-        """True when the holder ran on this machine and its process is gone: its update died."""
+        """True when the holder ran on this machine and its process is gone (or a zombie nobody reaped): its
+        update died."""
         if self.host != socket.gethostname():
             return False
         try:
@@ -129,7 +130,8 @@ class StateLockHolder:
             return True
         except PermissionError:
             return False
-        return False
+        stat = Path(f"/proc/{self.pid}/stat")
+        return stat.exists() and stat.read_text().rpartition(")")[2].split()[0] == "Z"
 
     def __str__(self) -> str:
         return f"pid {self.pid} of {self.user} on {self.host}, since {self.since}"

@@ -9,6 +9,7 @@ what it did is read from the engine's events (`--events`), the stack's state and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -233,9 +234,19 @@ class Stage:
         return dict(self.setting("image.digests")[version])
 
 
-def kill_group(process: subprocess.Popen[str]) -> None:
-    """SIGKILL the runner, the CLI it started and every plugin of theirs: a runner machine that dies."""
-    os.killpg(process.pid, signal.SIGKILL)
+def kill_session(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the runner, the CLI it started and every plugin of theirs (each plugin in a process group of its
+    own, all in the runner's session): what a runner machine that dies leaves behind, nothing."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            session = int((entry / "stat").read_text().rpartition(")")[2].split()[3])
+        except (OSError, IndexError, ValueError):
+            continue
+        if session == process.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 Interruption = Callable[[subprocess.Popen[str]], bool]
@@ -247,7 +258,7 @@ def kill_when(condition: Callable[[], bool]) -> Interruption:
     def interrupt(process: subprocess.Popen[str]) -> bool:
         if not condition():
             return False
-        kill_group(process)
+        kill_session(process)
         return True
 
     return interrupt
