@@ -13,12 +13,14 @@ from pydantic import SecretStr
 from components.config import GitHubSettings, Reviewers
 
 # What the read-only environments (`-preview`, `-drift`) get of the stage's environment secrets, by name there ->
-# name in `githubEnvironmentSecrets`: enough to read the state and decrypt the stack's config, never the release
-# App's key nor the deploy job's backend credential (a Pulumi Cloud backend gives previews a read-only token).
+# name in `githubEnvironmentSecrets`: enough to read the state, decrypt the stack's config and read the app
+# repository (staging's build context), never the release App's key nor the deploy job's backend credential (a
+# Pulumi Cloud backend gives previews a read-only token).
 READ_ONLY_SECRETS = {
     "PULUMI_BACKEND_URL": "PULUMI_BACKEND_URL",
     "PULUMI_CONFIG_PASSPHRASE": "PULUMI_CONFIG_PASSPHRASE",
     "PULUMI_ACCESS_TOKEN": "PULUMI_READ_ACCESS_TOKEN",
+    "APP_REPOSITORY_TOKEN": "APP_REPOSITORY_TOKEN",
 }
 _READ_ONLY_SOURCES = {"PULUMI_READ_ACCESS_TOKEN"}
 

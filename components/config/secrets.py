@@ -59,9 +59,10 @@ SECRET_PURPOSES: Mapping[str, str] = {
     GITHUB_APP_KEY_KEY: f"the GitHub App's private key, instead of `{GITHUB_TOKEN_KEY}`, with `github.app` set",
     ENVIRONMENT_SECRETS_KEY: (
         "the GitHub environments' secrets, one per name: PULUMI_CONFIG_PASSPHRASE and PULUMI_BACKEND_URL (every "
-        "environment of the stage gets them), RELEASE_APP_PRIVATE_KEY (the release App's key; the deploy "
-        "environment only) and, for Pulumi Cloud, PULUMI_ACCESS_TOKEN (deploys) and PULUMI_READ_ACCESS_TOKEN "
-        "(previews and drift get it as their PULUMI_ACCESS_TOKEN)"
+        "environment of the stage gets them), RELEASE_APP_PRIVATE_KEY (the key of the stage's own release App; "
+        "the deploy environment only), APP_REPOSITORY_TOKEN (Contents: read on a private app repository; every "
+        "environment of the stage) and, for Pulumi Cloud, PULUMI_ACCESS_TOKEN (deploys) and "
+        "PULUMI_READ_ACCESS_TOKEN (previews and drift get it as their PULUMI_ACCESS_TOKEN)"
     ),
 }
 

@@ -40,7 +40,7 @@ STAGE_RULES: Mapping[str, str] = {
     "github.canAdminsBypass": "production: false",
     "github.variables": f"never {' or '.join(STACK_VARIABLES)}",
     "github.preview": "staging, production: with reviewers",
-    "github.drift": "staging, production: with deploymentBranches among the stage's",
+    "github.drift": "staging, production: with deploymentBranches among the stage's; production: with reviewers",
     "github.releases": "production: holds the `version` it deploys",
     "image.build": "never in production",
     "image.digests": "production: holds the `version` it deploys",
@@ -167,6 +167,17 @@ def _production_policy(sections: Sections) -> list[Problem]:
             Problem(
                 full_key("github.canAdminsBypass"),
                 "allowed in production: false (nobody skips the approval); received true",
+            )
+        )
+    valid = github.valid("drift", "environment") if github else None
+    if valid is not None and valid.drift is not None and valid.drift.reviewers.count == 0:
+        problems.append(
+            Problem(
+                full_key("github.drift.reviewers"),
+                f"{valid.environment}-drift runs {PRODUCTION_BRANCH}'s code with production's passphrase, which "
+                "decrypts every production secret; "
+                f"allowed in production: 1–{MAX_REVIEWERS_PER_KIND} users and/or 1–{MAX_REVIEWERS_PER_KIND} teams "
+                "who approve each drift check; received none",
             )
         )
     valid = github.valid("deployment_branches") if github else None

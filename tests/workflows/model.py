@@ -35,9 +35,11 @@ STACK_FLAG = re.compile(r"(?:^|\s)(?:--stack|-s)(?:=|\s+)(?P<value>\"[^\"]*\"|'[
 STACKLESS_SUBCOMMANDS = {"version", "login", "logout", "whoami", "plugin", "about", "install", "new", "policy"}
 STATE_CHANGING = {"up", "update", "refresh", "destroy", "import"}
 STATE_READING = {"preview"}
-# The one conditional the workflows use to pick a value per stage: `inputs.stage == 'production' && 'a' || 'b'`.
+# The one conditional the workflows use to pick a value per stage: `inputs.stage == 'production' && 'a' || 'b'`,
+# where each value is a literal or a variable (`vars.NAME`, kept as written).
 CHOICE = re.compile(
-    r"(?P<var>(?:inputs|matrix)\.\w+) == '(?P<value>[^']*)' && '(?P<then>[^']*)' \|\| '(?P<else>[^']*)'"
+    r"(?P<var>(?:inputs|matrix)\.\w+) == '(?P<value>[^']*)'"
+    r" && (?:'(?P<then>[^']*)'|(?P<then_var>vars\.\w+)) \|\| (?:'(?P<else>[^']*)'|(?P<else_var>vars\.\w+))"
 )
 SCRIPT_CALL = re.compile(r"\.github/scripts/(?P<name>[\w.-]+)")
 
@@ -226,8 +228,9 @@ class Job:
                 def bind(match: re.Match[str], binding: dict[str, str] = binding) -> str:
                     choice = CHOICE.fullmatch(match.group(1))
                     if choice is not None:  # `x == 'a' && 'then' || 'else'`
-                        chosen = binding[choice.group("var")] == choice.group("value")
-                        return choice.group("then") if chosen else choice.group("else")
+                        branch = "then" if binding[choice.group("var")] == choice.group("value") else "else"
+                        literal = choice.group(branch)
+                        return literal if literal is not None else choice.group(f"{branch}_var")
                     assert match.group(1) in binding, f"{match.group(1)} is not set in every matrix row"
                     return binding[match.group(1)]
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 import pytest
@@ -39,7 +41,11 @@ CHECK_ENVIRONMENT = ROOT / ".github" / "scripts" / "check_environment.py"
 @functools.cache
 def declared_environments() -> dict[str, dict[str, Any]]:
     """Every environment the real stack files declare: name -> reviewers, admin bypass, branches, secrets."""
-    secrets = {**kit.TEST_SECRETS["githubEnvironmentSecrets"], "RELEASE_APP_PRIVATE_KEY": "TESTSECRET-app-key"}
+    secrets = {
+        **kit.TEST_SECRETS["githubEnvironmentSecrets"],
+        "RELEASE_APP_PRIVATE_KEY": "TESTSECRET-app-key",
+        "APP_REPOSITORY_TOKEN": "TESTSECRET-app-repository-token",
+    }
     declared: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
         deployment = kit.run_stack(stage, secrets={"githubEnvironmentSecrets": secrets})
@@ -118,28 +124,35 @@ def protection_declared(name: str) -> set[str]:
     environment = declared_environments()[name]
     wanted = set()
     if environment["reviewers"]:
-        wanted |= {"reviewers", "no-admin-bypass"}
+        wanted |= {"reviewers"} | ({"no-admin-bypass"} if not environment["admins_bypass"] else set())
+        wanted |= {"no-self-review"} if environment["prevent_self_review"] else set()
     if environment["branches"]:
         wanted.add("branch-policy")
     return wanted
 
 
 def test_every_job_checks_its_environment_protection_before_anything_else() -> None:
-    """Before a stack's first `pulumi up` (or after a hand edit) an environment can be bare: the job stops."""
+    """Before a stack's first `pulumi up` (or after a hand edit) an environment can be bare or loosened: the job
+    stops, whatever protection the stack declares for it is missing, and the branch it admits is the stage's."""
     for j in jobs():
         environment = j.environment()
         if environment is None:
             continue
         (setup,) = j.uses_action("setup")
         steps = j.steps()
-        first_check = next(i for i, s in enumerate(steps) if "check_environment.py" in s.run)
+        first_check = next(i for i, s in enumerate(steps) if "check-environment" in s.scripts())
         first_pulumi = next(
             i for i, s in enumerate(steps) if PULUMI_CALL.search(s.run + "\n".join(map(script, s.scripts())))
         )
         assert first_check < first_pulumi, f"{j.label}: the check runs before any pulumi command"
-        for concrete_env, required in j.expansions([environment, str(setup.raw["with"]["require-protection"])]):
+        passed = setup.raw["with"]
+        for concrete_env, required, branch in j.expansions(
+            [environment, str(passed["require-protection"]), str(passed.get("branch", ""))]
+        ):
             declared = protection_declared(concrete_env)
             assert set(required.split()) == declared, f"{j.label}: checks {required!r}, {concrete_env} has {declared}"
+            admitted = declared_environments()[concrete_env]["branches"]
+            assert [branch] == admitted if branch else not admitted, f"{j.label}: checks {branch!r}, admits {admitted}"
             assert concrete_env == setup.with_["environment"] or "${{" in setup.with_["environment"], j.label
 
 
@@ -153,26 +166,35 @@ PROTECTED = {
     ],
     "deployment_branch_policy": {"protected_branches": False, "custom_branch_policies": True},
 }
-ALL = ["--require", "reviewers", "--require", "no-admin-bypass", "--require", "branch-policy"]
+MAIN_ONLY = {"total_count": 1, "branch_policies": [{"id": 1, "name": "main", "type": "branch"}]}
+ALL = ["--require", "reviewers", "--require", "no-admin-bypass", "--require", "no-self-review"]
+ALL += ["--require", "branch-policy", "--branch", "main"]
 
 
-def check_environment(environment: object, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(CHECK_ENVIRONMENT), "--environment", "production", *args],
-        input=json.dumps(environment) if not isinstance(environment, str) else environment,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def check_environment(
+    environment: object, *args: str, policies: object = MAIN_ONLY
+) -> subprocess.CompletedProcess[str]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as answer:
+        json.dump(policies, answer)
+        answer.flush()
+        return subprocess.run(
+            [sys.executable, str(CHECK_ENVIRONMENT), "--environment", "production", *args]
+            + (["--branch-policies", answer.name] if "branch-policy" in args else []),
+            input=json.dumps(environment) if not isinstance(environment, str) else environment,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
 
 
 def test_an_environment_github_created_bare_fails_the_check_naming_each_missing_protection() -> None:
-    result = check_environment(BARE, *ALL)
+    result = check_environment(BARE, *ALL, policies={"total_count": 0, "branch_policies": []})
     assert result.returncode == 1
     errors = [line for line in result.stdout.splitlines() if line.startswith("::error::")]
-    assert len(errors) == 3, result.stdout
+    assert len(errors) == 4, result.stdout
     assert "required reviewer" in errors[0] and "GitHub Enterprise" in errors[0]
-    assert "bypass" in errors[1] and "deployment branch policy" in errors[2]
+    assert "bypass" in errors[1] and "Prevent self-review" in errors[2]
+    assert "admitting exactly the branch 'main'; received none" in errors[3]
 
 
 def test_a_protected_environment_passes_and_an_unreadable_one_fails_closed() -> None:
@@ -181,16 +203,46 @@ def test_a_protected_environment_passes_and_an_unreadable_one_fails_closed() -> 
     assert check_environment({**PROTECTED, "can_admins_bypass": True}, *ALL).returncode == 1
 
 
+@pytest.mark.parametrize(
+    ("policies", "problem"),
+    [
+        ([{"name": "*", "type": "branch"}], "received * (patterns admit more than one branch: *)"),
+        ([{"name": "ma*", "type": "branch"}], "patterns admit more than one branch: ma*"),
+        ([{"name": "main", "type": "branch"}, {"name": "develop", "type": "branch"}], "received develop, main"),
+        ([{"name": "main", "type": "branch"}, {"name": "v*", "type": "tag"}], "received main, tag v*"),
+        ([{"name": "develop", "type": "branch"}], "received develop"),
+    ],
+)
+def test_a_branch_policy_that_admits_more_or_another_branch_fails_the_check(
+    policies: list[dict[str, str]], problem: str
+) -> None:
+    """`*` (or a second branch) in production's policy lets a run from that branch through GitHub's gate."""
+    result = check_environment(PROTECTED, *ALL, policies={"total_count": len(policies), "branch_policies": policies})
+    assert result.returncode == 1 and problem in result.stdout, result.stdout
+
+
+def test_an_environment_whose_reviewers_may_approve_their_own_runs_fails_the_check() -> None:
+    rules = [{**PROTECTED["protection_rules"][0], "prevent_self_review": False}]  # type: ignore[index]
+    result = check_environment({**PROTECTED, "protection_rules": rules}, *ALL)
+    assert result.returncode == 1 and "Prevent self-review" in result.stdout, result.stdout
+
+
 def test_the_read_only_environments_are_declared_with_their_protection() -> None:
     declared = declared_environments()
     for stage in STAGES:
         preview, drift = declared[f"{stage}-preview"], declared[f"{stage}-drift"]
         assert preview["reviewers"] and preview["prevent_self_review"] and not preview["admins_bypass"], stage
         assert preview["branches"] == [], f"{stage}-preview: pull requests come from any branch; reviewers gate them"
-        assert drift["branches"] == [BRANCH_OF_STAGE[stage]] and not drift["reviewers"], stage
+        assert drift["branches"] == [BRANCH_OF_STAGE[stage]], stage
         for environment in (preview, drift):
             assert set(environment["secrets"]) <= set(READ_ONLY_SECRETS), f"{stage}: {environment['secrets']}"
         assert "RELEASE_APP_PRIVATE_KEY" in declared[stage]["secrets"], "the deploy environment holds the App key"
+    production_drift = declared["production-drift"]
+    assert production_drift["reviewers"] and production_drift["prevent_self_review"], (
+        "production-drift runs main's code with production's passphrase: a production reviewer lets it run"
+    )
+    assert not production_drift["admins_bypass"]
+    assert not declared["staging-drift"]["reviewers"], "staging's nightly check never waits"
 
 
 # Stack secrets whose holder can change production or push an image production pulls, and how.
@@ -334,3 +386,30 @@ def test_a_previews_passphrase_decrypts_the_stages_registry_token(stack_runner: 
     assert {"PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE"} <= preview_secrets
     assert stack_runner.pulumi("config", "get", "--stack", "staging", "registryPassword") == token
     assert declared_environments()["staging-preview"]["reviewers"], "so a reviewer approves every staging preview"
+
+
+def test_no_job_outside_an_environment_reads_a_secret() -> None:
+    """A repository secret reaches every branch's workflow, a pull request's rewritten one included: every secret
+    (APP_REPOSITORY_TOKEN too) is an environment secret, read only by jobs that run in the environment."""
+    readers = 0
+    for j in jobs():
+        referenced = set(re.findall(r"secrets\.(\w+)", str(j.raw)))
+        if j.environment() is None:
+            assert not referenced, f"{j.label} reads {sorted(referenced)} outside any environment"
+        else:
+            readers += bool(referenced)
+    assert readers >= 8
+    stack_declared = declared_environments()
+    for name in ("staging", "production", "staging-preview", "staging-drift", "production-drift"):
+        assert "APP_REPOSITORY_TOKEN" in stack_declared[name]["secrets"], f"{name} gets the app repository's token"
+
+
+def test_production_refuses_a_drift_check_nobody_approves() -> None:
+    with pytest.raises(ConfigError) as raised:
+        kit.run_stack("production", overrides={"github.drift": {"deploymentBranches": ["main"]}})
+    problems = {problem.key: problem.message for problem in raised.value.problems}
+    assert (
+        "production-drift runs main's code with production's passphrase"
+        in (problems["kametrix-deploy:github.drift.reviewers"])
+    )
+    kit.run_stack("staging", overrides={"github.drift": {"deploymentBranches": ["develop"]}})

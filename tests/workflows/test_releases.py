@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.workflows.conftest import Result, Runner, checkout, git
-from tests.workflows.model import ACTIONS, ROOT, SCRIPT_PATHS, WORKFLOW_PATHS, job, jobs
+from tests.workflows.model import ACTIONS, ROOT, SCRIPT_PATHS, WORKFLOW_PATHS, Job, job, jobs
 
 BOT = "kametrix-release[bot]"
 TOKEN = "ghs_not-a-real-token-0123456789"
@@ -169,7 +169,8 @@ def test_branches_change_only_with_the_release_app_token_after_checking_it_is_se
         pushing.add(j.label)
         assert "contents" not in j.write_scopes(), f"{j.label}: pushes use the App's token, never GITHUB_TOKEN"
         (token_step,) = j.uses_action("release-token")
-        assert steps.index(token_step) == 1, f"{j.label}: the App check comes right after the checkout"
+        checkout = next(i for i, s in enumerate(steps) if s.uses.startswith("actions/checkout@"))
+        assert steps.index(token_step) == checkout + 1, f"{j.label}: the App check comes right after the checkout"
         for step in changing:
             assert step.env["PUSH_TOKEN"] == f"${{{{ steps.{token_step.raw['id']}.outputs.token }}}}", j.label
             assert step.env["RELEASE_BOT"] == f"${{{{ steps.{token_step.raw['id']}.outputs.bot }}}}", j.label
@@ -182,47 +183,79 @@ def test_branches_change_only_with_the_release_app_token_after_checking_it_is_se
 @pytest.mark.parametrize(
     ("env", "missing"),
     [
-        ({}, ["RELEASE_APP_CLIENT_ID", "RELEASE_APP_SLUG", "RELEASE_APP_PRIVATE_KEY"]),
+        ({}, ["PRODUCTION_RELEASE_APP_CLIENT_ID", "PRODUCTION_RELEASE_APP_SLUG", "RELEASE_APP_PRIVATE_KEY"]),
         (
             {"RELEASE_APP_CLIENT_ID": "Iv23liAbCdEf", "RELEASE_APP_SLUG": "kametrix-release"},
             ["RELEASE_APP_PRIVATE_KEY"],
         ),
-        ({"RELEASE_APP_SLUG": "kametrix-release", "RELEASE_APP_PRIVATE_KEY_SET": "true"}, ["RELEASE_APP_CLIENT_ID"]),
+        (
+            {"RELEASE_APP_SLUG": "kametrix-release", "RELEASE_APP_PRIVATE_KEY_SET": "true"},
+            ["PRODUCTION_RELEASE_APP_CLIENT_ID"],
+        ),
         (
             {
                 "RELEASE_APP_CLIENT_ID": "Iv23liAbCdEf",
                 "RELEASE_APP_SLUG": "Bad Slug",
                 "RELEASE_APP_PRIVATE_KEY_SET": "true",
             },
-            ["RELEASE_APP_SLUG"],
+            ["PRODUCTION_RELEASE_APP_SLUG"],
         ),
     ],
 )
 def test_a_release_without_the_app_stops_naming_what_to_configure(
     runner: Runner, env: dict[str, str], missing: list[str]
 ) -> None:
-    result = runner.script("check-release-app", env=env)
+    result = runner.script("check-release-app", env={"STAGE": "production", **env})
     assert result.code != 0, result.log
     for name in missing:
-        assert f"missing {'secret' if 'KEY' in name else 'repository variable'} {name}" in result.log, result.log
-    assert "docs/workflows.md, One-time GitHub set-up" in result.log
+        kind = "secret" if "KEY" in name else "repository variable"
+        assert f"missing {kind} {name}" in result.log, result.log
+    assert "on main's ruleset's bypass list: docs/workflows.md, One-time GitHub set-up" in result.log
 
 
 def test_a_set_up_app_passes_the_check(runner: Runner) -> None:
     env = {
+        "STAGE": "staging",
         "RELEASE_APP_CLIENT_ID": "Iv23liAbCdEf",
-        "RELEASE_APP_SLUG": "kametrix-release",
+        "RELEASE_APP_SLUG": "kametrix-release-staging",
         "RELEASE_APP_PRIVATE_KEY_SET": "true",
     }
     assert runner.script("check-release-app", env=env).code == 0
+    assert runner.script("check-release-app", env={**env, "STAGE": "preview"}).code != 0
+
+
+def release_app_variables(j: Job) -> set[str]:
+    """The repository variables naming a release App that a job reads, anywhere in its definition."""
+    return set(re.findall(r"vars\.((?:STAGING|PRODUCTION)?_?RELEASE_APP_\w+)", str(j.raw)))
+
+
+def test_each_stage_pushes_with_its_own_release_app_and_skips_only_its_pushes() -> None:
+    """One App shared by both stages let staging's key push to main past its ruleset: each stage has its own."""
+    for stage in ("staging", "production"):
+        own = {f"{stage.upper()}_RELEASE_APP_CLIENT_ID", f"{stage.upper()}_RELEASE_APP_SLUG"}
+        for job_id in ("deploy", "release"):
+            j = job(f"deploy-{stage}.yml", job_id)
+            assert release_app_variables(j) <= own, f"{j.label} reads {release_app_variables(j) - own}"
+        (token,) = job(f"deploy-{stage}.yml", "release").uses_action("release-token")
+        assert token.raw["with"]["stage"] == stage
+        assert token.raw["with"]["client-id"] == f"${{{{ vars.{stage.upper()}_RELEASE_APP_CLIENT_ID }}}}"
+    rollback = job("rollback.yml", "rollback")
+    (token,) = rollback.uses_action("release-token")
+    for stage, client_id, slug in rollback.expansions(
+        [str(token.raw["with"]["stage"]), str(token.raw["with"]["client-id"]), str(token.raw["with"]["slug"])]
+    ):
+        assert client_id == f"vars.{stage.upper()}_RELEASE_APP_CLIENT_ID", (stage, client_id)
+        assert slug == f"vars.{stage.upper()}_RELEASE_APP_SLUG", (stage, slug)
+    for j in jobs():
+        assert not {"RELEASE_APP_CLIENT_ID", "RELEASE_APP_SLUG"} & release_app_variables(j), f"{j.label}: shared App"
 
 
 def test_a_push_by_the_release_app_is_not_deployed_a_second_time() -> None:
     """The pushing job deploys its own commit; the push it triggers must not ask for another approval."""
-    bot_push = "github.actor != format('{0}[bot]', vars.RELEASE_APP_SLUG)"
-    for workflow in ("deploy-staging.yml", "deploy-production.yml"):
-        deploy = job(workflow, "deploy")
-        assert f"github.event_name == 'push' && {bot_push}" in deploy.condition, workflow
+    for stage in ("staging", "production"):
+        bot_push = f"github.actor != format('{{0}}[bot]', vars.{stage.upper()}_RELEASE_APP_SLUG)"
+        deploy = job(f"deploy-{stage}.yml", "deploy")
+        assert f"github.event_name == 'push' && {bot_push}" in deploy.condition, stage
     slug_check = ACTIONS["release-token"]["runs"]["steps"][2]
     assert slug_check["env"]["TOKEN_SLUG"] == "${{ steps.token.outputs.app-slug }}", "the token is RELEASE_APP_SLUG's"
 
@@ -310,3 +343,61 @@ def test_the_rollback_summary_records_the_reason_escaped(runner: Runner) -> None
     assert "**Reason:** EU &lt;cards&gt; &#96;fail&#96; | badly" in result.summary
     assert "| from | v1.4.2 |" in result.summary and "| to | v1.4.1 |" in result.summary
     assert "| stack update | - |" in result.summary and "| stack file reverted | no |" in result.summary
+
+
+@pytest.fixture
+def app_clone(tmp_path: Path) -> tuple[Path, list[str], str]:
+    """The app's develop checked out with its history (as deploy-staging does): its commits, and the head of a
+    pull request that is not on develop (refs/pull/7/head)."""
+    origin = tmp_path / "app.git"
+    git(tmp_path, "init", "--quiet", "--bare", "--initial-branch=develop", str(origin))
+    seed = tmp_path / "app-seed"
+    git(tmp_path, "clone", "--quiet", str(origin), str(seed))
+    commits = []
+    for index in range(2):
+        (seed / "file").write_text(str(index))
+        git(seed, "add", "file")
+        git(seed, "commit", "--quiet", "-m", f"develop {index}")
+        commits.append(git(seed, "rev-parse", "HEAD"))
+    git(seed, "push", "--quiet", "origin", "HEAD:refs/heads/develop")
+    git(seed, "checkout", "--quiet", "-b", "pr")
+    (seed / "file").write_text("unreviewed")
+    git(seed, "commit", "--quiet", "-am", "a pull request's head")
+    pull = git(seed, "rev-parse", "HEAD")
+    git(seed, "push", "--quiet", "origin", "HEAD:refs/pull/7/head")
+    clone = tmp_path / "work" / "app"
+    git(tmp_path, "clone", "--quiet", "--branch", "develop", str(origin), str(clone))
+    git(clone, "fetch", "--quiet", "origin", "refs/pull/7/head")
+    return clone, commits, pull
+
+
+def test_staging_pins_develop_or_a_commit_on_it(runner: Runner, app_clone: tuple[Path, list[str], str]) -> None:
+    clone, commits, _ = app_clone
+    head = runner.script("pin-app-commit", "--app-ref", "develop", "--dir", str(clone))
+    assert head.code == 0 and head.outputs["commit"] == commits[1], head.log
+    assert head.outputs["version"] == f"staging-{commits[1][:7]}"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", head.outputs["commit_time"]), head.outputs
+    older = runner.script("pin-app-commit", "--app-ref", commits[0], "--dir", str(clone))
+    assert older.code == 0 and older.outputs["commit"] == commits[0], older.log
+    assert git(clone, "rev-parse", "HEAD") == commits[0], "the build context is the pinned commit"
+
+
+@pytest.mark.parametrize("kind", ["pull request head", "ref of a pull request", "tag", "short sha", "unknown"])
+def test_staging_refuses_to_build_what_is_not_on_the_apps_develop(
+    runner: Runner, app_clone: tuple[Path, list[str], str], kind: str
+) -> None:
+    """A pull request's head (its code unreviewed) built by staging could later be promoted to production."""
+    clone, commits, pull = app_clone
+    app_ref = {
+        "pull request head": pull,
+        "ref of a pull request": "refs/pull/7/head",
+        "tag": "v1.2.3",
+        "short sha": commits[0][:7],
+        "unknown": "9" * 40,
+    }[kind]
+    result = runner.script("pin-app-commit", "--app-ref", app_ref, "--dir", str(clone))
+    assert result.code != 0 and result.outputs == {}, result.log
+    assert "on the app's develop" in result.log, result.log
+    validate = next(s for s in job("deploy-staging.yml", "release").steps() if s.raw.get("id") == "validate")
+    gate = runner.step(validate, {"APP_REF": app_ref, "GITHUB_REF": "refs/heads/develop"})
+    assert (gate.code == 0) == (kind in ("pull request head", "unknown")), f"{kind}: only full SHAs pass the input"
