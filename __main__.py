@@ -35,6 +35,7 @@ server = ServerRelease(
     ),
 )
 
+# Only the stack that administers the repository declares environments: its own, and each other stage's.
 if stack.github is not None:
     environment = GitHubEnvironment(
         "github",
@@ -46,6 +47,18 @@ if stack.github is not None:
             variables={"APP_URL": plain.app.url, "PULUMI_STACK": stack.stage},
         ),
     )
+    for other in stack.administered:
+        GitHubEnvironment(
+            f"github-{other.stage}",
+            GitHubEnvironmentArgs(
+                settings=other.github,
+                token=secrets.github_token,
+                app_private_key=secrets.github_app_private_key,
+                secrets=other.secrets,
+                variables={"APP_URL": other.app_url, "PULUMI_STACK": other.stage},
+                provider=environment.provider,
+            ),
+        )
     if stack.github.releases:
         ReleaseRecord(
             "release",

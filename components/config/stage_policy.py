@@ -22,13 +22,22 @@ from components.config.problems import Problem, full_key
 STAGES = ("staging", "production", "local")
 # Sections a stage cannot do without, and why.
 REQUIRED_SECTIONS: Mapping[str, tuple[tuple[str, ...], str]] = {
-    "github": (("staging", "production"), "its GitHub environment is declared here"),
+    "github": (
+        ("staging", "production"),
+        "its GitHub environments are described here (production's stack declares both stages')",
+    ),
 }
 # The only branch production deploys from: .github/workflows/deploy-production.yml runs on a push to it, checks
 # it out and refuses a run from any other. Its environment must admit exactly that branch: one more (develop, a
 # wildcard) would let a deployment the workflow refuses pass GitHub's gate. The workflow's trigger is read
 # before any stack is, so the stack cannot move it; tests/workflows/test_deployment_branches.py keeps the two equal.
 PRODUCTION_BRANCH = "main"
+# The one stage whose stack administers the GitHub repository: it holds the only credential that can change the
+# environments, and declares every stage's (each from its own stack file's `github` section). Staging's jobs run
+# without anyone's approval: a GitHub token in staging's stack could delete production's reviewers.
+GITHUB_ADMINISTRATOR = "production"
+# The stages whose environments the administrator declares for them.
+ADMINISTERED_STAGES = ("staging",)
 # Variables every stage's environment gets from the stack, so workflows know where they deploy.
 STACK_VARIABLES = ("APP_URL", "PULUMI_STACK")
 # The rules below in a few words each, by the key they name: the "stages" column of docs/configuration.md.

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from components.config import ConfigError
+from components.config import GITHUB_ADMINISTRATOR, ConfigError
 from components.github_environment import READ_ONLY_SECRETS
 from tests import kit
 from tests.workflows.conftest import Runner
@@ -40,19 +40,28 @@ CHECK_ENVIRONMENT = ROOT / ".github" / "scripts" / "check_environment.py"
 
 @functools.cache
 def declared_environments() -> dict[str, dict[str, Any]]:
-    """Every environment the real stack files declare: name -> reviewers, admin bypass, branches, secrets."""
-    secrets = {
-        **kit.TEST_SECRETS["githubEnvironmentSecrets"],
+    """Every environment the real stack files declare (all by production's stack, the one that administers the
+    repository): name -> reviewers, admin bypass, branches, secrets."""
+    environment_secrets = {
         "RELEASE_APP_PRIVATE_KEY": "TESTSECRET-app-key",
         "APP_REPOSITORY_TOKEN": "TESTSECRET-app-repository-token",
     }
     declared: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
-        deployment = kit.run_stack(stage, secrets={"githubEnvironmentSecrets": secrets})
+        deployment = kit.run_stack(
+            stage,
+            secrets={
+                name: {**kit.TEST_SECRETS[name], **environment_secrets}
+                for name in ("githubEnvironmentSecrets", "stagingEnvironmentSecrets")
+            }
+            if stage == GITHUB_ADMINISTRATOR
+            else None,
+        )
         for environment in deployment.of_type(ENVIRONMENT):
             name = environment.inputs["environment"]
             reviewers = environment.inputs.get("reviewers") or []
             declared[name] = {
+                "declared_by": stage,
                 "reviewers": bool(reviewers and (reviewers[0].get("users") or reviewers[0].get("teams"))),
                 "prevent_self_review": environment.inputs["preventSelfReview"],
                 "admins_bypass": environment.inputs["canAdminsBypass"],
@@ -245,70 +254,67 @@ def test_the_read_only_environments_are_declared_with_their_protection() -> None
     assert not declared["staging-drift"]["reviewers"], "staging's nightly check never waits"
 
 
-# Stack secrets whose holder can change production or push an image production pulls, and how.
+# Stack secrets whose holder can change production, and how: what a job decrypts with a stage's passphrase.
 CHANGES_PRODUCTION = {
     "githubToken": "administers this repository: could rewrite the production environment's reviewers",
     "githubAppPrivateKey": "administers this repository: could rewrite the production environment's reviewers",
-    "githubEnvironmentSecrets": "holds the release App's key, which pushes to main past its protection",
-    "registryPassword": "staging's writes the image repository production releases from",
+    "githubEnvironmentSecrets": "holds production's release App key, which pushes to main past its ruleset",
+    "stagingEnvironmentSecrets": "holds staging's passphrase and App key (production's stack keeps them)",
     "sshPrivateKey": "production's logs in to the production server",
+    "registryPassword": "production's reads the images production deploys (their bytes, not their choice)",
 }
-STAGE_ONLY = {"registryPassword": "staging", "sshPrivateKey": "production"}
+
+
+def decryptable(stage: str) -> set[str]:
+    """The secret keys a job holding the stage's passphrase decrypts: every secret key of its stack file."""
+    return {key.partition(":")[2] for key in kit.stack_config(stage)[1]}
 
 
 def test_each_preview_decrypts_only_what_its_gate_allows() -> None:
-    """A preview runs with the stage's passphrase, which decrypts every secret in Pulumi.<stage>.yaml: those that
-    can change production are read only after a reviewer approved (PR previews) or by reviewed code from the
-    stage's own branch (drift checks), never by a pull request on its own."""
-    decryptable = {stage: sorted(kit.stack_config(stage)[1]) for stage in STAGES}
-    assert (
-        decryptable["staging"]
-        == decryptable["production"]
-        == sorted(f"kametrix-deploy:{key}" for key in kit.TEST_SECRETS)
+    """A preview or drift check runs with the stage's passphrase, which decrypts every secret in Pulumi.<stage>.yaml.
+    Staging's hold nothing that changes production: no GitHub credential, and its registry token's pushes fail
+    production's provenance check. Production's are read only after a production reviewer approved the run."""
+    assert not decryptable("staging") & set(CHANGES_PRODUCTION) - {"registryPassword", "sshPrivateKey"}, (
+        "staging's stack holds a GitHub credential"
     )
+    assert {"githubToken", "githubEnvironmentSecrets", "stagingEnvironmentSecrets"} <= decryptable("production")
     from_pull_requests = {
         environment
         for environment, labels in named_environments().items()
         for label in labels
         if "pull_request" in triggers(WORKFLOWS[label.partition(":")[0]])
     }
-    previews = {name for name in named_environments() if name.endswith(("-preview", "-drift"))}
-    for environment in sorted(previews):
+    for environment in sorted(name for name in named_environments() if name.endswith(("-preview", "-drift"))):
         stage = environment.rpartition("-")[0]
-        dangerous = sorted(
-            key.partition(":")[2]
-            for key in decryptable[stage]
-            if key.partition(":")[2] in CHANGES_PRODUCTION and STAGE_ONLY.get(key.partition(":")[2], stage) == stage
-        )
-        assert dangerous, f"{environment} decrypts nothing dangerous? then the gate could go"
         declared = declared_environments()[environment]
-        if environment in from_pull_requests:
-            assert declared["reviewers"] and declared["prevent_self_review"] and not declared["admins_bypass"], (
-                f"{environment}: a pull request's program reads {dangerous} without an approval"
-            )
+        gated = declared["reviewers"] and declared["prevent_self_review"] and not declared["admins_bypass"]
+        if stage == "production":
+            assert gated, f"{environment} decrypts {sorted(decryptable(stage))} without a production reviewer"
+        elif environment in from_pull_requests:
+            assert gated, f"{environment}: a pull request's program reads staging's secrets without an approval"
         else:
             assert declared["branches"] == [BRANCH_OF_STAGE[stage]], f"{environment}: reachable from any branch"
 
 
 def test_the_preview_reads_the_state_with_read_only_credentials() -> None:
     """Previews get the read token (Pulumi Cloud) or their environment's own AWS role, never the deploy ones."""
-    staging = kit.run_stack(
-        "staging",
-        secrets={
-            "githubEnvironmentSecrets": {
-                **kit.TEST_SECRETS["githubEnvironmentSecrets"],
-                "PULUMI_ACCESS_TOKEN": "TESTSECRET-deploy-token",
-                "PULUMI_READ_ACCESS_TOKEN": "TESTSECRET-read-token",
-                "RELEASE_APP_PRIVATE_KEY": "TESTSECRET-app-key",
-            }
-        },
-    )
-    values = {(s.inputs["environment"], s.inputs["secretName"]): s.plain("value") for s in staging.of_type(ENV_SECRET)}
+    stage_secrets = {
+        **kit.TEST_SECRETS["stagingEnvironmentSecrets"],
+        "PULUMI_ACCESS_TOKEN": "TESTSECRET-deploy-token",
+        "PULUMI_READ_ACCESS_TOKEN": "TESTSECRET-read-token",
+        "RELEASE_APP_PRIVATE_KEY": "TESTSECRET-app-key",
+    }
+    production = kit.run_stack("production", secrets={"stagingEnvironmentSecrets": stage_secrets})
+    values = {
+        (s.inputs["environment"], s.inputs["secretName"]): s.plain("value") for s in production.of_type(ENV_SECRET)
+    }
     assert values[("staging", "PULUMI_ACCESS_TOKEN")] == "TESTSECRET-deploy-token"
     assert values[("staging-preview", "PULUMI_ACCESS_TOKEN")] == "TESTSECRET-read-token"
     assert values[("staging-drift", "PULUMI_ACCESS_TOKEN")] == "TESTSECRET-read-token"
     assert ("staging", "PULUMI_READ_ACCESS_TOKEN") not in values
-    assert not any(name == "RELEASE_APP_PRIVATE_KEY" for env, name in values if env != "staging")
+    assert values[("staging", "PULUMI_CONFIG_PASSPHRASE")] == "TESTSECRET-staging-passphrase-5791", "staging's own"
+    app_keys = {env for env, name in values if name == "RELEASE_APP_PRIVATE_KEY"}
+    assert app_keys <= {"staging", "production"}, f"a read-only environment holds a release App key: {app_keys}"
 
 
 def test_the_stacks_refuse_a_preview_without_reviewers_and_a_drift_check_from_another_branch() -> None:
