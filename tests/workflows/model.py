@@ -19,9 +19,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW_DIR = ROOT / ".github" / "workflows"
 ACTION_DIR = ROOT / ".github" / "actions"
+# Composite actions whose logic no release App may change: an App token without the Workflows permission cannot
+# write under .github/workflows/.
+GUARD_DIR = WORKFLOW_DIR / "guards"
 SCRIPT_DIR = ROOT / ".github" / "scripts"
 WORKFLOW_PATHS = sorted([*WORKFLOW_DIR.glob("*.yml"), *WORKFLOW_DIR.glob("*.yaml")])
-ACTION_PATHS = sorted(ACTION_DIR.glob("*/action.yml"))
+ACTION_PATHS = sorted([*ACTION_DIR.glob("*/action.yml"), *GUARD_DIR.glob("*/action.yml")])
 SCRIPT_PATHS = sorted(path for path in SCRIPT_DIR.iterdir() if path.is_file())
 STAGES = ("staging", "production")
 BRANCH_OF_STAGE = {"staging": "develop", "production": "main"}
@@ -72,7 +75,10 @@ def normalize(text: Any) -> str:
 
 def local_action(step: dict[str, Any]) -> str | None:
     uses = str(step.get("uses", ""))
-    return uses.removeprefix("./.github/actions/") if uses.startswith("./.github/actions/") else None
+    for prefix in ("./.github/actions/", "./.github/workflows/guards/"):
+        if uses.startswith(prefix):
+            return uses.removeprefix(prefix)
+    return None
 
 
 @dataclass

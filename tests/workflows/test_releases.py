@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.workflows.conftest import Result, Runner, checkout, git
+from tests.workflows.conftest import Result, Runner, checkout, git, install
 from tests.workflows.model import ACTIONS, ROOT, SCRIPT_PATHS, WORKFLOW_PATHS, Job, job, jobs
 
 BOT = "kametrix-release[bot]"
@@ -170,7 +171,10 @@ def test_branches_change_only_with_the_release_app_token_after_checking_it_is_se
         assert "contents" not in j.write_scopes(), f"{j.label}: pushes use the App's token, never GITHUB_TOKEN"
         (token_step,) = j.uses_action("release-token")
         checkout = next(i for i, s in enumerate(steps) if s.uses.startswith("actions/checkout@"))
-        assert steps.index(token_step) == checkout + 1, f"{j.label}: the App check comes right after the checkout"
+        guards = [s for s in steps[checkout + 1 :] if s.uses.startswith("./.github/workflows/guards/")][:1]
+        assert steps.index(token_step) == checkout + 1 + len(guards), (
+            f"{j.label}: the App check comes right after the checkout (and the guard of its branch)"
+        )
         for step in changing:
             assert step.env["PUSH_TOKEN"] == f"${{{{ steps.{token_step.raw['id']}.outputs.token }}}}", j.label
             assert step.env["RELEASE_BOT"] == f"${{{{ steps.{token_step.raw['id']}.outputs.bot }}}}", j.label
@@ -401,3 +405,89 @@ def test_staging_refuses_to_build_what_is_not_on_the_apps_develop(
     validate = next(s for s in job("deploy-staging.yml", "release").steps() if s.raw.get("id") == "validate")
     gate = runner.step(validate, {"APP_REF": app_ref, "GITHUB_REF": "refs/heads/develop"})
     assert (gate.code == 0) == (kind in ("pull request head", "unknown")), f"{kind}: only full SHAs pass the input"
+
+
+FAKE_PULLS = r"""#!/usr/bin/env bash
+# Stand-in for `gh api repos/R/commits/SHA/pulls --jq F`: the pull requests of $GH_PULLS/SHA.json (else none).
+set -euo pipefail
+sha=$(sed -E 's#.*/commits/([0-9a-f]+)/pulls#\1#' <<<"$2")
+if [[ -f "$GH_PULLS/$sha.json" ]]; then jq "$4" "$GH_PULLS/$sha.json"; else echo '[]' | jq "$4"; fi
+"""
+
+
+@pytest.fixture
+def develop(runner: Runner, with_jq: Path, tmp_path: Path) -> Path:
+    """This repository's develop in the runner's workspace: a commit merged through a reviewed pull request."""
+    install(runner.bin_dir, "gh", FAKE_PULLS)
+    pulls = tmp_path / "pulls"
+    pulls.mkdir()
+    git(runner.work, "init", "--quiet", "--initial-branch=develop")
+    for name in ("Pulumi.staging.yaml", "README.md"):
+        (runner.work / name).write_text("initial\n")
+    (runner.work / ".github" / "actions").mkdir(parents=True)
+    (runner.work / ".github" / "actions" / "setup.yml").write_text("reviewed\n")
+    git(runner.work, "add", ".")
+    git(runner.work, "commit", "--quiet", "-m", "Merge pull request #7 from feature")
+    merged = git(runner.work, "rev-parse", "HEAD")
+    (pulls / f"{merged}.json").write_text(
+        json.dumps([{"number": 7, "merged_at": "2026-12-01", "base": {"ref": "develop"}}])
+    )
+    return pulls
+
+
+def commit_on(work: Path, path: str, text: str, message: str) -> str:
+    (work / path).write_text(text)
+    git(work, "add", path)
+    git(work, "commit", "--quiet", "--allow-empty", "-m", message)
+    return git(work, "rev-parse", "HEAD")
+
+
+def guard(runner: Runner, pulls: Path) -> Result:
+    (step,) = [s for s in job("deploy-staging.yml", "release").steps() if s.via == "reviewed-develop"]
+    return runner.step(step, {"GH_PULLS": str(pulls), "GH_TOKEN": "x"})
+
+
+def test_version_changes_the_release_app_pushed_above_a_reviewed_merge_pass(runner: Runner, develop: Path) -> None:
+    commit_on(runner.work, "Pulumi.staging.yaml", "version: staging-1111111\n", "release(staging): staging-1111111")
+    commit_on(runner.work, "Pulumi.staging.yaml", "version: staging-1111111\ndigests\n", "record(staging)")
+    result = guard(runner, develop)
+    assert result.code == 0, result.log
+    assert "2 version change(s) on top of" in result.log
+
+
+@pytest.mark.parametrize(
+    "path", [".github/actions/setup.yml", "README.md", "components/image.py", ".github/scripts/lib.sh"]
+)
+def test_staging_secrets_cannot_put_unreviewed_code_on_develop(runner: Runner, develop: Path, path: str) -> None:
+    """Staging's release App bypasses develop's ruleset: with its key, code could reach develop unreviewed and the
+    next staging release would build and attest images with it. Such a commit stops every staging deploy."""
+    (runner.work / path).parent.mkdir(parents=True, exist_ok=True)
+    pushed = commit_on(runner.work, path, "pushed with the App's token\n", "release(staging): staging-2222222")
+    commit_on(runner.work, "Pulumi.staging.yaml", "version: staging-3333333\n", "release(staging): staging-3333333")
+    result = guard(runner, develop)
+    assert result.code != 0, result.log
+    assert f"develop's commit {pushed} came through no reviewed pull request and changes {path}" in result.log
+
+
+def test_a_pull_request_that_was_not_merged_into_develop_proves_no_review(runner: Runner, develop: Path) -> None:
+    head = commit_on(runner.work, ".github/actions/setup.yml", "unreviewed\n", "an open pull request's head")
+    (develop / f"{head}.json").write_text(
+        json.dumps(
+            [
+                {"number": 8, "merged_at": None, "base": {"ref": "develop"}},
+                {"number": 9, "merged_at": "2026-12-01", "base": {"ref": "feature"}},
+            ]
+        )
+    )
+    result = guard(runner, develop)
+    assert result.code != 0 and f"{head} came through no reviewed pull request" in result.log, result.log
+
+
+def test_every_staging_deploy_checks_develop_before_it_runs_anything_of_develops() -> None:
+    for job_id in ("deploy", "release"):
+        steps = job("deploy-staging.yml", job_id).own_steps()
+        checkout = steps[0]
+        assert checkout.uses.startswith("actions/checkout@") and checkout.raw["with"]["fetch-depth"] == 0, job_id
+        assert steps[1].uses == "./.github/workflows/guards/reviewed-develop", f"{job_id}: the guard runs second"
+    guard_file = ROOT / ".github" / "workflows" / "guards" / "reviewed-develop" / "action.yml"
+    assert ".github/scripts" not in guard_file.read_text().split("runs:")[1], "its logic is inline, out of reach"
