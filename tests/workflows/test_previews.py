@@ -169,3 +169,15 @@ def test_the_comment_names_the_head_commit_the_reviewer_read(runner: Runner, gh:
     step = ACTIONS["preview"]["runs"]["steps"][1]
     assert step["env"]["HEAD_SHA"] == "${{ github.event.pull_request.head.sha }}"
     assert '--head-sha "$HEAD_SHA"' in step["run"]
+
+
+COMMENT_EVENTS = {"issue_comment", "pull_request_review_comment", "pull_request_review", "discussion_comment"}
+
+
+def test_a_comment_starts_no_workflow_and_no_workflow_runs_a_pull_requests_code_with_secrets() -> None:
+    """Someone who can only comment reaches nothing: no workflow starts on a comment or a review, and none runs on
+    pull_request_target (a PR's code with the repository's secrets)."""
+    for name, workflow in WORKFLOWS.items():
+        on = set(triggers(workflow))
+        assert not on & COMMENT_EVENTS, f"{name} starts on {sorted(on & COMMENT_EVENTS)}"
+        assert "pull_request_target" not in on and "workflow_run" not in on, f"{name}: {sorted(on)}"
