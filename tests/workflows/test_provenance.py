@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflows.conftest import Runner, git, install
+from tests.workflows.conftest import AppRepository, Runner, install
 from tests.workflows.model import SCRIPT_DIR, job
 
 APP_DIGEST = "sha256:" + "1" * 64
@@ -71,31 +71,22 @@ def staging_predicate(role: str, commit: str, version: str = "staging-2222222") 
 
 
 @pytest.fixture
-def app_history(tmp_path: Path) -> tuple[Path, str, str]:
+def app_history(app_repository: AppRepository, tmp_path: Path) -> tuple[Path, str, str]:
     """A clone of the app with its branches: (dir, a commit on develop, a commit only on a feature branch)."""
-    origin = tmp_path / "app.git"
-    git(tmp_path, "init", "--quiet", "--bare", "--initial-branch=develop", str(origin))
-    seed = tmp_path / "app-seed"
-    git(tmp_path, "clone", "--quiet", str(origin), str(seed))
-    (seed / "app.txt").write_text("reviewed\n")
-    git(seed, "add", ".")
-    git(seed, "commit", "--quiet", "-m", "reviewed on develop")
-    on_develop = git(seed, "rev-parse", "HEAD")
-    git(seed, "push", "--quiet", "origin", "HEAD:refs/heads/develop")
-    git(seed, "checkout", "--quiet", "-b", "feature")
-    (seed / "app.txt").write_text("unreviewed\n")
-    git(seed, "commit", "--quiet", "-am", "only on a feature branch")
-    elsewhere = git(seed, "rev-parse", "HEAD")
-    git(seed, "push", "--quiet", "origin", "HEAD:refs/heads/feature")
-    history = tmp_path / "work-app-history"
-    git(tmp_path, "clone", "--quiet", str(origin), str(history))
-    return history, on_develop, elsewhere
+    history = app_repository.clone(tmp_path / "work-app-history")
+    return history, app_repository.on_develop[-1], app_repository.unreviewed
 
 
 def attest(runner: Runner, digest: str, predicate: dict[str, str]) -> None:
     folder = runner.work.parent / "attestations"
     folder.mkdir(exist_ok=True)
     (folder / f"{digest.removeprefix('sha256:')}.json").write_text(json.dumps(verified(predicate)))
+
+
+def attest_build(runner: Runner, commit: str) -> None:
+    """What deploy-staging attests for the two images of v1.5.0's tags, built from `commit`."""
+    attest(runner, APP_DIGEST, staging_predicate("app", commit))
+    attest(runner, MIGRATE_DIGEST, staging_predicate("migrate", commit))
 
 
 @pytest.fixture
@@ -122,8 +113,7 @@ def test_production_records_a_new_versions_digests_once_staging_is_shown_to_have
     registry: Runner, app_history: tuple[Path, str, str]
 ) -> None:
     history, commit, _ = app_history
-    attest(registry, APP_DIGEST, staging_predicate("app", commit))
-    attest(registry, MIGRATE_DIGEST, staging_predicate("migrate", commit))
+    attest_build(registry, commit)
     code, outputs, log = resolve(registry, commit, history)
     assert code == 0, log
     assert outputs == {"app_digest": APP_DIGEST, "migrate_digest": MIGRATE_DIGEST}
@@ -154,8 +144,7 @@ def test_a_tag_moved_by_someone_else_is_refused_before_any_digest_is_recorded(
 ) -> None:
     """Staging's registry token can push v1.5.0 first: the bytes it names were never attested by deploy-staging."""
     history, commit, _ = app_history
-    attest(registry, APP_DIGEST, staging_predicate("app", commit))
-    attest(registry, MIGRATE_DIGEST, staging_predicate("migrate", commit))
+    attest_build(registry, commit)
     (registry.work.parent / "tag-v1.5.0").write_text(MOVED_DIGEST + "\n")
     code, outputs, log = resolve(registry, commit, history)
     assert code != 0 and outputs == {}, "no digest reaches record-release"
@@ -190,8 +179,7 @@ def test_a_version_whose_app_commit_is_not_on_the_apps_develop_is_refused(
     registry: Runner, app_history: tuple[Path, str, str]
 ) -> None:
     history, _, elsewhere = app_history
-    attest(registry, APP_DIGEST, staging_predicate("app", elsewhere))
-    attest(registry, MIGRATE_DIGEST, staging_predicate("migrate", elsewhere))
+    attest_build(registry, elsewhere)
     code, outputs, log = resolve(registry, elsewhere, history)
     assert code != 0 and outputs == {}, log
     assert f"app commit {elsewhere} is not on kametrix-org/kametrix's develop" in log

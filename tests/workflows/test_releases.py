@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflows.conftest import Result, Runner, checkout, git, install
+from tests.workflows.conftest import AppRepository, Result, Runner, checkout, git, install
 from tests.workflows.model import ACTIONS, ROOT, SCRIPT_PATHS, WORKFLOW_PATHS, Job, job, jobs
 
 BOT = "kametrix-release[bot]"
@@ -350,29 +350,12 @@ def test_the_rollback_summary_records_the_reason_escaped(runner: Runner) -> None
 
 
 @pytest.fixture
-def app_clone(tmp_path: Path) -> tuple[Path, list[str], str]:
+def app_clone(app_repository: AppRepository, tmp_path: Path) -> tuple[Path, list[str], str]:
     """The app's develop checked out with its history (as deploy-staging does): its commits, and the head of a
     pull request that is not on develop (refs/pull/7/head)."""
-    origin = tmp_path / "app.git"
-    git(tmp_path, "init", "--quiet", "--bare", "--initial-branch=develop", str(origin))
-    seed = tmp_path / "app-seed"
-    git(tmp_path, "clone", "--quiet", str(origin), str(seed))
-    commits = []
-    for index in range(2):
-        (seed / "file").write_text(str(index))
-        git(seed, "add", "file")
-        git(seed, "commit", "--quiet", "-m", f"develop {index}")
-        commits.append(git(seed, "rev-parse", "HEAD"))
-    git(seed, "push", "--quiet", "origin", "HEAD:refs/heads/develop")
-    git(seed, "checkout", "--quiet", "-b", "pr")
-    (seed / "file").write_text("unreviewed")
-    git(seed, "commit", "--quiet", "-am", "a pull request's head")
-    pull = git(seed, "rev-parse", "HEAD")
-    git(seed, "push", "--quiet", "origin", "HEAD:refs/pull/7/head")
-    clone = tmp_path / "work" / "app"
-    git(tmp_path, "clone", "--quiet", "--branch", "develop", str(origin), str(clone))
-    git(clone, "fetch", "--quiet", "origin", "refs/pull/7/head")
-    return clone, commits, pull
+    (tmp_path / "work").mkdir(exist_ok=True)
+    clone = app_repository.clone(tmp_path / "work" / "app", "refs/pull/7/head")
+    return clone, app_repository.on_develop, app_repository.unreviewed
 
 
 def test_staging_pins_develop_or_a_commit_on_it(runner: Runner, app_clone: tuple[Path, list[str], str]) -> None:
