@@ -21,10 +21,15 @@ ROLE = "arn:aws:iam::123456789012:role/kametrix-state-read"
         ),
         ({"PULUMI_BACKEND_URL": "s3://kametrix-state", "AWS_ROLE_ARN": ROLE}, None, "needs the variable AWS_REGION"),
         ({"PULUMI_BACKEND_URL": "https://api.pulumi.com", "PULUMI_ACCESS_TOKEN": "pul-x"}, "cloud", ""),
-        ({"PULUMI_BACKEND_URL": "https://api.pulumi.com"}, None, "needs the secret PULUMI_ACCESS_TOKEN"),
+        (
+            {"PULUMI_BACKEND_URL": "https://api.pulumi.com"},
+            None,
+            "needs the secret PULUMI_ACCESS_TOKEN in the GitHub environment 'staging-preview' (declared from the "
+            "production stack's stagingEnvironmentSecrets.PULUMI_READ_ACCESS_TOKEN)",
+        ),
         ({"PULUMI_BACKEND_URL": "file:///home/runner/state"}, None, "lost after the job"),
         ({"PULUMI_BACKEND_URL": "gs://kametrix-state"}, None, "allowed s3://BUCKET or https://api.pulumi.com"),
-        ({}, None, "has no PULUMI_BACKEND_URL secret"),
+        ({}, None, "has no PULUMI_BACKEND_URL secret (declared from the production stack's stagingEnvironmentSecrets"),
     ],
 )
 def test_each_backend_gets_the_credentials_it_needs_or_the_job_says_which_are_missing(

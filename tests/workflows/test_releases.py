@@ -226,6 +226,8 @@ def test_a_set_up_app_passes_the_check(runner: Runner) -> None:
     }
     assert runner.script("check-release-app", env=env).code == 0
     assert runner.script("check-release-app", env={**env, "STAGE": "preview"}).code != 0
+    keyless = runner.script("check-release-app", env={**env, "RELEASE_APP_PRIVATE_KEY_SET": "false"})
+    assert "declared from the production stack's stagingEnvironmentSecrets.RELEASE_APP_PRIVATE_KEY" in keyless.log
 
 
 def release_app_variables(j: Job) -> set[str]:
