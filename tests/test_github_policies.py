@@ -200,9 +200,12 @@ def test_production_declares_stagings_environments_only_as_its_file_describes_th
     elsewhere = copy.deepcopy(staging)
     elsewhere["kametrix-deploy:github"]["repository"] = "another-repository"
     for files, problem in (
-        ({"staging": elsewhere}, "must name this stack's repository kametrix-org/kametrix-deploy"),
+        ({"staging": elsewhere}, "allowed: this stack's repository kametrix-org/kametrix-deploy; received"),
         ({"staging": {}}, "`pulumi preview -s staging` names every problem"),
     ):
         with pytest.raises(ConfigError) as raised:
             load("production", config, set(secret_keys), files)
-        assert any(problem in p.message for p in raised.value.problems), raised.value.problems
+        assert any(
+            p.key == "Pulumi.staging.yaml: kametrix-deploy:github" and problem in p.message
+            for p in raised.value.problems
+        ), raised.value.problems

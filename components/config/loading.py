@@ -133,27 +133,22 @@ def _administered_stage(
     stage: str, own: GitHubSettings, config: Mapping[str, Any] | None, secrets: Secrets
 ) -> tuple[list[AdministeredStage], list[Problem]]:
     """The stage's environments as its stack file declares them (its own stack validates every key of it)."""
-    where = f"Pulumi.{stage}.yaml's {NAMESPACE}:github"
-    key = full_key(f"github ({stage})")
+    key = f"Pulumi.{stage}.yaml: {NAMESPACE}:github"
     try:
         github = GitHubSettings.model_validate((config or {})[f"{NAMESPACE}:github"])
         app_url = str((config or {})[f"{NAMESPACE}:app"]["url"])
     except (KeyError, TypeError, ValidationError):
-        return [], [
-            Problem(
-                key,
-                f"{where} and app.url declare {stage}'s environments, which this stack creates; received "
-                f"none or an invalid section: `pulumi preview -s {stage}` names every problem",
-            )
-        ]
+        message = (
+            f"declares {stage}'s environments, which this stack creates; allowed: a valid section, with app.url "
+            f"beside it; received none or an invalid one (`pulumi preview -s {stage}` names every problem)"
+        )
+        return [], [Problem(key, message)]
     if (github.owner, github.repository) != (own.owner, own.repository):
-        return [], [
-            Problem(
-                key,
-                f"{where} must name this stack's repository {own.owner}/{own.repository}; received "
-                f"{github.owner}/{github.repository}",
-            )
-        ]
+        message = (
+            f"allowed: this stack's repository {own.owner}/{own.repository}; received "
+            f"{github.owner}/{github.repository}"
+        )
+        return [], [Problem(key, message)]
     return [AdministeredStage(stage, github, app_url, secrets.staging_environment)], []
 
 
