@@ -11,6 +11,7 @@ NEEDS = {
     ("contents", "write"): "never: pushes use the release App's token",
     ("issues", "write"): "opens or comments on an issue (upsert-issue)",
     ("pull-requests", "write"): "posts the preview comment (the preview action)",
+    ("pull-requests", "read"): "finds develop's newest merged pull request (the reviewed-develop guard)",
     ("actions", "write"): "dispatches a workflow (gh workflow run) or cancels runs (cancel-waiting-runs)",
     ("actions", "read"): "checks its environment's protection (the setup action)",
     ("id-token", "write"): "assumes the state backend's AWS role through OIDC (the setup action)",
@@ -36,6 +37,7 @@ def evidence(j: Job) -> dict[tuple[str, str], bool]:
         ("contents", "write"): False,
         ("issues", "write"): "upsert-issue" in j.run_text() or "gh issue" in j.run_text(),
         ("pull-requests", "write"): bool(j.uses_action("preview")),
+        ("pull-requests", "read"): bool(j.uses_action("reviewed-develop")),
         ("actions", "write"): re.search(r"(?m)^\s*gh workflow run ", j.run_text()) is not None
         or "cancel-waiting-runs" in j.run_text(),
         ("actions", "read"): bool(j.uses_action("setup")),
