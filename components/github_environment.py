@@ -13,12 +13,14 @@ from pydantic import SecretStr
 from components.config import GitHubSettings, Reviewers
 
 # What the read-only environments (`-preview`, `-drift`) get of the stage's environment secrets, by name there ->
-# name in `githubEnvironmentSecrets`: enough to read the state and decrypt the stack's config, never the release
-# App's key nor the deploy job's backend credential (a Pulumi Cloud backend gives previews a read-only token).
+# name in `githubEnvironmentSecrets`: enough to read the state, decrypt the stack's config and read the app
+# repository (staging's build context), never the release App's key nor the deploy job's backend credential (a
+# Pulumi Cloud backend gives previews a read-only token).
 READ_ONLY_SECRETS = {
     "PULUMI_BACKEND_URL": "PULUMI_BACKEND_URL",
     "PULUMI_CONFIG_PASSPHRASE": "PULUMI_CONFIG_PASSPHRASE",
     "PULUMI_ACCESS_TOKEN": "PULUMI_READ_ACCESS_TOKEN",
+    "APP_REPOSITORY_TOKEN": "APP_REPOSITORY_TOKEN",
 }
 _READ_ONLY_SOURCES = {"PULUMI_READ_ACCESS_TOKEN"}
 
@@ -31,11 +33,15 @@ class GitHubEnvironmentArgs:
     secrets: Mapping[str, SecretStr]
     variables: Mapping[str, str]
     """Variables the stack itself publishes (APP_URL, PULUMI_STACK); config `github.variables` adds to them."""
+    provider: github.Provider | None = None
+    """The administering stack's provider, when it declares another stage's environments with the same credential;
+    None: one of its own, from `token` or `app_private_key`."""
 
 
 class GitHubEnvironment(pulumi.ComponentResource):
     """The stage's deploy environment, plus `<environment>-preview` and `<environment>-drift` where the workflows
-    only read the stack: every environment a workflow names is declared here, with its protection."""
+    only read the stack: every environment a workflow names is declared here, with its protection. Only the stack
+    that administers the repository declares them, for every stage (config.GITHUB_ADMINISTRATOR)."""
 
     provider: github.Provider
     environment: github.RepositoryEnvironment
@@ -43,7 +49,7 @@ class GitHubEnvironment(pulumi.ComponentResource):
     def __init__(self, name: str, args: GitHubEnvironmentArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kametrix:github_environment:GitHubEnvironment", name, None, opts)
         settings = self._settings = args.settings
-        self.provider = github.Provider(
+        self.provider = args.provider or github.Provider(
             f"{name}-provider",
             owner=settings.owner,
             token=_secret(args.token) if settings.app is None else None,

@@ -42,6 +42,7 @@ def program() -> None:
         ),
     )
 
+    # Only the stack that administers the repository declares environments: its own, and each other stage's.
     if stack.github is not None:
         environment = GitHubEnvironment(
             "github",
@@ -53,6 +54,18 @@ def program() -> None:
                 variables={"APP_URL": plain.app.url, "PULUMI_STACK": stack.stage},
             ),
         )
+        for other in stack.administered:
+            GitHubEnvironment(
+                f"github-{other.stage}",
+                GitHubEnvironmentArgs(
+                    settings=other.github,
+                    token=secrets.github_token,
+                    app_private_key=secrets.github_app_private_key,
+                    secrets=other.secrets,
+                    variables={"APP_URL": other.app_url, "PULUMI_STACK": other.stage},
+                    provider=environment.provider,
+                ),
+            )
         if stack.github.releases:
             ReleaseRecord(
                 "release",

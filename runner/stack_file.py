@@ -40,7 +40,7 @@ def pin(stack_file: Path, version: str, requested_by: str | None) -> bool:
     yaml = stack_yaml()
     document = yaml.load(stack_file.read_text())
     config = mapping_at(document, "config", str(stack_file))
-    changed = config.get(f"{NAMESPACE}:version") != version
+    changed: bool = config.get(f"{NAMESPACE}:version") != version
     config[f"{NAMESPACE}:version"] = version
     if requested_by is not None:
         release = mapping_at(config, f"{NAMESPACE}:release", str(stack_file), create=True)

@@ -30,7 +30,7 @@ from components.config.secrets import (  # noqa: E402
     set_arguments,
     set_note,
 )
-from components.config.stage_policy import REQUIRED_SECTIONS, STAGE_RULES, STAGES  # noqa: E402
+from components.config.stage_policy import GITHUB_ADMINISTRATOR, REQUIRED_SECTIONS, STAGE_RULES, STAGES  # noqa: E402
 
 REFERENCE = PROJECT_DIR / "docs" / "configuration.md"
 SCHEMA = PROJECT_DIR / "docs" / "stack-file.schema.json"
@@ -256,7 +256,7 @@ def _secrets_table() -> list[str]:
     always = set(required_secrets(manages_github=False, uses_github_app=False))
     with_token = set(required_secrets(manages_github=True, uses_github_app=False))
     with_app = set(required_secrets(manages_github=True, uses_github_app=True))
-    github_stages = ", ".join(REQUIRED_SECTIONS["github"][0])
+    administrator = f"{GITHUB_ADMINISTRATOR}, which administers the repository for every stage"
     lines = [
         "## Secret keys\n",
         "Each is a Pulumi secret, a top-level key of its own, set once per stage; every command prompts for the "
@@ -269,11 +269,11 @@ def _secrets_table() -> list[str]:
         if key in always:
             needed = EVERY_STAGE
         elif key in with_token & with_app:
-            needed = f"where `github` is set ({github_stages})"
+            needed = administrator
         elif key in with_token:
-            needed = f"where `github` is set ({github_stages}) without `github.app`"
+            needed = f"{administrator}, without `github.app`"
         else:
-            needed = "where `github.app` is set"
+            needed = f"{administrator}, with `github.app`"
         allowed = SECRET_FORMATS[key][1] if key in SECRET_FORMATS else "a non-empty string"
         if key in APP_SECRET_KEYS:
             allowed += f"; {ENV_FILE_RULE}"

@@ -18,6 +18,7 @@ from typing import Any
 import pulumi
 import yaml
 
+from components.config import GITHUB_ADMINISTRATOR
 from tests import pulumi_runtime
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -46,10 +47,15 @@ TEST_SECRETS: dict[str, Any] = {
         "PULUMI_CONFIG_PASSPHRASE": "TESTSECRET-passphrase-3579",
         "PULUMI_BACKEND_URL": "s3://TESTSECRET-state-bucket-4680",
     },
+    "stagingEnvironmentSecrets": {
+        "PULUMI_CONFIG_PASSPHRASE": "TESTSECRET-staging-passphrase-5791",
+        "PULUMI_BACKEND_URL": "s3://TESTSECRET-staging-state-bucket-6802",
+    },
 }
 # The google key is hex by contract, so it is found by its exact value rather than the marker.
 SECRET_MARKERS = ("TESTSECRET", "ab" * 32)
-GITHUB_ONLY_SECRETS = ("githubToken", "githubEnvironmentSecrets")
+# Held only by the stack that administers the GitHub repository.
+GITHUB_ONLY_SECRETS = ("githubToken", "githubEnvironmentSecrets", "stagingEnvironmentSecrets")
 DELETE = object()
 """An override value that removes the key from the stack's config."""
 
@@ -213,10 +219,10 @@ def stack_config(
         values[full_key] = value
         if _has_secure(value):
             secret_keys.add(full_key)
-    has_github = f"{NAMESPACE}:github" in values
+    administers_github = f"{NAMESPACE}:github" in values and stack == GITHUB_ADMINISTRATOR
     for name, value in TEST_SECRETS.items():
         full_key = f"{NAMESPACE}:{name}"
-        if name in GITHUB_ONLY_SECRETS and not has_github:
+        if name in GITHUB_ONLY_SECRETS and not administers_github:
             continue
         if full_key not in values or _has_secure(values[full_key]):
             values[full_key] = copy.deepcopy(value)

@@ -70,7 +70,9 @@ def test_the_reference_says_which_stages_need_a_key_and_what_production_demands(
     assert "production: exactly [main]" in rows["github.deploymentBranches"]
     assert "| staging, production, local |" in rows["version"]
     assert "| `30` | 1–3600 seconds | — |" in rows["release.drainSeconds"]
-    assert "without `github.app`" in rows["githubToken"] and "where `github.app` is set" in rows["githubAppPrivateKey"]
+    assert "without `github.app`" in rows["githubToken"] and "with `github.app`" in rows["githubAppPrivateKey"]
+    for key in ("githubToken", "githubEnvironmentSecrets", "stagingEnvironmentSecrets"):
+        assert "| production, which administers the repository for every stage" in rows[key], rows[key]
 
 
 def schema_problems(document: dict[str, Any]) -> list[str]:

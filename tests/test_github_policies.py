@@ -1,9 +1,14 @@
-"""Each stage's GitHub environment, as declared from the real stack files."""
+"""Each stage's GitHub environment, as declared from the real stack files: production's stack declares them all,
+staging's as Pulumi.staging.yaml describes them; staging's stack declares none and holds no GitHub credential."""
 
 from __future__ import annotations
 
+import copy
 import json
 
+import pytest
+
+from components.config import ConfigError, load
 from tests import kit
 from tests.kit import Deployment, Resource
 
@@ -14,9 +19,11 @@ ENV_VARIABLE = "github:index/actionsEnvironmentVariable:ActionsEnvironmentVariab
 GITHUB_PROVIDER = "pulumi:providers:github"
 
 
-def environment_of(deployment: Deployment, kind: str = "") -> Resource:
-    """The stage's deploy environment, or its `-preview` / `-drift` environment."""
-    return deployment.one(ENVIRONMENT, f"github-{kind}-environment" if kind else "github-environment")
+def environment_of(deployment: Deployment, kind: str = "", stage: str = "") -> Resource:
+    """A stage's deploy environment, or its `-preview` / `-drift` environment: production's own, or those of the
+    stage it declares for (`stage`)."""
+    component = f"github-{stage}" if stage else "github"
+    return deployment.one(ENVIRONMENT, f"{component}-{kind}-environment" if kind else f"{component}-environment")
 
 
 def test_production_cannot_be_deployed_without_an_approval_that_admins_cannot_bypass() -> None:
@@ -44,14 +51,34 @@ def test_reviewers_are_resolved_from_logins_and_team_slugs_to_numeric_ids() -> N
 
 
 def test_staging_deploys_only_from_develop() -> None:
-    staging = kit.run_stack("staging")
-    environment = environment_of(staging)
+    production = kit.run_stack("production")
+    environment = environment_of(production, stage="staging")
+    assert environment.inputs["environment"] == "staging"
     assert environment.inputs["deploymentBranchPolicy"] == {
         "protectedBranches": False,
         "customBranchPolicies": True,
     }, environment.urn
-    policies = [p for p in staging.of_type(BRANCH_POLICY) if p.inputs["environment"] == "staging"]
+    policies = [p for p in production.of_type(BRANCH_POLICY) if p.inputs["environment"] == "staging"]
     assert [p.inputs["branchPattern"] for p in policies] == ["develop"], [p.urn for p in policies]
+
+
+def test_staging_secrets_cannot_administer_production_environment() -> None:
+    """Staging's jobs run without an approval: a GitHub token in staging's stack (Administration: write on the
+    repository) could delete production's reviewers. Staging's stack declares nothing on GitHub and refuses any
+    GitHub credential; production's stack, behind production's approval, declares staging's environments."""
+    staging = kit.run_stack("staging")
+    assert [r.urn for r in staging.resources if r.type.startswith(("github:", "pulumi:providers:github"))] == []
+    config, _ = kit.stack_config("staging")
+    assert not {f"kametrix-deploy:{name}" for name in kit.GITHUB_ONLY_SECRETS} & set(config)
+    for name, value in (("githubToken", "TESTSECRET-token"), ("githubEnvironmentSecrets", {"A": "TESTSECRET-a"})):
+        with pytest.raises(ConfigError) as raised:
+            kit.run_stack("staging", secrets={name: value})
+        (problem,) = [p for p in raised.value.problems if p.key == f"kametrix-deploy:{name}"]
+        assert problem.message.startswith("allowed only in the production stack, which administers"), problem
+        assert "TESTSECRET" not in problem.message
+    production = kit.run_stack("production")
+    declared = {e.inputs["environment"] for e in production.of_type(ENVIRONMENT)}
+    assert declared == {f"{stage}{kind}" for stage in ("staging", "production") for kind in ("", "-preview", "-drift")}
 
 
 def test_production_deploys_only_from_main() -> None:
@@ -61,13 +88,18 @@ def test_production_deploys_only_from_main() -> None:
 
 
 def test_each_deployment_branch_gets_its_own_policy_in_its_environment() -> None:
-    staging = kit.run_stack("staging", overrides={"github.deploymentBranches": ["develop", "release/*"]})
-    environment = environment_of(staging)
-    policies = [p for p in staging.of_type(BRANCH_POLICY) if p.name.startswith("github-branch-")]
+    production = kit.run_stack("production")
+    environments = {e.inputs["environment"]: e for e in production.of_type(ENVIRONMENT)}
+    policies = production.of_type(BRANCH_POLICY)
     for policy in policies:
+        environment = environments[policy.inputs["environment"]]
         assert environment.urn in policy.dependencies, f"{policy.urn} does not wait for its environment"
-        assert policy.inputs["environment"] == "staging", policy.urn
-    assert sorted(p.inputs["branchPattern"] for p in policies) == ["develop", "release/*"]
+    assert sorted((p.inputs["environment"], p.inputs["branchPattern"]) for p in policies) == [
+        ("production", "main"),
+        ("production-drift", "main"),
+        ("staging", "develop"),
+        ("staging-drift", "develop"),
+    ]
 
 
 def test_wait_timer_and_self_review_come_from_config() -> None:
@@ -83,8 +115,10 @@ def test_every_declared_secret_reaches_its_environment_as_a_secret() -> None:
         "PULUMI_BACKEND_URL": "s3://TESTSECRET-bucket",
         "SENTRY_AUTH_TOKEN": "TESTSECRET-sentry",
     }
-    staging = kit.run_stack("staging", secrets={"githubEnvironmentSecrets": declared})
-    secrets = {s.inputs["secretName"]: s for s in staging.of_type(ENV_SECRET) if s.inputs["environment"] == "staging"}
+    production = kit.run_stack("production", secrets={"stagingEnvironmentSecrets": declared})
+    secrets = {
+        s.inputs["secretName"]: s for s in production.of_type(ENV_SECRET) if s.inputs["environment"] == "staging"
+    }
     assert set(secrets) == set(declared)
     for name, resource in secrets.items():
         assert resource.is_secret("value"), f"{resource.urn}: value is not a secret"
@@ -105,6 +139,12 @@ def test_the_environment_publishes_the_app_url_and_stack_name() -> None:
         "PULUMI_STACK": "production",
         "SENTRY_ENVIRONMENT": "production",
     }
+    staging = {
+        v.inputs["variableName"]: v.inputs["value"]
+        for v in production.of_type(ENV_VARIABLE)
+        if v.inputs["environment"] == "staging"
+    }
+    assert staging == {"APP_URL": "https://staging.kametrix.example", "PULUMI_STACK": "staging"}
 
 
 def test_a_stack_touches_only_the_repository_it_names_through_its_own_provider() -> None:
@@ -149,3 +189,23 @@ def test_real_stages_refuse_implicit_github_and_docker_providers() -> None:
     for stack in ("staging", "production"):
         disabled = kit.stack_file(stack)["config"].get("pulumi:disable-default-providers", [])
         assert {"github", "docker"} <= set(disabled), f"Pulumi.{stack}.yaml lets a resource use a default provider"
+
+
+def test_production_declares_stagings_environments_only_as_its_file_describes_them_in_this_repository() -> None:
+    config, secret_keys = kit.stack_config("production")
+    staging = kit.stack_file("staging")["config"]
+    loaded = load("production", config, set(secret_keys), {"staging": staging})
+    (administered,) = loaded.administered
+    assert (administered.stage, administered.github.environment) == ("staging", "staging")
+    elsewhere = copy.deepcopy(staging)
+    elsewhere["kametrix-deploy:github"]["repository"] = "another-repository"
+    for files, problem in (
+        ({"staging": elsewhere}, "allowed: this stack's repository kametrix-org/kametrix-deploy; received"),
+        ({"staging": {}}, "`pulumi preview -s staging` names every problem"),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            load("production", config, set(secret_keys), files)
+        assert any(
+            p.key == "Pulumi.staging.yaml: kametrix-deploy:github" and problem in p.message
+            for p in raised.value.problems
+        ), raised.value.problems

@@ -49,3 +49,28 @@ bot_git() {
 run_url() {
   printf '%s/%s/actions/runs/%s' "${GITHUB_SERVER_URL:?}" "${GITHUB_REPOSITORY:?}" "${GITHUB_RUN_ID:?}"
 }
+
+# What deploy-staging attests about each image it built (staging-build), and verify-provenance requires
+# before production records a digest: the type of the attestation's predicate, and the predicate.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+STAGING_BUILD_PREDICATE_TYPE='https://github.com/kametrix-org/kametrix-deploy/blob/main/docs/security.md#staging-build-v1'
+
+# staging_build_predicate ROLE VERSION APP_REPOSITORY COMMIT: the predicate, one line of JSON.
+staging_build_predicate() {
+  jq -cn --arg role "$1" --arg version "$2" --arg repository "$3" --arg commit "$4" \
+    '{role: $role, version: $version, appRepository: $repository, appCommit: $commit, appBranch: "develop"}'
+}
+
+# declared_secret ENVIRONMENT NAME: where the secret NAME of a GitHub environment is kept: production's stack
+# declares every environment, staging's from its stagingEnvironmentSecrets; previews and drift checks get
+# PULUMI_READ_ACCESS_TOKEN as their PULUMI_ACCESS_TOKEN.
+declared_secret() {
+  local name="$2"
+  if [[ "$1" == *-preview || "$1" == *-drift ]] && [[ "$name" == PULUMI_ACCESS_TOKEN ]]; then
+    name=PULUMI_READ_ACCESS_TOKEN
+  fi
+  case "$1" in
+    staging | staging-*) printf "the production stack's stagingEnvironmentSecrets.%s" "$name" ;;
+    *) printf "the production stack's githubEnvironmentSecrets.%s" "$name" ;;
+  esac
+}

@@ -43,11 +43,12 @@ from components.config.secrets import (
     SSH_KEY,
     Secrets,
 )
-from components.config.stage_policy import PRODUCTION_BRANCH, STACK_VARIABLES, STAGES
+from components.config.stage_policy import GITHUB_ADMINISTRATOR, PRODUCTION_BRANCH, STACK_VARIABLES, STAGES
 
 __all__ = [
     "APP_SECRET_KEYS",
     "ENVIRONMENT_SECRETS_KEY",
+    "GITHUB_ADMINISTRATOR",
     "GITHUB_APP_KEY_KEY",
     "GITHUB_TOKEN_KEY",
     "NAMESPACE",

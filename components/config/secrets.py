@@ -34,6 +34,7 @@ REGISTRY_KEY = "registryPassword"
 GITHUB_TOKEN_KEY = "githubToken"
 GITHUB_APP_KEY_KEY = "githubAppPrivateKey"
 ENVIRONMENT_SECRETS_KEY = "githubEnvironmentSecrets"
+STAGING_ENVIRONMENT_SECRETS_KEY = "stagingEnvironmentSecrets"
 # What the deploy workflow needs in its GitHub environment to run `pulumi up` at all.
 REQUIRED_ENVIRONMENT_SECRETS = ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE")
 SECRET_KEYS = (
@@ -43,6 +44,15 @@ SECRET_KEYS = (
     GITHUB_TOKEN_KEY,
     GITHUB_APP_KEY_KEY,
     ENVIRONMENT_SECRETS_KEY,
+    STAGING_ENVIRONMENT_SECRETS_KEY,
+)
+# What can change the repository's GitHub environments (the token or App key that administers it) or comes from
+# them: held by the stack that administers the repository only (stage_policy.GITHUB_ADMINISTRATOR).
+GITHUB_ADMINISTRATION_KEYS = (
+    GITHUB_TOKEN_KEY,
+    GITHUB_APP_KEY_KEY,
+    ENVIRONMENT_SECRETS_KEY,
+    STAGING_ENVIRONMENT_SECRETS_KEY,
 )
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.+", re.S)
 SECRET_FORMATS: Mapping[str, tuple[re.Pattern[str], str]] = {
@@ -55,13 +65,21 @@ SECRET_PURPOSES: Mapping[str, str] = {
     "googleEncryptionKey": "generate it with `openssl rand -hex 32`",
     SSH_KEY: "the deploy key the release steps log in to the server with",
     REGISTRY_KEY: "a token that can read (production) or write (staging) the image's packages",
-    GITHUB_TOKEN_KEY: "the token that manages the repository's environments and releases",
+    GITHUB_TOKEN_KEY: (
+        "the token that administers the repository: every stage's environments (their reviewers, branches, "
+        "secrets) and the releases; production's stack only"
+    ),
     GITHUB_APP_KEY_KEY: f"the GitHub App's private key, instead of `{GITHUB_TOKEN_KEY}`, with `github.app` set",
     ENVIRONMENT_SECRETS_KEY: (
         "the GitHub environments' secrets, one per name: PULUMI_CONFIG_PASSPHRASE and PULUMI_BACKEND_URL (every "
-        "environment of the stage gets them), RELEASE_APP_PRIVATE_KEY (the release App's key; the deploy "
-        "environment only) and, for Pulumi Cloud, PULUMI_ACCESS_TOKEN (deploys) and PULUMI_READ_ACCESS_TOKEN "
-        "(previews and drift get it as their PULUMI_ACCESS_TOKEN)"
+        "environment of the stage gets them), RELEASE_APP_PRIVATE_KEY (the key of the stage's own release App; "
+        "the deploy environment only), APP_REPOSITORY_TOKEN (Contents: read on a private app repository; every "
+        "environment of the stage) and, for Pulumi Cloud, PULUMI_ACCESS_TOKEN (deploys) and "
+        "PULUMI_READ_ACCESS_TOKEN (previews and drift get it as their PULUMI_ACCESS_TOKEN)"
+    ),
+    STAGING_ENVIRONMENT_SECRETS_KEY: (
+        f"the staging environments' secrets, kept by production's stack, which declares them: the same names as "
+        f"`{ENVIRONMENT_SECRETS_KEY}`, with staging's values (its backend, passphrase and release App key)"
     ),
 }
 
@@ -76,19 +94,25 @@ class Secrets:
     github_app_private_key: SecretStr | None
     environment: Mapping[str, SecretStr]
     """GitHub environment secret name -> value."""
+    staging_environment: Mapping[str, SecretStr]
+    """The same, for the staging environments the administering stack declares."""
 
 
 def required_secrets(manages_github: bool, uses_github_app: bool) -> list[str]:
     """The secret keys a stack must hold: a stack that manages GitHub authenticates with a token or an App key."""
     required = [*APP_SECRET_KEYS, SSH_KEY, REGISTRY_KEY]
     if manages_github:
-        required += [GITHUB_APP_KEY_KEY if uses_github_app else GITHUB_TOKEN_KEY, ENVIRONMENT_SECRETS_KEY]
+        required += [
+            GITHUB_APP_KEY_KEY if uses_github_app else GITHUB_TOKEN_KEY,
+            ENVIRONMENT_SECRETS_KEY,
+            STAGING_ENVIRONMENT_SECRETS_KEY,
+        ]
     return required
 
 
 def set_arguments(name: str) -> str:
     """What follows `pulumi config set --secret -s STAGE` to set this secret without it landing in a shell history."""
-    if name == ENVIRONMENT_SECRETS_KEY:
+    if name in (ENVIRONMENT_SECRETS_KEY, STAGING_ENVIRONMENT_SECRETS_KEY):
         return f"--path '{name}.<NAME>'"
     if name in (SSH_KEY, GITHUB_APP_KEY_KEY):
         return f"{name} < path/to/private-key"
@@ -96,7 +120,7 @@ def set_arguments(name: str) -> str:
 
 
 def set_note(name: str) -> str:
-    if name == ENVIRONMENT_SECRETS_KEY:
+    if name in (ENVIRONMENT_SECRETS_KEY, STAGING_ENVIRONMENT_SECRETS_KEY):
         return f"one per secret: {', '.join(REQUIRED_ENVIRONMENT_SECRETS)}"
     if name in (SSH_KEY, GITHUB_APP_KEY_KEY):
         return ""
@@ -115,7 +139,7 @@ def read_secrets(
     stack_file = f"Pulumi.{stack}.yaml"
     problems: list[Problem] = []
     found: dict[str, SecretStr] = {}
-    environment: dict[str, SecretStr] = {}
+    environments: dict[str, dict[str, SecretStr]] = {ENVIRONMENT_SECRETS_KEY: {}, STAGING_ENVIRONMENT_SECRETS_KEY: {}}
     for name in SECRET_KEYS:
         if name not in values:
             if name in required:
@@ -134,8 +158,8 @@ def read_secrets(
                     f"{stack_file} and run: pulumi config set --secret -s {stack} {set_hint(name)}",
                 )
             )
-        elif name == ENVIRONMENT_SECRETS_KEY:
-            problems.extend(_environment_secrets(values[name], environment))
+        elif name in environments:
+            problems.extend(_environment_secrets(name, values[name], environments[name]))
         else:
             problem = _problem_with(name, values[name])
             if problem:
@@ -151,7 +175,8 @@ def read_secrets(
             app={env: found[name] for name, env in APP_SECRET_KEYS.items()},
             github_token=found.get(GITHUB_TOKEN_KEY),
             github_app_private_key=found.get(GITHUB_APP_KEY_KEY),
-            environment=environment,
+            environment=environments[ENVIRONMENT_SECRETS_KEY],
+            staging_environment=environments[STAGING_ENVIRONMENT_SECRETS_KEY],
         ),
         [],
     )
@@ -169,8 +194,8 @@ def _problem_with(name: str, value: Any) -> str | None:
     return None
 
 
-def _environment_secrets(value: Any, into: dict[str, SecretStr]) -> list[Problem]:
-    key = full_key(ENVIRONMENT_SECRETS_KEY)
+def _environment_secrets(secrets_key: str, value: Any, into: dict[str, SecretStr]) -> list[Problem]:
+    key = full_key(secrets_key)
     if not isinstance(value, dict):
         return [Problem(key, "allowed: an object of NAME: secret value; received another type")]
     problems: list[Problem] = []
@@ -188,7 +213,7 @@ def _environment_secrets(value: Any, into: dict[str, SecretStr]) -> list[Problem
                 Problem(
                     f"{key}.{required}",
                     "required environment secret is missing (the deploy workflow needs it); set it with: "
-                    f"pulumi config set --secret --path '{ENVIRONMENT_SECRETS_KEY}.{required}'",
+                    f"pulumi config set --secret --path '{secrets_key}.{required}'",
                 )
             )
     return problems

@@ -22,13 +22,22 @@ from components.config.problems import Problem, full_key
 STAGES = ("staging", "production", "local")
 # Sections a stage cannot do without, and why.
 REQUIRED_SECTIONS: Mapping[str, tuple[tuple[str, ...], str]] = {
-    "github": (("staging", "production"), "its GitHub environment is declared here"),
+    "github": (
+        ("staging", "production"),
+        "its GitHub environments are described here (production's stack declares both stages')",
+    ),
 }
 # The only branch production deploys from: .github/workflows/deploy-production.yml runs on a push to it, checks
 # it out and refuses a run from any other. Its environment must admit exactly that branch: one more (develop, a
 # wildcard) would let a deployment the workflow refuses pass GitHub's gate. The workflow's trigger is read
 # before any stack is, so the stack cannot move it; tests/workflows/test_deployment_branches.py keeps the two equal.
 PRODUCTION_BRANCH = "main"
+# The one stage whose stack administers the GitHub repository: it holds the only credential that can change the
+# environments, and declares every stage's (each from its own stack file's `github` section). Staging's jobs run
+# without anyone's approval: a GitHub token in staging's stack could delete production's reviewers.
+GITHUB_ADMINISTRATOR = "production"
+# The stages whose environments the administrator declares for them.
+ADMINISTERED_STAGES = ("staging",)
 # Variables every stage's environment gets from the stack, so workflows know where they deploy.
 STACK_VARIABLES = ("APP_URL", "PULUMI_STACK")
 # The rules below in a few words each, by the key they name: the "stages" column of docs/configuration.md.
@@ -40,7 +49,7 @@ STAGE_RULES: Mapping[str, str] = {
     "github.canAdminsBypass": "production: false",
     "github.variables": f"never {' or '.join(STACK_VARIABLES)}",
     "github.preview": "staging, production: with reviewers",
-    "github.drift": "staging, production: with deploymentBranches among the stage's",
+    "github.drift": "staging, production: with deploymentBranches among the stage's; production: with reviewers",
     "github.releases": "production: holds the `version` it deploys",
     "image.build": "never in production",
     "image.plainHttp": "local only",
@@ -177,6 +186,17 @@ def _production_policy(sections: Sections) -> list[Problem]:
             Problem(
                 full_key("github.canAdminsBypass"),
                 "allowed in production: false (nobody skips the approval); received true",
+            )
+        )
+    valid = github.valid("drift", "environment") if github else None
+    if valid is not None and valid.drift is not None and valid.drift.reviewers.count == 0:
+        problems.append(
+            Problem(
+                full_key("github.drift.reviewers"),
+                f"{valid.environment}-drift runs {PRODUCTION_BRANCH}'s code with production's passphrase, which "
+                "decrypts every production secret; "
+                f"allowed in production: 1–{MAX_REVIEWERS_PER_KIND} users and/or 1–{MAX_REVIEWERS_PER_KIND} teams "
+                "who approve each drift check; received none",
             )
         )
     valid = github.valid("deployment_branches") if github else None

@@ -198,3 +198,41 @@ def stack_runner(tmp_path: Path, bin_dir: Path, initialised_stacks: Path, pulumi
         shutil.copytree(initialised_stacks / name, tmp_path / name, symlinks=True)
     git(tmp_path / "work", "remote", "set-url", "origin", str(tmp_path / "origin.git"))
     return Runner(tmp_path / "work", bin_dir, pulumi_cli.parent, offline_env(tmp_path))
+
+
+@dataclass
+class AppRepository:
+    """The app's repository: a bare origin whose develop holds reviewed commits, and one commit that is only on a
+    feature branch and a pull request's head (refs/pull/7/head)."""
+
+    origin: Path
+    on_develop: list[str]
+    unreviewed: str
+
+    def clone(self, into: Path, *refs: str) -> Path:
+        """A checkout of develop with its branches, and `refs` fetched beside them."""
+        git(into.parent, "clone", "--quiet", "--branch", "develop", str(self.origin), str(into))
+        for ref in refs:
+            git(into, "fetch", "--quiet", "origin", ref)
+        return into
+
+
+@pytest.fixture
+def app_repository(tmp_path: Path) -> AppRepository:
+    origin = tmp_path / "app.git"
+    git(tmp_path, "init", "--quiet", "--bare", "--initial-branch=develop", str(origin))
+    seed = tmp_path / "app-seed"
+    git(tmp_path, "clone", "--quiet", str(origin), str(seed))
+    on_develop = []
+    for index in range(2):
+        (seed / "app.txt").write_text(f"reviewed {index}\n")
+        git(seed, "add", "app.txt")
+        git(seed, "commit", "--quiet", "-m", f"reviewed on develop {index}")
+        on_develop.append(git(seed, "rev-parse", "HEAD"))
+    git(seed, "push", "--quiet", "origin", "HEAD:refs/heads/develop")
+    git(seed, "checkout", "--quiet", "-b", "feature")
+    (seed / "app.txt").write_text("unreviewed\n")
+    git(seed, "commit", "--quiet", "-am", "only on a feature branch, a pull request's head")
+    unreviewed = git(seed, "rev-parse", "HEAD")
+    git(seed, "push", "--quiet", "origin", "HEAD:refs/heads/feature", "HEAD:refs/pull/7/head")
+    return AppRepository(origin, on_develop, unreviewed)

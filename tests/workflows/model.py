@@ -19,9 +19,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW_DIR = ROOT / ".github" / "workflows"
 ACTION_DIR = ROOT / ".github" / "actions"
+# Composite actions whose logic no release App may change: an App token without the Workflows permission cannot
+# write under .github/workflows/.
+GUARD_DIR = WORKFLOW_DIR / "guards"
 SCRIPT_DIR = ROOT / ".github" / "scripts"
 WORKFLOW_PATHS = sorted([*WORKFLOW_DIR.glob("*.yml"), *WORKFLOW_DIR.glob("*.yaml")])
-ACTION_PATHS = sorted(ACTION_DIR.glob("*/action.yml"))
+ACTION_PATHS = sorted([*ACTION_DIR.glob("*/action.yml"), *GUARD_DIR.glob("*/action.yml")])
 SCRIPT_PATHS = sorted(path for path in SCRIPT_DIR.iterdir() if path.is_file())
 STAGES = ("staging", "production")
 BRANCH_OF_STAGE = {"staging": "develop", "production": "main"}
@@ -35,9 +38,11 @@ STACK_FLAG = re.compile(r"(?:^|\s)(?:--stack|-s)(?:=|\s+)(?P<value>\"[^\"]*\"|'[
 STACKLESS_SUBCOMMANDS = {"version", "login", "logout", "whoami", "plugin", "about", "install", "new", "policy"}
 STATE_CHANGING = {"up", "update", "refresh", "destroy", "import"}
 STATE_READING = {"preview"}
-# The one conditional the workflows use to pick a value per stage: `inputs.stage == 'production' && 'a' || 'b'`.
+# The one conditional the workflows use to pick a value per stage: `inputs.stage == 'production' && 'a' || 'b'`,
+# where each value is a literal or a variable (`vars.NAME`, kept as written).
 CHOICE = re.compile(
-    r"(?P<var>(?:inputs|matrix)\.\w+) == '(?P<value>[^']*)' && '(?P<then>[^']*)' \|\| '(?P<else>[^']*)'"
+    r"(?P<var>(?:inputs|matrix)\.\w+) == '(?P<value>[^']*)'"
+    r" && (?:'(?P<then>[^']*)'|(?P<then_var>vars\.\w+)) \|\| (?:'(?P<else>[^']*)'|(?P<else_var>vars\.\w+))"
 )
 SCRIPT_CALL = re.compile(r"\.github/scripts/(?P<name>[\w.-]+)")
 
@@ -70,7 +75,10 @@ def normalize(text: Any) -> str:
 
 def local_action(step: dict[str, Any]) -> str | None:
     uses = str(step.get("uses", ""))
-    return uses.removeprefix("./.github/actions/") if uses.startswith("./.github/actions/") else None
+    for prefix in ("./.github/actions/", "./.github/workflows/guards/"):
+        if uses.startswith(prefix):
+            return uses.removeprefix(prefix)
+    return None
 
 
 @dataclass
@@ -226,8 +234,9 @@ class Job:
                 def bind(match: re.Match[str], binding: dict[str, str] = binding) -> str:
                     choice = CHOICE.fullmatch(match.group(1))
                     if choice is not None:  # `x == 'a' && 'then' || 'else'`
-                        chosen = binding[choice.group("var")] == choice.group("value")
-                        return choice.group("then") if chosen else choice.group("else")
+                        branch = "then" if binding[choice.group("var")] == choice.group("value") else "else"
+                        literal = choice.group(branch)
+                        return literal if literal is not None else choice.group(f"{branch}_var")
                     assert match.group(1) in binding, f"{match.group(1)} is not set in every matrix row"
                     return binding[match.group(1)]
 

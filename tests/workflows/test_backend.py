@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.workflows.conftest import Runner
-from tests.workflows.model import ACTIONS, jobs
+from tests.workflows.model import ACTIONS, PULUMI_CALL, SCRIPT_DIR, Step, jobs, logical_lines
 
 ROLE = "arn:aws:iam::123456789012:role/kametrix-state-read"
 
@@ -21,10 +21,15 @@ ROLE = "arn:aws:iam::123456789012:role/kametrix-state-read"
         ),
         ({"PULUMI_BACKEND_URL": "s3://kametrix-state", "AWS_ROLE_ARN": ROLE}, None, "needs the variable AWS_REGION"),
         ({"PULUMI_BACKEND_URL": "https://api.pulumi.com", "PULUMI_ACCESS_TOKEN": "pul-x"}, "cloud", ""),
-        ({"PULUMI_BACKEND_URL": "https://api.pulumi.com"}, None, "needs the secret PULUMI_ACCESS_TOKEN"),
+        (
+            {"PULUMI_BACKEND_URL": "https://api.pulumi.com"},
+            None,
+            "needs the secret PULUMI_ACCESS_TOKEN in the GitHub environment 'staging-preview' (declared from the "
+            "production stack's stagingEnvironmentSecrets.PULUMI_READ_ACCESS_TOKEN)",
+        ),
         ({"PULUMI_BACKEND_URL": "file:///home/runner/state"}, None, "lost after the job"),
         ({"PULUMI_BACKEND_URL": "gs://kametrix-state"}, None, "allowed s3://BUCKET or https://api.pulumi.com"),
-        ({}, None, "has no PULUMI_BACKEND_URL secret"),
+        ({}, None, "has no PULUMI_BACKEND_URL secret (declared from the production stack's stagingEnvironmentSecrets"),
     ],
 )
 def test_each_backend_gets_the_credentials_it_needs_or_the_job_says_which_are_missing(
@@ -45,23 +50,54 @@ def test_an_s3_backend_is_reached_through_oidc_and_nothing_else_gets_aws_credent
     assert assume["with"]["role-to-assume"] == "${{ env.AWS_ROLE_ARN }}"
     assert "aws-access-key-id" not in assume["with"], "no long-lived AWS keys"
     names = [s.get("name") for s in steps]
-    assert names.index("Check the state backend's credentials") < names.index("Install the Pulumi CLI")
+    assert names.index("Check the state backend's credentials") < names.index(assume["name"])
+
+
+PULUMI_SECRETS = {
+    "PULUMI_BACKEND_URL": "${{ secrets.PULUMI_BACKEND_URL }}",
+    "PULUMI_CONFIG_PASSPHRASE": "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}",
+    "PULUMI_ACCESS_TOKEN": "${{ secrets.PULUMI_ACCESS_TOKEN }}",
+}
+
+
+def runs_pulumi(step: Step) -> bool:
+    sources = [step.run, *((SCRIPT_DIR / name).read_text() for name in step.scripts())]
+    return any(PULUMI_CALL.search(logical_lines(source)) for source in sources)
+
+
+def test_the_state_secrets_reach_only_the_steps_that_run_pulumi() -> None:
+    """The passphrase decrypts every secret of the stage: a step that checks out code, installs packages, calls
+    the registry or a health endpoint never holds it; a job-level env would hand it to every step."""
+    checked, offenders = 0, []
+    for j in jobs():
+        held = [f"{name}" for name, value in j.env.items() if "secrets." in str(value)]
+        if held:
+            offenders.append(f"{j.label}: job-level env hands {held} to every step")
+        for step in j.steps():
+            passed = {name: step.env.get(name) for name in PULUMI_SECRETS if name in step.env}
+            where = f"{j.label}: step {step.raw.get('name') or step.uses}"
+            if runs_pulumi(step):
+                checked += 1
+                if passed != PULUMI_SECRETS:
+                    offenders.append(f"{where} runs pulumi with {sorted(passed)} instead of the environment's")
+            elif passed and step.raw.get("id") != "backend":
+                offenders.append(f"{where} runs no pulumi but holds {sorted(passed)}")
+    assert checked >= 20
+    assert not offenders, "\n".join(offenders)
 
 
 def test_every_pulumi_job_gets_its_backend_credentials_from_its_environment() -> None:
-    wanted = {
-        "PULUMI_BACKEND_URL": "${{ secrets.PULUMI_BACKEND_URL }}",
-        "PULUMI_CONFIG_PASSPHRASE": "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}",
-        "PULUMI_ACCESS_TOKEN": "${{ secrets.PULUMI_ACCESS_TOKEN }}",
-        "AWS_ROLE_ARN": "${{ vars.AWS_ROLE_ARN }}",
-        "AWS_REGION": "${{ vars.AWS_REGION }}",
-    }
     checked = 0
     for j in jobs():
         if not j.stacks():
             continue
         checked += 1
-        assert {k: j.env.get(k) for k in wanted} == wanted, j.label
+        assert {k: j.env.get(k) for k in ("AWS_ROLE_ARN", "AWS_REGION")} == {
+            "AWS_ROLE_ARN": "${{ vars.AWS_ROLE_ARN }}",
+            "AWS_REGION": "${{ vars.AWS_REGION }}",
+        }, j.label
         assert j.raw["permissions"].get("id-token") == "write", f"{j.label}: OIDC to the backend's role"
-        assert j.uses_action("setup"), j.label
+        (setup,) = j.uses_action("setup")
+        assert setup.raw["with"]["backend-url"] == PULUMI_SECRETS["PULUMI_BACKEND_URL"], j.label
+        assert setup.raw["with"]["access-token"] == PULUMI_SECRETS["PULUMI_ACCESS_TOKEN"], j.label
     assert checked == 8

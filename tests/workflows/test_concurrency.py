@@ -3,7 +3,14 @@ enter that queue, and a newer preview cancels the one it supersedes."""
 
 from __future__ import annotations
 
-from tests.workflows.model import STAGES, deploy_jobs, normalize, preview_jobs
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.workflows.conftest import Runner, install
+from tests.workflows.model import STAGES, deploy_jobs, job, normalize, preview_jobs
 
 
 def test_every_job_that_changes_a_stack_queues_in_its_stacks_group() -> None:
@@ -40,3 +47,47 @@ def test_previews_have_their_own_group_and_a_newer_one_cancels_the_older() -> No
         if j.workflow_name == "ci.yml":
             assert group.endswith("-${{ github.event.pull_request.number }}"), f"{j.label}: one group per PR"
     assert checked == 3, "two PR previews and the drift check"
+
+
+FAKE_GH = r"""#!/usr/bin/env bash
+# Stand-in for gh: `run list` answers the waiting runs of $GH_WAITING (through the real jq); calls are recorded.
+set -euo pipefail
+echo "$*" >>"$GH_LOG"
+if [[ "$1 $2" == "run list" ]]; then
+  [[ " $* " == *" --status waiting "* ]] || { echo "only waiting runs may be listed" >&2; exit 3; }
+  jq -r '.[].databaseId' "$GH_WAITING"
+fi
+"""
+
+
+def test_an_emergency_rollback_cancels_production_deploys_that_wait_for_approval(
+    runner: Runner, tmp_path: Path
+) -> None:
+    """A deploy nobody has approved holds its place in `pulumi-production`: the rollback would wait behind it."""
+    jq = shutil.which("jq")
+    if jq is None:
+        pytest.skip("jq is not installed (the GitHub runners have it)")
+    (runner.bin_dir / "jq").symlink_to(jq)
+    install(runner.bin_dir, "gh", FAKE_GH)
+    log, waiting = tmp_path / "gh.log", tmp_path / "waiting.json"
+    log.write_text("")
+    waiting.write_text(json.dumps([{"databaseId": 11}, {"databaseId": 12}]))
+    result = runner.script(
+        "cancel-waiting-runs",
+        "--workflow",
+        "deploy-production.yml",
+        env={"GH_LOG": str(log), "GH_WAITING": str(waiting)},
+    )
+    assert result.code == 0, result.log
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("run list --repo kametrix-org/kametrix-deploy --workflow deploy-production.yml")
+    assert calls[1:] == [
+        "run cancel 11 --repo kametrix-org/kametrix-deploy",
+        "run cancel 12 --repo kametrix-org/kametrix-deploy",
+    ]
+    make_way, rollback = job("rollback.yml", "make-way"), job("rollback.yml", "rollback")
+    assert "cancel-waiting-runs --workflow deploy-production.yml" in make_way.run_text()
+    assert make_way.condition == "inputs.stage == 'production'" and "concurrency" not in make_way.raw
+    assert make_way.raw["permissions"] == {"actions": "write"}
+    assert rollback.raw["needs"] == ["make-way"], "the rollback enters the queue after the waiting runs left it"
+    assert "needs.make-way.result != 'failure'" in rollback.condition, "and not when they could not be cancelled"

@@ -80,3 +80,19 @@ def test_drift_opens_updates_and_closes_its_stages_issue() -> None:
     assert 'upsert-issue --title "Drift detected: $STAGE" --label drift --close' in script
     assert 'upsert-issue --title "Drift detected: $STAGE" --label drift --body-file "$body"' in script
     assert 'pulumi preview --stack "$STAGE" --refresh --expect-no-changes' in script
+
+
+def test_a_rejected_approval_opens_no_deployment_issue() -> None:
+    """A reviewer who rejects a deployment fails its job before any step: that decision is no failure to report.
+    Only a job whose first step ran (it was approved) reports."""
+    reporters = {"deploy-production.yml": ["deploy", "release"], "rollback.yml": ["rollback"]}
+    for workflow, reported in reporters.items():
+        condition = job(workflow, "report-failure").condition
+        for job_id in reported:
+            reporter_job = job(workflow, job_id)
+            first = reporter_job.own_steps()[0]
+            assert first.raw.get("id") == "started" and first.run.strip() == 'echo "started=true" >>"$GITHUB_OUTPUT"'
+            assert reporter_job.raw["outputs"]["started"] == "${{ steps.started.outputs.started }}"
+            assert f"needs.{job_id}.result == 'failure' && needs.{job_id}.outputs.started == 'true'" in condition, (
+                f"{workflow}: a rejected {job_id} would open the issue: {condition}"
+            )

@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import re
 
-from tests.workflows.model import WORKFLOWS, Job, jobs, triggers
+from tests.workflows.model import SCRIPT_DIR, WORKFLOWS, Job, jobs, triggers
 
 # Scope -> how a job shows it needs that scope.
 NEEDS = {
     ("contents", "write"): "never: pushes use the release App's token",
     ("issues", "write"): "opens or comments on an issue (upsert-issue)",
     ("pull-requests", "write"): "posts the preview comment (the preview action)",
-    ("actions", "write"): "dispatches a workflow (gh workflow run)",
+    ("pull-requests", "read"): "finds develop's newest merged pull request (the reviewed-develop guard)",
+    ("actions", "write"): "dispatches a workflow (gh workflow run) or cancels runs (cancel-waiting-runs)",
     ("actions", "read"): "checks its environment's protection (the setup action)",
     ("id-token", "write"): "assumes the state backend's AWS role through OIDC (the setup action)",
+    ("attestations", "write"): "attests the provenance of the images it built (actions/attest)",
+    ("attestations", "read"): "verifies the provenance of a version's images (verify-provenance)",
 }
+
+
+def called_scripts_text(j: Job) -> str:
+    """The scripts the job's steps call, and the scripts those call beside them (`$(dirname "$0")/NAME`)."""
+    pending = [name for step in j.steps() for name in step.scripts()]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name not in seen and (SCRIPT_DIR / name).is_file():
+            seen.add(name)
+            pending += re.findall(r'\$\(dirname "\$0"\)/([\w.-]+)"', (SCRIPT_DIR / name).read_text())
+    return "\n".join((SCRIPT_DIR / name).read_text() for name in sorted(seen))
 
 
 def evidence(j: Job) -> dict[tuple[str, str], bool]:
@@ -22,9 +37,13 @@ def evidence(j: Job) -> dict[tuple[str, str], bool]:
         ("contents", "write"): False,
         ("issues", "write"): "upsert-issue" in j.run_text() or "gh issue" in j.run_text(),
         ("pull-requests", "write"): bool(j.uses_action("preview")),
-        ("actions", "write"): re.search(r"(?m)^\s*gh workflow run ", j.run_text()) is not None,
+        ("pull-requests", "read"): bool(j.uses_action("reviewed-develop")),
+        ("actions", "write"): re.search(r"(?m)^\s*gh workflow run ", j.run_text()) is not None
+        or "cancel-waiting-runs" in j.run_text(),
         ("actions", "read"): bool(j.uses_action("setup")),
         ("id-token", "write"): bool(j.uses_action("setup")),
+        ("attestations", "write"): any(step.uses.startswith("actions/attest@") for step in j.steps()),
+        ("attestations", "read"): "gh attestation verify" in called_scripts_text(j),
     }
 
 

@@ -96,8 +96,14 @@ def gh(runner: Runner, with_jq: Path, tmp_path: Path) -> Path:
     return pages
 
 
-def comment_page(pages: Path, number: int, comments: list[tuple[int, str]]) -> None:
-    (pages / f"{number:02d}.json").write_text(json.dumps([{"id": i, "body": body} for i, body in comments]))
+BOT = {"login": "github-actions[bot]", "type": "Bot"}
+HEAD_SHA = "feedfacefeedfacefeedfacefeedfacefeedface"
+
+
+def comment_page(pages: Path, number: int, comments: list[tuple[int, str]], user: dict[str, str] = BOT) -> None:
+    """A page of the PR's comments, each written by `user` (the workflows' own token by default)."""
+    page = [{"id": i, "body": body, "user": user} for i, body in comments]
+    (pages / f"{number:02d}.json").write_text(json.dumps(page))
 
 
 def post(runner: Runner, pages: Path, outcome: str) -> tuple[list[str], str]:
@@ -110,6 +116,8 @@ def post(runner: Runner, pages: Path, outcome: str) -> tuple[list[str], str]:
         "staging",
         "--pr",
         "42",
+        "--head-sha",
+        HEAD_SHA,
         "--outcome",
         outcome,
         "--log",
@@ -140,3 +148,36 @@ def test_the_first_preview_of_a_pr_creates_the_comment(runner: Runner, gh: Path)
     assert calls[1].startswith("api --method POST repos/kametrix-org/kametrix-deploy/issues/42/comments ")
     assert len(calls) == 2, "the other stack's comment is not this stack's"
     assert body.startswith(MARKER) and ": succeeded" in body
+
+
+def test_a_marker_posted_by_someone_else_is_never_taken_for_the_preview(runner: Runner, gh: Path) -> None:
+    """Anyone who can comment can post the marker first with "no changes": the reviewer would read theirs."""
+    someone = {"login": "mallory", "type": "User"}
+    comment_page(gh, 1, [(7, f"{MARKER}\n#### `pulumi preview` of `staging`: succeeded\nno changes")], someone)
+    comment_page(gh, 2, [(8, f"{MARKER}\nposted by another App")], {"login": "other-app[bot]", "type": "Bot"})
+    calls, body = post(runner, gh, "success")
+    assert calls[1].startswith("api --method POST repos/kametrix-org/kametrix-deploy/issues/42/comments "), calls
+    assert len(calls) == 2, "their comments are neither edited nor deleted: ours is posted beside them"
+    assert body.startswith(MARKER)
+
+
+def test_the_comment_names_the_head_commit_the_reviewer_read(runner: Runner, gh: Path) -> None:
+    """A pull_request run checks out the merge commit (GITHUB_SHA); the reviewer reads the PR's head."""
+    comment_page(gh, 1, [])
+    _, body = post(runner, gh, "success")
+    assert f"Head commit `{HEAD_SHA}`" in body and "0123456789abcdef" not in body, body
+    step = ACTIONS["preview"]["runs"]["steps"][1]
+    assert step["env"]["HEAD_SHA"] == "${{ github.event.pull_request.head.sha }}"
+    assert '--head-sha "$HEAD_SHA"' in step["run"]
+
+
+COMMENT_EVENTS = {"issue_comment", "pull_request_review_comment", "pull_request_review", "discussion_comment"}
+
+
+def test_a_comment_starts_no_workflow_and_no_workflow_runs_a_pull_requests_code_with_secrets() -> None:
+    """Someone who can only comment reaches nothing: no workflow starts on a comment or a review, and none runs on
+    pull_request_target (a PR's code with the repository's secrets)."""
+    for name, workflow in WORKFLOWS.items():
+        on = set(triggers(workflow))
+        assert not on & COMMENT_EVENTS, f"{name} starts on {sorted(on & COMMENT_EVENTS)}"
+        assert "pull_request_target" not in on and "workflow_run" not in on, f"{name}: {sorted(on)}"

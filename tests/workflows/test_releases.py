@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.workflows.conftest import Result, Runner, checkout, git
-from tests.workflows.model import ACTIONS, ROOT, SCRIPT_PATHS, WORKFLOW_PATHS, job, jobs
+from tests.workflows.conftest import AppRepository, Result, Runner, checkout, git, install
+from tests.workflows.model import ACTIONS, ROOT, SCRIPT_PATHS, WORKFLOW_PATHS, Job, job, jobs
 
 BOT = "kametrix-release[bot]"
 TOKEN = "ghs_not-a-real-token-0123456789"
@@ -169,7 +170,11 @@ def test_branches_change_only_with_the_release_app_token_after_checking_it_is_se
         pushing.add(j.label)
         assert "contents" not in j.write_scopes(), f"{j.label}: pushes use the App's token, never GITHUB_TOKEN"
         (token_step,) = j.uses_action("release-token")
-        assert steps.index(token_step) == 1, f"{j.label}: the App check comes right after the checkout"
+        checkout = next(i for i, s in enumerate(steps) if s.uses.startswith("actions/checkout@"))
+        guards = [s for s in steps[checkout + 1 :] if s.uses.startswith("./.github/workflows/guards/")][:1]
+        assert steps.index(token_step) == checkout + 1 + len(guards), (
+            f"{j.label}: the App check comes right after the checkout (and the guard of its branch)"
+        )
         for step in changing:
             assert step.env["PUSH_TOKEN"] == f"${{{{ steps.{token_step.raw['id']}.outputs.token }}}}", j.label
             assert step.env["RELEASE_BOT"] == f"${{{{ steps.{token_step.raw['id']}.outputs.bot }}}}", j.label
@@ -182,47 +187,81 @@ def test_branches_change_only_with_the_release_app_token_after_checking_it_is_se
 @pytest.mark.parametrize(
     ("env", "missing"),
     [
-        ({}, ["RELEASE_APP_CLIENT_ID", "RELEASE_APP_SLUG", "RELEASE_APP_PRIVATE_KEY"]),
+        ({}, ["PRODUCTION_RELEASE_APP_CLIENT_ID", "PRODUCTION_RELEASE_APP_SLUG", "RELEASE_APP_PRIVATE_KEY"]),
         (
             {"RELEASE_APP_CLIENT_ID": "Iv23liAbCdEf", "RELEASE_APP_SLUG": "kametrix-release"},
             ["RELEASE_APP_PRIVATE_KEY"],
         ),
-        ({"RELEASE_APP_SLUG": "kametrix-release", "RELEASE_APP_PRIVATE_KEY_SET": "true"}, ["RELEASE_APP_CLIENT_ID"]),
+        (
+            {"RELEASE_APP_SLUG": "kametrix-release", "RELEASE_APP_PRIVATE_KEY_SET": "true"},
+            ["PRODUCTION_RELEASE_APP_CLIENT_ID"],
+        ),
         (
             {
                 "RELEASE_APP_CLIENT_ID": "Iv23liAbCdEf",
                 "RELEASE_APP_SLUG": "Bad Slug",
                 "RELEASE_APP_PRIVATE_KEY_SET": "true",
             },
-            ["RELEASE_APP_SLUG"],
+            ["PRODUCTION_RELEASE_APP_SLUG"],
         ),
     ],
 )
 def test_a_release_without_the_app_stops_naming_what_to_configure(
     runner: Runner, env: dict[str, str], missing: list[str]
 ) -> None:
-    result = runner.script("check-release-app", env=env)
+    result = runner.script("check-release-app", env={"STAGE": "production", **env})
     assert result.code != 0, result.log
     for name in missing:
-        assert f"missing {'secret' if 'KEY' in name else 'repository variable'} {name}" in result.log, result.log
-    assert "docs/workflows.md, One-time GitHub set-up" in result.log
+        kind = "secret" if "KEY" in name else "repository variable"
+        assert f"missing {kind} {name}" in result.log, result.log
+    assert "on main's ruleset's bypass list: docs/workflows.md, One-time GitHub set-up" in result.log
 
 
 def test_a_set_up_app_passes_the_check(runner: Runner) -> None:
     env = {
+        "STAGE": "staging",
         "RELEASE_APP_CLIENT_ID": "Iv23liAbCdEf",
-        "RELEASE_APP_SLUG": "kametrix-release",
+        "RELEASE_APP_SLUG": "kametrix-release-staging",
         "RELEASE_APP_PRIVATE_KEY_SET": "true",
     }
     assert runner.script("check-release-app", env=env).code == 0
+    assert runner.script("check-release-app", env={**env, "STAGE": "preview"}).code != 0
+    keyless = runner.script("check-release-app", env={**env, "RELEASE_APP_PRIVATE_KEY_SET": "false"})
+    assert "declared from the production stack's stagingEnvironmentSecrets.RELEASE_APP_PRIVATE_KEY" in keyless.log
+
+
+def release_app_variables(j: Job) -> set[str]:
+    """The repository variables naming a release App that a job reads, anywhere in its definition."""
+    return set(re.findall(r"vars\.((?:STAGING|PRODUCTION)?_?RELEASE_APP_\w+)", str(j.raw)))
+
+
+def test_each_stage_pushes_with_its_own_release_app_and_skips_only_its_pushes() -> None:
+    """One App shared by both stages let staging's key push to main past its ruleset: each stage has its own."""
+    for stage in ("staging", "production"):
+        own = {f"{stage.upper()}_RELEASE_APP_CLIENT_ID", f"{stage.upper()}_RELEASE_APP_SLUG"}
+        for job_id in ("deploy", "release"):
+            j = job(f"deploy-{stage}.yml", job_id)
+            assert release_app_variables(j) <= own, f"{j.label} reads {release_app_variables(j) - own}"
+        (token,) = job(f"deploy-{stage}.yml", "release").uses_action("release-token")
+        assert token.raw["with"]["stage"] == stage
+        assert token.raw["with"]["client-id"] == f"${{{{ vars.{stage.upper()}_RELEASE_APP_CLIENT_ID }}}}"
+    rollback = job("rollback.yml", "rollback")
+    (token,) = rollback.uses_action("release-token")
+    for stage, client_id, slug in rollback.expansions(
+        [str(token.raw["with"]["stage"]), str(token.raw["with"]["client-id"]), str(token.raw["with"]["slug"])]
+    ):
+        assert client_id == f"vars.{stage.upper()}_RELEASE_APP_CLIENT_ID", (stage, client_id)
+        assert slug == f"vars.{stage.upper()}_RELEASE_APP_SLUG", (stage, slug)
+    for j in jobs():
+        assert not {"RELEASE_APP_CLIENT_ID", "RELEASE_APP_SLUG"} & release_app_variables(j), f"{j.label}: shared App"
 
 
 def test_a_push_by_the_release_app_is_not_deployed_a_second_time() -> None:
     """The pushing job deploys its own commit; the push it triggers must not ask for another approval."""
-    bot_push = "github.actor != format('{0}[bot]', vars.RELEASE_APP_SLUG)"
-    for workflow in ("deploy-staging.yml", "deploy-production.yml"):
-        deploy = job(workflow, "deploy")
-        assert f"github.event_name == 'push' && {bot_push}" in deploy.condition, workflow
+    for stage in ("staging", "production"):
+        bot_push = f"github.actor != format('{{0}}[bot]', vars.{stage.upper()}_RELEASE_APP_SLUG)"
+        deploy = job(f"deploy-{stage}.yml", "deploy")
+        assert f"github.event_name == 'push' && {bot_push}" in deploy.condition, stage
     slug_check = ACTIONS["release-token"]["runs"]["steps"][2]
     assert slug_check["env"]["TOKEN_SLUG"] == "${{ steps.token.outputs.app-slug }}", "the token is RELEASE_APP_SLUG's"
 
@@ -310,3 +349,130 @@ def test_the_rollback_summary_records_the_reason_escaped(runner: Runner) -> None
     assert "**Reason:** EU &lt;cards&gt; &#96;fail&#96; | badly" in result.summary
     assert "| from | v1.4.2 |" in result.summary and "| to | v1.4.1 |" in result.summary
     assert "| stack update | - |" in result.summary and "| stack file reverted | no |" in result.summary
+
+
+@pytest.fixture
+def app_clone(app_repository: AppRepository, tmp_path: Path) -> tuple[Path, list[str], str]:
+    """The app's develop checked out with its history (as deploy-staging does): its commits, and the head of a
+    pull request that is not on develop (refs/pull/7/head)."""
+    (tmp_path / "work").mkdir(exist_ok=True)
+    clone = app_repository.clone(tmp_path / "work" / "app", "refs/pull/7/head")
+    return clone, app_repository.on_develop, app_repository.unreviewed
+
+
+def test_staging_pins_develop_or_a_commit_on_it(runner: Runner, app_clone: tuple[Path, list[str], str]) -> None:
+    clone, commits, _ = app_clone
+    head = runner.script("pin-app-commit", "--app-ref", "develop", "--dir", str(clone))
+    assert head.code == 0 and head.outputs["commit"] == commits[1], head.log
+    assert head.outputs["version"] == f"staging-{commits[1][:7]}"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", head.outputs["commit_time"]), head.outputs
+    older = runner.script("pin-app-commit", "--app-ref", commits[0], "--dir", str(clone))
+    assert older.code == 0 and older.outputs["commit"] == commits[0], older.log
+    assert git(clone, "rev-parse", "HEAD") == commits[0], "the build context is the pinned commit"
+
+
+@pytest.mark.parametrize("kind", ["pull request head", "ref of a pull request", "tag", "short sha", "unknown"])
+def test_staging_refuses_to_build_what_is_not_on_the_apps_develop(
+    runner: Runner, app_clone: tuple[Path, list[str], str], kind: str
+) -> None:
+    """A pull request's head (its code unreviewed) built by staging could later be promoted to production."""
+    clone, commits, pull = app_clone
+    app_ref = {
+        "pull request head": pull,
+        "ref of a pull request": "refs/pull/7/head",
+        "tag": "v1.2.3",
+        "short sha": commits[0][:7],
+        "unknown": "9" * 40,
+    }[kind]
+    result = runner.script("pin-app-commit", "--app-ref", app_ref, "--dir", str(clone))
+    assert result.code != 0 and result.outputs == {}, result.log
+    assert "on the app's develop" in result.log, result.log
+    validate = next(s for s in job("deploy-staging.yml", "release").steps() if s.raw.get("id") == "validate")
+    gate = runner.step(validate, {"APP_REF": app_ref, "GITHUB_REF": "refs/heads/develop"})
+    assert (gate.code == 0) == (kind in ("pull request head", "unknown")), f"{kind}: only full SHAs pass the input"
+
+
+FAKE_PULLS = r"""#!/usr/bin/env bash
+# Stand-in for `gh api repos/R/commits/SHA/pulls --jq F`: the pull requests of $GH_PULLS/SHA.json (else none).
+set -euo pipefail
+sha=$(sed -E 's#.*/commits/([0-9a-f]+)/pulls#\1#' <<<"$2")
+if [[ -f "$GH_PULLS/$sha.json" ]]; then jq "$4" "$GH_PULLS/$sha.json"; else echo '[]' | jq "$4"; fi
+"""
+
+
+@pytest.fixture
+def develop(runner: Runner, with_jq: Path, tmp_path: Path) -> Path:
+    """This repository's develop in the runner's workspace: a commit merged through a reviewed pull request."""
+    install(runner.bin_dir, "gh", FAKE_PULLS)
+    pulls = tmp_path / "pulls"
+    pulls.mkdir()
+    git(runner.work, "init", "--quiet", "--initial-branch=develop")
+    for name in ("Pulumi.staging.yaml", "README.md"):
+        (runner.work / name).write_text("initial\n")
+    (runner.work / ".github" / "actions").mkdir(parents=True)
+    (runner.work / ".github" / "actions" / "setup.yml").write_text("reviewed\n")
+    git(runner.work, "add", ".")
+    git(runner.work, "commit", "--quiet", "-m", "Merge pull request #7 from feature")
+    merged = git(runner.work, "rev-parse", "HEAD")
+    (pulls / f"{merged}.json").write_text(
+        json.dumps([{"number": 7, "merged_at": "2026-12-01", "base": {"ref": "develop"}}])
+    )
+    return pulls
+
+
+def commit_on(work: Path, path: str, text: str, message: str) -> str:
+    (work / path).write_text(text)
+    git(work, "add", path)
+    git(work, "commit", "--quiet", "--allow-empty", "-m", message)
+    return git(work, "rev-parse", "HEAD")
+
+
+def guard(runner: Runner, pulls: Path) -> Result:
+    (step,) = [s for s in job("deploy-staging.yml", "release").steps() if s.via == "reviewed-develop"]
+    return runner.step(step, {"GH_PULLS": str(pulls), "GH_TOKEN": "x"})
+
+
+def test_version_changes_the_release_app_pushed_above_a_reviewed_merge_pass(runner: Runner, develop: Path) -> None:
+    commit_on(runner.work, "Pulumi.staging.yaml", "version: staging-1111111\n", "release(staging): staging-1111111")
+    commit_on(runner.work, "Pulumi.staging.yaml", "version: staging-1111111\ndigests\n", "record(staging)")
+    result = guard(runner, develop)
+    assert result.code == 0, result.log
+    assert "2 version change(s) on top of" in result.log
+
+
+@pytest.mark.parametrize(
+    "path", [".github/actions/setup.yml", "README.md", "components/image.py", ".github/scripts/lib.sh"]
+)
+def test_staging_secrets_cannot_put_unreviewed_code_on_develop(runner: Runner, develop: Path, path: str) -> None:
+    """Staging's release App bypasses develop's ruleset: with its key, code could reach develop unreviewed and the
+    next staging release would build and attest images with it. Such a commit stops every staging deploy."""
+    (runner.work / path).parent.mkdir(parents=True, exist_ok=True)
+    pushed = commit_on(runner.work, path, "pushed with the App's token\n", "release(staging): staging-2222222")
+    commit_on(runner.work, "Pulumi.staging.yaml", "version: staging-3333333\n", "release(staging): staging-3333333")
+    result = guard(runner, develop)
+    assert result.code != 0, result.log
+    assert f"develop's commit {pushed} came through no reviewed pull request and changes {path}" in result.log
+
+
+def test_a_pull_request_that_was_not_merged_into_develop_proves_no_review(runner: Runner, develop: Path) -> None:
+    head = commit_on(runner.work, ".github/actions/setup.yml", "unreviewed\n", "an open pull request's head")
+    (develop / f"{head}.json").write_text(
+        json.dumps(
+            [
+                {"number": 8, "merged_at": None, "base": {"ref": "develop"}},
+                {"number": 9, "merged_at": "2026-12-01", "base": {"ref": "feature"}},
+            ]
+        )
+    )
+    result = guard(runner, develop)
+    assert result.code != 0 and f"{head} came through no reviewed pull request" in result.log, result.log
+
+
+def test_every_staging_deploy_checks_develop_before_it_runs_anything_of_develops() -> None:
+    for job_id in ("deploy", "release"):
+        steps = job("deploy-staging.yml", job_id).own_steps()
+        checkout = steps[0]
+        assert checkout.uses.startswith("actions/checkout@") and checkout.raw["with"]["fetch-depth"] == 0, job_id
+        assert steps[1].uses == "./.github/workflows/guards/reviewed-develop", f"{job_id}: the guard runs second"
+    guard_file = ROOT / ".github" / "workflows" / "guards" / "reviewed-develop" / "action.yml"
+    assert ".github/scripts" not in guard_file.read_text().split("runs:")[1], "its logic is inline, out of reach"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflows.conftest import Runner, git, install
-from tests.workflows.model import ROOT, job, jobs, local_action
+from tests.workflows.conftest import Runner, git
+from tests.workflows.model import ROOT, SCRIPT_DIR, job, jobs, local_action
 
 STAGING_COMMIT = "3f9c2a1d7b8e4f6a0c5d2e9b1a7f3c8d4e6b2a90"
 RELEASED = {"v1.4.1": "8d2e6b1a7f3c9d4e0a5b2c7f1e3d9a6b4c8e2f10", "v1.4.2": "3f9c2a1d7b8e4f6a0c5d2e9b1a7f3c8d4e6b2a90"}
@@ -228,61 +228,26 @@ def test_the_committed_stack_files_are_what_the_cli_initialised(stack_runner: Ru
     assert git(stack_runner.work, "status", "--porcelain") == ""
 
 
-FAKE_DOCKER = (
-    """#!/usr/bin/env bash
-# A registry holding the production stack's images: logs each call and the login's stdin.
-printf '%s\\n' "$*" >>"$RUNNER_TEMP/docker-calls"
-case "$1" in
-  login) cat >>"$RUNNER_TEMP/docker-login-stdin"; [[ -d "$DOCKER_CONFIG" ]] ;;
-  buildx)
-    case "$4" in
-      */kametrix:v1.5.0) echo "sha256:"""
-    + "1" * 64
-    + """" ;;
-      */kametrix:v1.5.0-migrate) echo "sha256:"""
-    + "2" * 64
-    + """" ;;
-      *) echo "ERROR: not found" >&2; exit 1 ;;
-    esac ;;
-esac
-"""
-)
-
-
-def test_production_resolves_a_new_versions_digests_with_the_stacks_registry_credential(
-    stack_runner: Runner, bin_dir: Path
-) -> None:
-    install(bin_dir, "docker", FAKE_DOCKER)
-    stack_runner.pulumi("config", "set", "--secret", "--stack", "production", "registryPassword", "TESTSECRET-reg")
-    temp = stack_runner.work.parent
-    result = stack_runner.script("resolve-digests", "--stage", "production", "--version", "v1.5.0")
-    assert result.code == 0, result.log
-    assert result.outputs == {"app_digest": APP_DIGEST, "migrate_digest": MIGRATE_DIGEST}
-    calls = (temp / "docker-calls").read_text()
-    assert "login ghcr.io --username kametrix-deploy-bot --password-stdin" in calls, calls
-    assert "ghcr.io/kametrix-org/kametrix/kametrix:v1.5.0-migrate" in calls, calls
-    assert "TESTSECRET" not in calls + result.log, "the registry password reached an argument or the log"
-    assert (temp / "docker-login-stdin").read_text().strip() == "TESTSECRET-reg"
-    assert not list(temp.glob("docker-config.*")), "the step's Docker config (with the credential) was left behind"
-    missing = stack_runner.script("resolve-digests", "--stage", "production", "--version", "v9.9.9")
-    assert missing.code != 0 and "did not resolve ghcr.io/kametrix-org/kametrix/kametrix:v9.9.9" in missing.log
-
-
 def test_each_release_records_its_digests_where_they_are_known() -> None:
     """Production records what resolve-digests found before its update; staging records its build's digests,
     the update's imageRef and migrateImageRef, after it. Either way through record-release."""
     production = job("deploy-production.yml", "release").own_steps()
     names = [step.raw.get("name") for step in production]
     record = next(step for step in production if "record-release" in step.scripts())
-    assert names.index("Resolve the version's image digests") < names.index(record.raw["name"])
+    assert names.index("Resolve the version's image digests and verify their provenance") < names.index(
+        record.raw["name"]
+    )
     assert record.env["APP_DIGEST"] == "${{ steps.digests.outputs.app_digest }}", record.env
     assert record.env["MIGRATE_DIGEST"] == "${{ steps.digests.outputs.migrate_digest }}", record.env
     assert "--app-digest" in record.run and "--migrate-digest" in record.run
     staging = job("deploy-staging.yml", "release").own_steps()
     names = [step.raw.get("name") for step in staging]
     after_up = next(step for step in staging if step.raw.get("name") == "Record the build's digests")
-    assert names.index("pulumi up") < names.index("Record the build's digests")
-    assert "pulumi stack output imageRef" in after_up.run and "pulumi stack output migrateImageRef" in after_up.run
+    built = next(step for step in staging if step.raw.get("name") == "Read the build's images")
+    assert names.index("pulumi up") < names.index("Read the build's images") < names.index("Record the build's digests")
+    script = (SCRIPT_DIR / "staging-build").read_text()
+    assert "imageRef" in script and "migrateImageRef" in script and "staging-build" in built.scripts()
+    assert after_up.env["APP_DIGEST"] == "${{ steps.built.outputs.app_digest }}", after_up.env
     assert "record-release" in after_up.scripts() and "--app-digest" in after_up.run
     pushed = staging[names.index("Record the build's digests") + 1]
     assert "commit-version-change" in pushed.scripts() and "--kind record" in pushed.run, pushed.run
