@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from components.config import APP_SECRET_KEYS, REGISTRY_KEY, SSH_KEY
+from embedded_default import workspace as local_workspace
+from embedded_default.providers import plugins
 from embedded_default.target import LocalTarget
 from tests.e2e.conftest import new_stage, remove_stage
 from tests.e2e.stage import COMMAND, Stage, explain
+from tests.kit import PROJECT_DIR
 
 # Distinctive values for the secrets of this module's stage, found by searching for them.
 SECRETS = {
@@ -132,3 +139,66 @@ def test_no_secret_reaches_the_state_the_output_the_events_or_the_clis_log(stage
     }.items():
         leaked = [key for key, value in secrets.items() if value in text]
         assert not leaked, f"in plaintext in {where}: {leaked}"
+
+
+def staging_on_the_local_target(stage: Stage, folder: Path, plugin_home: Path) -> dict[str, str]:
+    """A staging stack of the project's own stack file, pointed at the local target, in a backend of its own; the
+    runner's environment for it, with `plugin_home` as its PULUMI_HOME."""
+    folder.mkdir()
+    (folder / "state").mkdir()
+    (folder / "Pulumi.yaml").write_text((PROJECT_DIR / "Pulumi.yaml").read_text())
+    document = yaml.safe_load((PROJECT_DIR / "Pulumi.staging.yaml").read_text())
+    document["config"]["kametrix-deploy:server"].update(
+        host=stage.target.ssh_host,
+        port=stage.target.ssh_port,
+        user=stage.target.ssh_user,
+        hostKey=stage.target.ssh_host_key,
+        appDir=f"{stage.app_dir}-staging",
+    )
+    (folder / "Pulumi.staging.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    env = {
+        **os.environ,
+        "PULUMI_BACKEND_URL": f"file://{folder / 'state'}",
+        "PULUMI_CONFIG_PASSPHRASE": "staging-through-a-stand-in",
+        "PULUMI_HOME": str(plugin_home),
+        **local_workspace.OFFLINE,
+    }
+
+    def pulumi(*args: str, stdin: str | None = None) -> None:
+        subprocess.run([str(stage.cli), *args], cwd=folder, env=env, input=stdin, text=True, check=True)
+
+    pulumi("stack", "init", "staging", "--secrets-provider", "passphrase")
+    throwaway = {name: f"throwaway-{name}" for name in APP_SECRET_KEYS}
+    throwaway |= {"googleEncryptionKey": "ab" * 32, REGISTRY_KEY: "throwaway", SSH_KEY: stage.target.ssh_private_key}
+    for name, value in throwaway.items():
+        pulumi("config", "set", "--secret", "--stack", "staging", name, stdin=value)
+    return env
+
+
+def run_staging(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", "--stack", "staging", "--work-dir", str(folder), "up", "--yes"],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_staging_is_never_updated_through_a_stand_in(stage: Stage, tmp_path: Path) -> None:
+    # The stand-ins installed where a careless operator could have them: a Pulumi home the engine reads.
+    plugin_home = tmp_path / "home"
+    plugins.install(stage.cli, plugin_home)
+    env = staging_on_the_local_target(stage, tmp_path / "staging", plugin_home)
+
+    refused = run_staging(tmp_path / "staging", env)
+    assert refused.returncode != 0
+    assert "a test double that never touches a real stage" in refused.stdout + refused.stderr, refused.stdout
+    assert on_server(stage, f"test -e {shlex.quote(stage.app_dir)}-staging").returncode != 0, "a step ran"
+
+    # The local stack's own plugin home never even reaches the engine for a real stage.
+    env["PULUMI_HOME"] = str(local_workspace.PLUGIN_HOME)
+    refused = run_staging(tmp_path / "staging", env)
+    assert refused.returncode == 1 and "runs only with Pulumi's real provider plugins" in refused.stderr

@@ -1,0 +1,114 @@
+"""The runner's own rules: it runs the same program `pulumi up` runs, changes a stack file the way an operator
+would, and frees a state lock only when its holder is gone. Its updates through the real engine: tests/e2e/."""
+
+from __future__ import annotations
+
+import ast
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pulumi import automation as auto
+
+from components import program
+from components.recorded_versions import RecordError
+from embedded_default import workspace as local_workspace
+from runner import commands, stack_file
+from runner import workspace as runner_workspace
+from runner.__main__ import parser
+from tests.kit import PROJECT_DIR
+
+DIGEST = "sha256:" + "ab" * 32
+OTHER = "sha256:" + "cd" * 32
+
+
+def test_main_py_and_the_runner_run_the_same_program_function(pulumi_cli: Path, tmp_path: Path) -> None:
+    main = ast.parse((PROJECT_DIR / "__main__.py").read_text())
+    statements = [
+        node for node in main.body if not isinstance(node, ast.Expr) or not isinstance(node.value, ast.Constant)
+    ]
+    assert [ast.unparse(node) for node in statements] == ["from components.program import program", "program()"]
+
+    for name in ("Pulumi.yaml", "Pulumi.local.yaml"):
+        (tmp_path / name).write_text((PROJECT_DIR / name).read_text())
+    env = {"PULUMI_BACKEND_URL": f"file://{tmp_path}", "PULUMI_CONFIG_PASSPHRASE": "x", **local_workspace.OFFLINE}
+    stack = runner_workspace.Workspace("local", tmp_path, pulumi_cli, env).stack()
+    assert isinstance(stack.workspace, auto.LocalWorkspace)
+    assert stack.workspace.program is program.program
+
+
+def stack_file_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "Pulumi.production.yaml"
+    copy.write_text((PROJECT_DIR / "Pulumi.production.yaml").read_text())
+    return copy
+
+
+def test_pinning_a_version_changes_one_line_and_keeps_the_comments(tmp_path: Path) -> None:
+    path = stack_file_copy(tmp_path)
+    before = path.read_text().splitlines()
+    assert stack_file.pin(path, "v1.4.1", None)
+    after = path.read_text().splitlines()
+    changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
+    assert changed == [("  kametrix-deploy:version: v1.4.2", "  kametrix-deploy:version: v1.4.1")]
+    assert not stack_file.pin(path, "v1.4.1", None), "pinning the pinned version changed the file"
+    with pytest.raises(RecordError, match="allowed an exact version"):
+        stack_file.pin(path, "latest", None)
+
+
+def test_a_recorded_version_never_changes_its_bytes(tmp_path: Path) -> None:
+    path = stack_file_copy(tmp_path)
+    assert stack_file.record(path, "v9.0.0", DIGEST, OTHER)
+    assert not stack_file.record(path, "v9.0.0", DIGEST, OTHER)
+    assert "v9.0.0" in stack_file.recorded_versions(path)
+    with pytest.raises(RecordError, match="never changes its bytes"):
+        stack_file.record(path, "v9.0.0", OTHER, OTHER)
+
+
+def dead_pid() -> int:
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def test_a_state_lock_is_freed_only_when_its_holder_died_on_this_machine() -> None:
+    here = socket.gethostname()
+    assert commands.StateLockHolder("root", here, dead_pid(), "2026-12-02T10:00:00Z").is_dead_here()
+    assert not commands.StateLockHolder("root", here, os.getpid(), "2026-12-02T10:00:00Z").is_dead_here()
+    assert not commands.StateLockHolder("root", "another-runner", dead_pid(), "2026-12-02T10:00:00Z").is_dead_here()
+
+
+def test_the_engines_lock_error_names_each_holder() -> None:
+    words = (
+        "error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or delete "
+        "the lock file with `pulumi cancel`.\n  s3://state/.pulumi/locks/organization/kametrix-deploy/production/"
+        "x.json: created by runner@ci-42 (pid 4711) at 2026-12-02T10:00:00Z"
+    )
+    error = auto.errors.CommandError(auto._cmd.CommandResult("", words, 255))
+    assert commands._state_lock_holders(error) == [
+        commands.StateLockHolder("runner", "ci-42", 4711, "2026-12-02T10:00:00Z")
+    ]
+    other = auto.errors.CommandError(auto._cmd.CommandResult("", "error: something else", 255))
+    assert commands._state_lock_holders(other) is None
+
+
+def test_a_real_stage_never_runs_with_the_stand_ins_plugin_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PULUMI_HOME", str(local_workspace.PLUGIN_HOME))
+    monkeypatch.setenv(runner_workspace.CLI_VARIABLE, "/nonexistent/pulumi")
+    with pytest.raises(runner_workspace.RunnerError, match="runs only with Pulumi's real provider plugins"):
+        runner_workspace.open_workspace("production")
+    with pytest.raises(runner_workspace.RunnerError, match="allowed staging, production, local; received 'prod'"):
+        runner_workspace.open_workspace("prod")
+
+
+def test_help_documents_the_operators_tool() -> None:
+    text = parser().format_help()
+    for command in ("preview", "up", "release", "rollback", "status", "history", "unlock"):
+        assert command in text
+    assert "PULUMI_BACKEND_URL" in text and "real provider" in text
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "--help"], cwd=PROJECT_DIR, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and "rollback" in done.stdout
