@@ -172,7 +172,7 @@ def _clear_interrupted_operations(session: Session, stack: auto.Stack) -> None:
     """An update killed mid-step leaves pending operations in the state. Pulumi's documented repair is
     `pulumi refresh` (with --clear-pending-creates for creates). Done here only when every pending operation is
     a release step, which converges when it runs again; anything else is left to the operator."""
-    pending = (stack.export_stack().deployment or {}).get("pending_operations") or []
+    pending = session.workspace.state().get("pending_operations") or []
     if not pending:
         return
     described = [f"{op['resource']['urn']} (interrupted while {op['type']})" for op in pending]

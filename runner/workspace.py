@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pulumi import automation as auto
 
@@ -78,6 +80,15 @@ class Workspace:
                 f"stack {self.stack_name!r} does not exist in the backend {self.backend()!r}; create it once (README, "
                 f"One-time setup of a stage): pulumi stack init {self.stack_name} --secrets-provider passphrase"
             ) from None
+
+    def state(self) -> dict[str, Any]:
+        """The stack's deployment as `pulumi stack export` gives it, secrets left encrypted: nothing is decrypted
+        (the passphrase's key derivation is the slowest part of a small command)."""
+        done = auto.PulumiCommand(root=str(self.cli.parent.parent), skip_version_check=True).run(
+            ["stack", "export", "--stack", self.stack_name], str(self.work_dir), dict(self.env)
+        )
+        deployment: dict[str, Any] = json.loads(done.stdout).get("deployment") or {}
+        return deployment
 
     def backend(self) -> str:
         return self.env.get("PULUMI_BACKEND_URL") or os.environ.get("PULUMI_BACKEND_URL") or "(the CLI's login)"

@@ -12,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,8 @@ class StepRun:
     """The step's stdout output (`[secret]` where the engine keeps it secret)."""
     error: str
     """The engine's error for the step: for a failed command, its exit and its whole output."""
+    seconds: float = 0.0
+    """From the engine's start of the step to its end, as the runner saw the events."""
 
 
 @dataclass
@@ -57,6 +62,8 @@ class UpdateResult:
     events: list[dict[str, Any]]
     runs: list[StepRun] = field(default_factory=list)
     killed: bool = False
+    wall: float = 0.0
+    """From starting the runner to its exit."""
 
     @property
     def ok(self) -> bool:
@@ -81,10 +88,11 @@ def steps_of(events: list[dict[str, Any]]) -> list[StepRun]:
             continue
         name = event["urn"].rpartition("::")[2]
         if event["event"] == "pre" and event["op"] in RAN:
-            runs[name] = StepRun(name, event["op"], ok=False, stdout="", error="")
+            runs[name] = StepRun(name, event["op"], ok=False, stdout="", error="", seconds=-event["at"])
         elif event["event"] in ("done", "failed") and name in runs and event["op"] == runs[name].op:
             runs[name].ok = event["event"] == "done"
             runs[name].stdout = str((event.get("outputs") or {}).get("stdout", ""))
+            runs[name].seconds += event["at"]
     for event in events:
         if event.get("event") == "diagnostic" and event.get("severity") == "error" and event.get("urn"):
             name = event["urn"].rpartition("::")[2]
@@ -107,6 +115,7 @@ class Stage:
     target: LocalTarget
     work_dir: Path
     cli: Path
+    started_at: float = 0.0
 
     @property
     def stack_file(self) -> Path:
@@ -189,6 +198,7 @@ class Stage:
     def start(self, *args: str) -> subprocess.Popen[str]:
         """The runner in a process group of its own (so that a test can kill it with its CLI and plugins)."""
         (self.work_dir / "events.jsonl").unlink(missing_ok=True)
+        self.started_at = time.monotonic()
         return subprocess.Popen(
             self.runner_argv(*args),
             cwd=PROJECT_DIR,
@@ -201,9 +211,10 @@ class Stage:
 
     def finish(self, process: subprocess.Popen[str], killed: bool = False) -> UpdateResult:
         output, _ = process.communicate(timeout=RUNNER_TIMEOUT)
+        wall = time.monotonic() - self.started_at
         events_file = self.work_dir / "events.jsonl"
         events = [json.loads(line) for line in events_file.read_text().splitlines()] if events_file.exists() else []
-        return UpdateResult(process.returncode, output, events, steps_of(events), killed)
+        return UpdateResult(process.returncode, output, events, steps_of(events), killed, wall)
 
     def run(self, *args: str) -> UpdateResult:
         return self.finish(self.start(*args))
@@ -308,3 +319,65 @@ def _sshd_ancestor(pid: int) -> int | None:
             return current
         current = int(stat.rpartition(")")[2].split()[1])
     return None
+
+
+def new_stage(
+    target: LocalTarget,
+    prepared: Path,
+    cli: Path,
+    app_port: int,
+    postgres_port: int,
+    overrides: dict[str, Any] | None = None,
+) -> Stage:
+    """A stage of its own: its proxy serves the app on `app_port`, its colours answer on the next two ports."""
+    name = f"kametrix-e2e-{uuid.uuid4().hex[:8]}"
+    folder = prepared.parent / name
+    local_workspace.copy_prepared(
+        prepared,
+        folder,
+        cli,
+        {
+            "server.hostKey": target.ssh_host_key,
+            "server.port": target.ssh_port,
+            "server.appDir": f"{target.target_dir}/stages/{name}",
+            "app.composeProject": name,
+            "app.appContainer": f"{name}-app",
+            "app.dbContainer": f"{name}-db",
+            "app.proxyPort": app_port,
+            "app.bluePort": app_port + 1,
+            "app.greenPort": app_port + 2,
+            "app.url": f"http://127.0.0.1:{app_port}",
+            "app.postgresPort": postgres_port,
+            **(overrides or {}),
+        },
+    )
+    return Stage(target, folder, cli)
+
+
+def remove_stage(stage: Stage) -> None:
+    quoted = shlex.quote(stage.app_dir)
+    stage.target.ssh(
+        f"if [ -f {quoted}/docker-compose.yml ]; then APP_IMAGE=none MIGRATE_IMAGE=none docker compose"
+        f" --project-name {shlex.quote(stage.project)} --project-directory {quoted} --file {quoted}/docker-compose.yml"
+        f" --env-file {quoted}/.env down --volumes --remove-orphans --timeout 5; fi; rm -rf {quoted}",
+        timeout=120,
+    )
+
+
+@contextlib.contextmanager
+def stages_on(target: LocalTarget, cli: Path) -> Iterator[Callable[..., Stage]]:
+    """`new_stage` for a script (the benchmarks): one prepared stack to copy, every stage removed afterwards."""
+    created: list[Stage] = []
+    with tempfile.TemporaryDirectory(prefix="kametrix-stacks-") as root:
+        prepared = Path(root, "prepared")
+        local_workspace.prepare(prepared, cli, target.ssh_host_key, target.ssh_private_key)
+
+        def make(app_port: int, postgres_port: int, overrides: dict[str, Any] | None = None) -> Stage:
+            created.append(new_stage(target, prepared, cli, app_port, postgres_port, overrides))
+            return created[-1]
+
+        try:
+            yield make
+        finally:
+            for stage in created:
+                remove_stage(stage)

@@ -18,8 +18,7 @@ from components.config import APP_SECRET_KEYS, REGISTRY_KEY, SSH_KEY
 from embedded_default import workspace as local_workspace
 from embedded_default.providers import plugins
 from embedded_default.target import LocalTarget
-from tests.e2e.conftest import new_stage, remove_stage
-from tests.e2e.stage import COMMAND, Stage, explain
+from tests.e2e.stage import COMMAND, Stage, explain, new_stage, remove_stage
 from tests.kit import PROJECT_DIR
 
 # Distinctive values for the secrets of this module's stage, found by searching for them.

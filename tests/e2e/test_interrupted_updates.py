@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from embedded_default.target import LocalTarget
-from tests.e2e.conftest import new_stage, remove_stage
 from tests.e2e.load import Load
-from tests.e2e.stage import Stage, explain, kill_when, processes_running
+from tests.e2e.stage import Stage, explain, kill_when, new_stage, processes_running, remove_stage
 from tests.e2e.test_releases import app_url, release_lock_held, running_colours, served_version, sql
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from embedded_default.target import LocalTarget, registry_digest, stopped_registry
-from tests.e2e.conftest import new_stage, remove_stage
-from tests.e2e.stage import Stage, UpdateResult, explain
+from tests.e2e.stage import Stage, UpdateResult, explain, new_stage, remove_stage
 from tests.e2e.test_releases import (
     ALL_STEPS,
     backups,

@@ -10,8 +10,7 @@ import pytest
 
 from embedded_default.target import LocalTarget
 from tests.e2e import old_layout
-from tests.e2e.conftest import new_stage, remove_stage
-from tests.e2e.stage import Stage, explain
+from tests.e2e.stage import Stage, explain, new_stage, remove_stage
 from tests.e2e.test_releases import ALL_STEPS, env_digest, row_counts, running_colours, served_version, sql
 
 
