@@ -20,6 +20,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
 from components.config import NAMESPACE, SECRET_KEYS, PlainConfig  # noqa: E402  - the project root is on the path only now
+from components.config.cluster_policy import CLUSTER_RULES  # noqa: E402
 from components.config.fields import ALLOWED, ENV_FILE_RULE  # noqa: E402
 from components.config.secrets import (  # noqa: E402
     APP_SECRET_KEYS,
@@ -166,6 +167,9 @@ def _sections(
     for alias, field in model["properties"].items():
         child_path = f"{path}.{alias}" if path else alias
         reference = _model_ref(field)
+        if reference is None and _model_ref(field.get("items", {})) is not None:
+            reference = _model_ref(field["items"])
+            child_path += ".<n>"
         if reference is None:
             reference = _map_value_ref(field)
             child_path += ".<name>"
@@ -198,7 +202,7 @@ def _needed_in(key: str, required: bool, stages: str) -> str:
     needed = stages if required else ""
     if key in REQUIRED_SECTIONS:
         needed = ", ".join(REQUIRED_SECTIONS[key][0])
-    rule = STAGE_RULES.get(key)
+    rule = STAGE_RULES.get(key) or CLUSTER_RULES.get(key)
     return "; ".join(part for part in (needed, rule) if part) or "—"
 
 

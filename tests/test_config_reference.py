@@ -41,12 +41,14 @@ def test_the_committed_reference_and_schema_are_what_the_models_write(reference:
 
 
 def models(model: type[BaseModel], path: str = "") -> list[tuple[str, type[BaseModel]]]:
-    """Every model under `model`, by its dotted path (a model kept in a map by name: `<name>`)."""
+    """Every model under `model`, by its dotted path (a model kept in a map by name: `<name>`; in a list: `<n>`)."""
     found = [(path, model)]
     for field in model.model_fields.values():
         child = f"{path}.{field.alias}" if path else str(field.alias)
         if typing.get_origin(field.annotation) is dict:
             child += ".<name>"
+        if typing.get_origin(field.annotation) is list:
+            child += ".<n>"
         for candidate in typing.get_args(field.annotation) or (field.annotation,):
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
                 found += models(candidate, child)

@@ -12,6 +12,7 @@ only the section model they take. Read in this order:
   (`scripts/config_reference.py` writes both);
 - `secrets.py`: the secret keys, which a stage needs, and reading them without ever showing a value;
 - `stage_policy.py`: what each stage demands beyond shape (production's approval, branch and releases);
+- `cluster_policy.py`: one host, or several on Docker Swarm with managers and a database host Swarm can run on;
 - `problems.py`: how a problem is told (key once, allowed, received) and the one error that lists them;
 - `loading.py`: `load()`, which runs all of the above over one stack's raw values.
 """
@@ -21,6 +22,7 @@ from components.config.loading import StackConfig, Stage, load, load_from_engine
 from components.config.models import (
     AppSettings,
     BuildSettings,
+    ClusterHost,
     GitHubApp,
     GitHubSettings,
     ImageSettings,
@@ -63,6 +65,7 @@ __all__ = [
     "VERSION_PATTERN",
     "AppSettings",
     "BuildSettings",
+    "ClusterHost",
     "ConfigError",
     "GitHubApp",
     "GitHubSettings",

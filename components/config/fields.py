@@ -94,6 +94,13 @@ EnvName = Annotated[str, matching(ENV_NAME_PATTERN, ENV_NAME_RULE)]
 AbsolutePath = Annotated[str, matching(r"/[A-Za-z0-9._/-]*", "an absolute path")]
 HttpsUrl = Annotated[str, matching(r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")]
 Digest = Annotated[str, matching(r"sha256:[0-9a-f]{64}", "an image digest sha256:<64 lower-case hex>")]
+SshHostKey = Annotated[
+    str, matching(r"(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa) [A-Za-z0-9+/=]+", "an SSH public host key line")
+]
+Ipv4Address = Annotated[
+    str,
+    matching(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)", "an IPv4 address"),
+]
 FITS_ENV_FILE = Rule(_check_env_value, ENV_FILE_RULE, pattern="^[^'\\r\\n]*$")
 EnvValue = Annotated[str, FITS_ENV_FILE]
 """A plain value the server's `.env` carries."""

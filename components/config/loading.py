@@ -12,6 +12,7 @@ import pulumi
 import yaml
 from pydantic import SecretStr, ValidationError
 
+from components.config.cluster_policy import cluster_policy
 from components.config.models import GitHubSettings, PlainConfig
 from components.config.problems import NAMESPACE, ConfigError, Problem, dedupe, from_validation_error, full_key
 from components.config.secrets import (
@@ -91,6 +92,7 @@ def load(
         problems.extend(from_validation_error(error, PlainConfig, SECRET_KEYS, _REPLACED_KEYS))
     if stack in STAGES:
         problems.extend(stage_policy(stack, Sections.of(plain_values)))
+    problems.extend(cluster_policy(plain_values.get("server")))
 
     github = plain_values.get("github")
     manages_github = bool(github) and stack == GITHUB_ADMINISTRATOR

@@ -21,7 +21,9 @@ from components.config.fields import (
     EnvValue,
     GitHubLogin,
     HttpsUrl,
+    Ipv4Address,
     Port,
+    SshHostKey,
     TeamSlug,
     Version,
     in_range,
@@ -142,20 +144,58 @@ class ImageSettings(Model):
     version deploys exactly these bytes: no build, and a registry whose tag now names other bytes stops the update."""
 
 
-class ServerSettings(Model):
+class ClusterHost(Model):
+    """One host of a stage that runs on Docker Swarm (docs/swarm.md)."""
+
     host: str
-    """The Docker host the stage runs on."""
+    """How the release steps reach it over SSH: its name or address."""
+    port: Port | None = None
+    """Its SSH port; absent: `server.port`."""
+    user: str | None = None
+    """The deploy user (in the `docker` group); absent: `server.user`."""
+    host_key: SshHostKey
+    """Its SSH host key, pinned: `ssh-keyscan -t ed25519 HOST`."""
+    role: Literal["manager", "worker"]
+    """A manager keeps the Swarm's state (Raft) and can run its commands; a worker only runs tasks."""
+    database: bool = False
+    """This host holds PostgreSQL and its backups, and runs the release steps: exactly one host, a manager."""
+    advertise_address: Ipv4Address
+    """The address the other hosts reach it at (Swarm's control, gossip and overlay traffic): a private one."""
+
+
+class ServerSettings(Model):
+    host: str = ""
+    """The Docker host the stage runs on. Leave it out where `hosts` lists the stage's hosts."""
     port: Port = 22
-    """Its SSH port."""
+    """Its SSH port (with `hosts`: of each host that names none)."""
     user: str
-    """The deploy user (in the `docker` group)."""
-    host_key: Annotated[
-        str,
-        matching(r"(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa) [A-Za-z0-9+/=]+", "an SSH public host key line"),
-    ]
-    """The server's SSH host key, pinned: `ssh-keyscan -t ed25519 HOST`."""
+    """The deploy user (in the `docker` group; with `hosts`: on each host that names none)."""
+    host_key: SshHostKey = ""
+    """The server's SSH host key, pinned: `ssh-keyscan -t ed25519 HOST`. Leave it out where `hosts` lists the hosts."""
     app_dir: AbsolutePath = "/opt/kametrix"
-    """Where the compose project, its scripts, `.env` and backups live on the server."""
+    """Where the compose project, its scripts, `.env` and backups live on the server (with `hosts`: on the
+    database host; the other hosts hold no file of the stage)."""
+    hosts: list[ClusterHost] = Field(default_factory=list)
+    """A stage on several hosts: Docker Swarm, one database host, every host serving the app through its proxy
+    (docs/swarm.md). Empty: the stage is the one host `host`."""
+    replicas: Annotated[int, in_range(1, 100, "app tasks")] = 2
+    """With `hosts`: how many tasks of the app Swarm runs across the hosts; a rolling update replaces them one
+    at a time, each new task health-gated before the old one stops."""
+
+    def release_host(self) -> ServerSettings:
+        """The host the release steps run on: the stage's one host, or the one of `hosts` that holds the database."""
+        database = next((entry for entry in self.hosts if entry.database), None)
+        if database is None:
+            return self
+        return self.model_copy(
+            update={
+                "host": database.host,
+                "port": database.port or self.port,
+                "user": database.user or self.user,
+                "host_key": database.host_key,
+                "hosts": [],
+            }
+        )
 
 
 class AppSettings(Model):
