@@ -11,6 +11,7 @@ from components.github_environment import GitHubEnvironment, GitHubEnvironmentAr
 from components.image import AppImage, AppImageArgs
 from components.release_record import ReleaseRecord, ReleaseRecordArgs
 from components.server_release import ServerRelease, ServerReleaseArgs
+from components.swarm_release import swarm_stage
 
 
 def program() -> None:
@@ -28,7 +29,9 @@ def program() -> None:
             registry_password=secrets.registry_password,
         ),
     )
-    server = ServerRelease(
+    # A stage that lists its hosts runs on Docker Swarm; any other is its one host, as always.
+    swarm = swarm_stage(stack, image) if plain.server.hosts else None
+    server = swarm or ServerRelease(
         "server",
         ServerReleaseArgs(
             server=plain.server,

@@ -30,6 +30,13 @@ SCRIPTS = (
     "up.sh",
     "release-lock.sh",
     "switch-back.sh",
+    # A stage on Docker Swarm (components/swarm_*.py): its cluster's steps, its release, what runs where.
+    "swarm-init.sh",
+    "swarm-tokens.sh",
+    "swarm-join.sh",
+    "swarm-nodes.sh",
+    "swarm-up.sh",
+    "swarm-status.sh",
 )
 # Sourced by the others, never run: it ships without the executable bit.
 LIBRARY = "lib.sh"

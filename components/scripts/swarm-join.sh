@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Joins this host to the stage's Swarm, as a worker or a manager (the token says which), unless it is in it
+# already: as the node the Swarm's manager lists at this host's address. A host in another Swarm, or one the
+# Swarm removed, leaves it first. The token is read from a file (mode 600) and sent to the Docker Engine's API on
+# stdin: it never reaches a command line, and nothing printed here holds it.
+#   swarm-join.sh --advertise-address 10.0.0.12 --manager-address 10.0.0.11 --node-id NODE_ID|'' --token-file FILE
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+parse_flags swarm-join.sh "advertise-address manager-address node-id token-file" "$@"
+address="${FLAGS[advertise-address]}" manager="${FLAGS[manager-address]}" expected="${FLAGS[node-id]}"
+for name in advertise-address manager-address; do
+  [[ "${FLAGS[$name]}" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "$name: allowed an IPv4 address; received '${FLAGS[$name]}'"
+done
+[[ "$expected" =~ ^[a-z0-9]*$ ]] || die "node-id: allowed a Swarm node ID or nothing; received '$expected'"
+token="$(cat "${FLAGS[token-file]}")"
+[[ "$token" =~ ^SWMTKN-[0-9]+-[a-z0-9]+-[a-z0-9]+$ ]] || die "token-file: allowed a Swarm join token; received another text (not shown)"
+
+# The Engine's API on its Unix socket, where `docker` would reach it; the request's body comes on stdin.
+socket="${DOCKER_HOST:-unix:///var/run/docker.sock}"
+[[ "$socket" == unix://* ]] || die "DOCKER_HOST: allowed a unix:// socket; received '$socket'"
+engine() {
+  local method="$1" path="$2" answer
+  answer="$(curl --silent --show-error --unix-socket "${socket#unix://}" --request "$method" \
+    --header 'Content-Type: application/json' --data-binary @- --write-out '\n%{http_code}' "http://engine$path")"
+  # An error of the Engine may quote what it was sent: a token is never shown.
+  [[ "${answer##*$'\n'}" == 200 ]] || die "the Docker Engine refused $method $path: $(sed -E 's/SWMTKN-[A-Za-z0-9-]+/<token>/g' <<<"${answer%$'\n'*}")"
+}
+
+read -r state node < <(docker info --format '{{.Swarm.LocalNodeState}} {{.Swarm.NodeID}}')
+if [[ "$state" == active && -n "$expected" && "$node" == "$expected" ]]; then
+  echo "already in the Swarm as node $node"
+  exit 0
+fi
+if [[ "$state" != inactive ]]; then
+  engine POST '/swarm/leave?force=true' </dev/null
+  echo "left the Swarm it was in as node ${node:-?} ($state), which the stage's Swarm does not list at $address"
+fi
+printf '{"ListenAddr":"%s:2377","AdvertiseAddr":"%s","RemoteAddrs":["%s:2377"],"JoinToken":"%s"}' \
+  "$address" "$address" "$manager" "$token" | engine POST /swarm/join
+echo "joined the Swarm at $manager as node $(docker info --format '{{.Swarm.NodeID}}')"
