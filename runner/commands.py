@@ -266,13 +266,44 @@ def _stack_config(workspace: Workspace) -> config.StackConfig:
     return config.load(workspace.stack_name, raw, secret_keys)
 
 
-def _server_state(session: Session) -> server.ServerState | None:
-    loaded = _stack_config(session.workspace)
+def _server_state(session: Session, loaded: config.StackConfig | None = None) -> server.ServerState | None:
+    loaded = loaded or _stack_config(session.workspace)
     try:
-        return server.read_state(loaded.plain.server, loaded.secrets.ssh_private_key)
+        return server.read_state(loaded.plain.server.release_host(), loaded.secrets.ssh_private_key)
     except server.ServerUnreachableError as error:
         session.say(f"the server could not be asked: {error}")
         return None
+
+
+def _say_hosts(session: Session, loaded: config.StackConfig) -> None:
+    """Each host of a stage on Swarm: its node, and which version each of its tasks runs."""
+    versions = {digest: version for version, digest in stack_file.recorded_app_digests(session.workspace.stack_file)}
+    try:
+        nodes = server.read_swarm(loaded.plain.server, loaded.secrets.ssh_private_key, loaded.plain.app.compose_project)
+    except server.ServerUnreachableError as error:
+        session.say(f"hosts          the Swarm could not be asked: {error}")
+        return
+    found = {node.address: node for node in nodes}
+    label = "hosts"
+    for host in loaded.plain.server.hosts:
+        node = found.pop(host.advertise_address, None)
+        if node is None:
+            line = "not in the Swarm (the next update joins it)"
+        else:
+            tasks = ", ".join(
+                f"{service} {versions.get(image.rpartition('@')[2], image) if service == 'app' else ''}".rstrip()
+                + f" ({state})"
+                for service, image, state in node.tasks
+            )
+            line = f"{node.hostname}, {node.role}, {node.state}, {node.availability}: {tasks or 'no task'}"
+        database = ", database" if host.database else ""
+        session.say(f"{label:<15}{host.advertise_address} ({host.role}{database}) {line}")
+        label = ""
+    for node in found.values():
+        session.say(
+            f"{label:<15}{node.address} not declared: {node.state}, {node.availability} (the next update removes it)"
+        )
+        label = ""
 
 
 def status(session: Session) -> None:
@@ -281,16 +312,21 @@ def status(session: Session) -> None:
     pinned = stack_file.pinned_version(workspace.stack_file)
     session.say(f"stack          {workspace.stack_name} ({workspace.stack_file}; backend {workspace.backend()})")
     session.say(f"pinned         {pinned}")
-    state = _server_state(session)
+    loaded = _stack_config(workspace)
+    state = _server_state(session, loaded)
     if state is not None:
         record = state.record
         live = record.get("VERSION")
+        # A stage on Swarm has no colours: its hosts say where each version runs.
+        where = f" on {record.get('LIVE_COLOUR', '?')}" if not loaded.plain.server.hosts else ""
         if live:
-            session.say(f"live           {live} on {record.get('LIVE_COLOUR', '?')} ({record.get('APP_IMAGE', '?')})")
+            session.say(f"live           {live}{where} ({record.get('APP_IMAGE', '?')})")
             session.say(f"previous       {record.get('PREVIOUS_VERSION') or 'none recorded'}")
         else:
             session.say("live           nothing released on the server yet")
         session.say(f"release lock   {state.lock}")
+        if loaded.plain.server.hosts:
+            _say_hosts(session, loaded)
         if live and live != pinned:
             session.say(
                 f"note           the stack pins {pinned} but {live} serves: the last update did not reach its "

@@ -64,3 +64,35 @@ def read_state(server: ServerSettings, private_key: SecretStr) -> ServerState:
     record_text, _, lock = answer.partition(f"{_SEPARATOR}\n")
     record = dict(line.split("=", 1) for line in record_text.splitlines() if "=" in line)
     return ServerState(record=record, lock=lock.strip() or "no release steps are installed on the server yet")
+
+
+@dataclass(frozen=True)
+class SwarmNode:
+    """A node of a stage's Swarm and the tasks it runs, as `swarm-status.sh` tells them."""
+
+    address: str
+    hostname: str
+    role: str
+    availability: str
+    state: str
+    database: bool
+    tasks: tuple[tuple[str, str, str], ...] = ()
+    """(service, image, state) of each task Swarm wants running there."""
+
+
+def read_swarm(server: ServerSettings, private_key: SecretStr, project: str) -> list[SwarmNode]:
+    """Every node of the stage's Swarm with its tasks, asked on the host that runs the release steps."""
+    host = server.release_host()
+    answer = ssh(
+        host, private_key, f"bash {shlex.quote(host.app_dir)}/bin/swarm-status.sh --project {shlex.quote(project)}"
+    )
+    rows = [line.split("|") for line in answer.splitlines()]
+    tasks: dict[str, list[tuple[str, str, str]]] = {}
+    for row in rows:
+        if row[0] == "task" and len(row) == 5:
+            tasks.setdefault(row[2], []).append((row[1], row[3], row[4]))
+    return [
+        SwarmNode(row[1], row[2], row[3], row[4], row[5], row[6] == "true", tuple(tasks.get(row[1], [])))
+        for row in rows
+        if row[0] == "node" and len(row) == 7
+    ]

@@ -62,6 +62,13 @@ def recorded_versions(stack_file: Path) -> list[str]:
     return list((image.get("digests") or {}).keys())
 
 
+def recorded_app_digests(stack_file: Path) -> list[tuple[str, str]]:
+    """(version, app image digest) of every version recorded under `image.digests`."""
+    config = mapping_at(stack_yaml().load(stack_file.read_text()), "config", str(stack_file))
+    digests = (config.get(f"{NAMESPACE}:image") or {}).get("digests") or {}
+    return [(str(version), str(recorded.get("app", ""))) for version, recorded in digests.items()]
+
+
 def record(stack_file: Path, version: str, app: str, migrate: str) -> bool:
     """Record `version`'s two digests under `image.digests`; False when recorded with exactly these already."""
     digests = version_digests(version, app, migrate)
