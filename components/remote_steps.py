@@ -33,6 +33,34 @@ def connection(
     )
 
 
+def command(
+    name: str,
+    parent: pulumi.Resource,
+    connection: remote.ConnectionArgs,
+    create: pulumi.Input[str],
+    stdin: pulumi.Input[str] | None = None,
+    triggers: list[pulumi.Input[str]] | None = None,
+    prints_secrets: bool = False,
+    after: list[pulumi.Resource] | None = None,
+) -> remote.Command:
+    """One step: no `delete` (replacing a step never undoes a newer one), nothing from SSH's environment, and its
+    output kept out of the log and made secret when it can hold a secret."""
+    return remote.Command(
+        name,
+        connection=connection,
+        create=create,
+        stdin=stdin,
+        triggers=triggers,
+        add_previous_output_in_env=False,
+        logging=remote.Logging.NONE if prints_secrets else remote.Logging.STDOUT_AND_STDERR,
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            depends_on=after,
+            additional_secret_outputs=["stdout", "stderr"] if prints_secrets else None,
+        ),
+    )
+
+
 def flags(values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[list[str]]:
     """`--name value` for each of `values`, once all are known."""
     return pulumi.Output.all(*values.values()).apply(

@@ -73,19 +73,9 @@ class SwarmCluster(pulumi.ComponentResource):
             prints_secrets: bool = False,
             after: list[pulumi.Resource] | None = None,
         ) -> remote.Command:
-            return remote.Command(
-                f"{name}-{step_name}",
-                connection=remote_steps.connection(server, args.ssh_private_key, host),
-                create=create,
-                stdin=stdin,
-                triggers=triggers,
-                add_previous_output_in_env=False,
-                logging=remote.Logging.NONE if prints_secrets else remote.Logging.STDOUT_AND_STDERR,
-                opts=pulumi.ResourceOptions(
-                    parent=self,
-                    depends_on=after,
-                    additional_secret_outputs=["stdout", "stderr"] if prints_secrets else None,
-                ),
+            connection = remote_steps.connection(server, args.ssh_private_key, host)
+            return remote_steps.command(
+                f"{name}-{step_name}", self, connection, create, stdin, triggers, prints_secrets, after
             )
 
         # Runs again whenever the list of hosts changes, so that the joins read which hosts the Swarm lists now.

@@ -84,20 +84,10 @@ class SwarmRelease(pulumi.ComponentResource):
             stdin: pulumi.Input[str] | None = None,
             prints_secrets: bool = False,
         ) -> remote.Command:
-            resource = remote.Command(
-                f"{name}-{step_name}",
-                connection=connection,
-                create=create,
-                stdin=stdin,
-                triggers=triggers,
-                add_previous_output_in_env=False,
-                logging=remote.Logging.NONE if prints_secrets else remote.Logging.STDOUT_AND_STDERR,
-                opts=pulumi.ResourceOptions(
-                    parent=self,
-                    # Each step waits for the one declared before it; the first for the Swarm.
-                    depends_on=list(self.steps.values())[-1:] or [args.cluster],
-                    additional_secret_outputs=["stdout", "stderr"] if prints_secrets else None,
-                ),
+            # Each step waits for the one declared before it; the first for the Swarm.
+            after: list[pulumi.Resource] = [*list(self.steps.values())[-1:]] or [args.cluster]
+            resource = remote_steps.command(
+                f"{name}-{step_name}", self, connection, create, stdin, triggers, prints_secrets, after
             )
             self.steps[step_name] = resource
             return resource

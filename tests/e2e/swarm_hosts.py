@@ -38,8 +38,10 @@ from typing import Any
 from embedded_default import workspace as local_workspace
 from embedded_default.target import APP_REPOSITORY, APP_VERSIONS, POSTGRES_IMAGE, PROXY_IMAGE, LocalTarget
 from embedded_default.target.connection import docker_cli, docker_env
+from embedded_default.target.daemons import _sshd_config as target_sshd_config
 from embedded_default.target.layout import REGISTRY as TARGET_REGISTRY
-from embedded_default.target.layout import Layout, unmount_under
+from embedded_default.target.layout import SSH_HOST, Layout, unmount_under
+from embedded_default.target.layout import SSH_PORT as TARGET_SSH_PORT
 from embedded_default.target.processes import (
     DAEMON_START_TIMEOUT,
     TargetError,
@@ -177,32 +179,18 @@ class Host:
 
 
 def _sshd_config(host: Host) -> str:
-    """The local target's sshd settings (key only, no AcceptEnv, DOCKER_HOST set by the server) on the host's
-    address."""
-    layout = host.layout
-    return "\n".join(
-        [
-            f"# sshd of {host.name}, a Swarm host of the kametrix e2e tests: key only, no AcceptEnv.",
-            f"Port {SSH_PORT}",
-            f"ListenAddress {host.address}",
-            f"HostKey {layout.host_key}",
-            f"PidFile {layout.sshd_pid}",
-            f"AuthorizedKeysFile {layout.authorized_keys}",
-            # The keys live under /var/tmp (mode 1777), which StrictModes refuses.
-            "StrictModes no",
-            "PermitRootLogin prohibit-password",
-            "AuthenticationMethods publickey",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            "UseDNS no",
-            "PermitUserEnvironment no",
-            "MaxSessions 64",
-            "MaxStartups 64:30:128",
-            f"SetEnv DOCKER_HOST={layout.docker_host}",
-            "",
-        ]
-    )
+    """The local target's sshd settings (key only, no AcceptEnv, DOCKER_HOST set by the server, the keys and pid
+    file of the host's own folder) on port 22 of the host's address."""
+    config = target_sshd_config(host.layout)
+    replaced = {
+        "loopback only": f"{host.address} only",
+        f"\nPort {TARGET_SSH_PORT}\n": f"\nPort {SSH_PORT}\n",
+        f"\nListenAddress {SSH_HOST}\n": f"\nListenAddress {host.address}\n",
+    }
+    for old, new in replaced.items():
+        assert old in config, f"the local target's sshd_config has no {old.strip()!r}"
+        config = config.replace(old, new)
+    return config
 
 
 def _registry_config() -> str:
