@@ -75,10 +75,11 @@ def installed(bin_dir: str, script: str, values: Mapping[str, pulumi.Input[str]]
     return flags(values).apply(lambda parts: shlex.join(["bash", f"{bin_dir}/{script}", *parts]))
 
 
-# The scripts arrive on stdin (server_files.bundle) into a private folder that is gone when the command ends.
+# The scripts (and a secret's file) arrive on stdin (server_files.bundle) into a private folder that is gone when
+# the command ends; every file in it is the deploy user's alone (umask 077, not the archive's modes).
 _UNPACK = (
     'umask 077 && shipped="$(mktemp -d)" && trap \'rm -rf "$shipped"\' EXIT && '
-    'base64 -d | tar -x --no-same-owner -f - -C "$shipped" && '
+    'base64 -d | tar -x --no-same-owner --no-same-permissions -f - -C "$shipped" && '
 )
 
 

@@ -93,7 +93,11 @@ def test_a_join_token_reaches_its_host_only_on_stdin_and_the_step_that_reads_the
         join = declared[name]
         assert join.is_secret("stdin"), f"{name}'s stdin carries a join token in the clear"
         assert not join.is_secret("create"), f"{name}'s command line depends on a secret"
-        assert '--token-file "$shipped/join-token"' in join.plain("create"), join.plain("create")
+        create = join.plain("create")
+        assert '--token-file "$shipped/join-token"' in create, create
+        # The token's file is the deploy user's alone, in a folder of its own that goes with the command.
+        assert create.startswith("umask 077 && ") and "tar -x --no-same-owner --no-same-permissions " in create
+        assert """trap 'rm -rf "$shipped"' EXIT""" in create, create
         assert "join-token" in bundled(join), f"{name} ships no token file"
 
 

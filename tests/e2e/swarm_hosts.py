@@ -295,7 +295,15 @@ class SwarmHosts:
         pid = spawn([which("docker-registry", "/usr/bin/docker-registry"), "serve", str(config)], log)
         self.registry_pid.write_text(f"{pid}\n")
         wait_until("the hosts' registry", self._registry_answers, DAEMON_START_TIMEOUT, log)
-        copy_images(images)
+        # The local target's registry may be down for a moment (a test of the target stops it): try again.
+        for attempt in range(3):
+            try:
+                copy_images(images)
+                break
+            except (TargetError, OSError):
+                if attempt == 2:
+                    raise
+                time.sleep(10)
         for host in self.hosts:
             host.start_dockerd()
             host.start_sshd(authorized_key)
