@@ -8,6 +8,7 @@ what Swarm runs where, the database's rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import urllib.request
@@ -277,9 +278,11 @@ def test_a_version_that_never_turns_healthy_is_rolled_back_by_swarm_and_fails_no
 
 
 def test_a_rollback_by_config_runs_no_migration_and_fails_no_request(hosts: SwarmHosts, stage: Stage) -> None:
+    # Without a version: the one the database host records as served before the live one.
     with Loaded(hosts, 1, 2, 3) as load:
-        result = stage.run("rollback", "v1.0.0", "--yes")
+        result = stage.run("rollback", "--yes")
     assert result.ok, explain(result)
+    assert "rolling back to v1.0.0" in result.output, result.output
     assert load.failures == {}, load.failures
     assert "no backup: v1.0.0 already ran on this server" in result.step("server-backup").stdout
     assert "no migration: v1.0.0 already ran on this server" in result.step("server-migrate").stdout
@@ -287,6 +290,24 @@ def test_a_rollback_by_config_runs_no_migration_and_fails_no_request(hosts: Swar
     assert "003_add_customer_email" in sql(hosts, stage, "select migration_name from _prisma_migrations"), (
         "a rollback ran down-migrations"
     )
+
+
+def test_a_rotated_secret_reaches_every_task_in_one_rolling_update_with_no_failed_request(
+    hosts: SwarmHosts, stage: Stage
+) -> None:
+    value = "TESTSECRET-rotated-on-every-host"
+    digest = hashlib.sha256(value.encode()).hexdigest()
+    stage.set_secret("stripeSecretKey", value)
+    with Loaded(hosts, 1, 2, 3) as load:
+        result = stage.up()
+    assert result.ok, explain(result)
+    assert result.ran() == ["server-env", "server-up"], "a settings change backed up, migrated or changed the Swarm"
+    assert load.failures == {}, load.failures
+    # Each proxy sends each request to any task: every answer, from every host, comes with the new secret.
+    seen = [answer(hosts[number], "/api/env-check")["STRIPE_SECRET_KEY"]["sha256"] for number in (1, 2, 3) * 4]
+    assert set(seen) == {digest}, "a task runs with the old settings"
+    assert served(hosts, 1, 2, 3) == {"kswarm-h1": "v1.0.0", "kswarm-h2": "v1.0.0", "kswarm-h3": "v1.0.0"}
+    assert not Path(stage.app_dir, ".env.next").exists() and not release_lock_held(stage)
 
 
 def test_a_host_whose_dockerd_dies_mid_release_leaves_the_others_serving_and_converges_once_back(
