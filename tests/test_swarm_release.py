@@ -176,3 +176,12 @@ def test_a_one_host_stage_declares_no_swarm() -> None:
     declared = steps(kit.run_stack("local"))
     assert list(declared) == RELEASE_STEPS
     assert "/bin/up.sh " in declared["server-up"].plain("create")
+
+
+def test_the_scripts_read_the_labels_the_stack_file_and_the_nodes_step_set() -> None:
+    scripts = server_files.SCRIPTS_DIR
+    up, nodes, status = ((scripts / name).read_text() for name in ("swarm-up.sh", "swarm-nodes.sh", "swarm-status.sh"))
+    labels = stack_file(on_hosts())["services"]["app"]["labels"]
+    assert set(labels) == {swarm_files.RELEASE_LABEL, swarm_files.SETTINGS_LABEL}
+    assert f"release_label={swarm_files.RELEASE_LABEL} settings_label={swarm_files.SETTINGS_LABEL}" in up
+    assert f"label={swarm_files.DATABASE_LABEL}\n" in nodes and f'"{swarm_files.DATABASE_LABEL}"' in status
