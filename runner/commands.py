@@ -290,9 +290,11 @@ def _say_hosts(session: Session, loaded: config.StackConfig) -> None:
         if node is None:
             line = "not in the Swarm (the next update joins it)"
         else:
+            # An app task by the version its image's digest is recorded for; the proxy by its name alone.
             tasks = ", ".join(
-                f"{service} {versions.get(image.rpartition('@')[2], image) if service == 'app' else ''}".rstrip()
-                + f" ({state})"
+                f"{service} {versions.get(image.rpartition('@')[2], image)} ({state})"
+                if service == "app"
+                else f"{service} ({state})"
                 for service, image, state in node.tasks
             )
             line = f"{node.hostname}, {node.role}, {node.state}, {node.availability}: {tasks or 'no task'}"

@@ -65,7 +65,7 @@ rm -f "$stack_env"
 service_state() {
   docker service inspect --format "{{index .Spec.TaskTemplate.ContainerSpec.Labels \"$release_label\"}}|{{index .Spec.TaskTemplate.ContainerSpec.Labels \"$settings_label\"}}|{{.Spec.Mode.Replicated.Replicas}}|{{if .UpdateStatus}}{{.UpdateStatus.State}}|{{.UpdateStatus.Message}}{{else}}|{{end}}" "$service"
 }
-# How many of the tasks Swarm wants running run this release with these settings, and how many it wants.
+# Each task Swarm wants running: its state, and the release and settings it runs.
 tasks_of_release() {
   local ids
   mapfile -t ids < <(docker service ps --quiet --filter desired-state=running "$service")
