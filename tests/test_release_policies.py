@@ -331,7 +331,7 @@ def test_the_app_is_reached_only_through_the_proxy_which_sends_traffic_to_the_li
     nginx = files["proxy/nginx.conf"]
     assert "include /etc/kametrix-proxy/live.conf;" in nginx
     assert "map $kametrix_colour $kametrix_upstream { blue app-blue:3000; green app-green:3000; }" in nginx
-    assert "resolver 127.0.0.11 valid=10s;" in nginx, "a colour's new address would never be looked up"
+    assert "resolver 127.0.0.11 valid=1s;" in nginx, "a colour's new address would never be looked up"
     assert 'map "" $kametrix_colour { default green; }' in files["proxy/green.conf"]
     assert "proxy/live.conf" not in files, "the files step would move traffic"
 
@@ -376,7 +376,7 @@ def test_every_stage_runs_the_same_topology_and_only_stage_values_differ() -> No
     assert not any("network_mode" in service for service in local.values()), "a service runs on the host's network"
     published = [port for service in local.values() for port in service.get("ports", [])]
     assert published and all(port.startswith("127.0.0.1:") for port in published), published
-    assert "resolver 127.0.0.11 valid=10s;" in server_files(kit.run_stack("local"))["proxy/nginx.conf"]
+    assert "resolver 127.0.0.11 valid=1s;" in server_files(kit.run_stack("local"))["proxy/nginx.conf"]
 
 
 def test_the_single_container_layouts_project_and_database_volume_stay() -> None:
