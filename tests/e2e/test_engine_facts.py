@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import shlex
 import subprocess
@@ -201,3 +202,38 @@ def test_staging_is_never_updated_through_a_stand_in(stage: Stage, tmp_path: Pat
     env["PULUMI_HOME"] = str(local_workspace.PLUGIN_HOME)
     refused = run_staging(tmp_path / "staging", env)
     assert refused.returncode == 1 and "runs only with Pulumi's real provider plugins" in refused.stderr
+
+
+def on_a_terminal(stage: Stage, answer: str, *args: str) -> tuple[int, str]:
+    """The runner on a terminal of its own (a pty), answering `answer` to its question."""
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: the runner, as an operator types it
+        os.chdir(PROJECT_DIR)
+        os.execve(sys.executable, stage.runner_argv(*args), {**os.environ, "KAMETRIX_PULUMI_CLI": str(stage.cli)})  # noqa: S606
+    output, answered = b"", False
+    while True:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+        if not answered and b"[y/N]" in output:
+            os.write(terminal, f"{answer}\n".encode())
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_on_a_terminal_a_release_shows_its_preview_and_asks_first(stage: Stage) -> None:
+    before = stage.stack_file.read_text()
+    code, output = on_a_terminal(stage, "n", "release", "v2.0.0")
+    assert code == 1 and "[y/N]" in output and "not confirmed; nothing was changed" in output, output
+    assert "Previewing update" in output and "server-up" in output, "no preview was shown before the question"
+    assert stage.stack_file.read_text() == before, "a declined release left its pin in the stack file"
+    assert "v1.0.0" in stage.target.ssh(f"cat {shlex.quote(stage.app_dir)}/release.env").stdout.decode()
+
+    code, output = on_a_terminal(stage, "y", "release", "v2.0.0")
+    assert code == 0, output
+    assert "VERSION=v2.0.0" in stage.target.ssh(f"cat {shlex.quote(stage.app_dir)}/release.env").stdout.decode()
