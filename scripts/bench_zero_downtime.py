@@ -161,8 +161,8 @@ def main() -> None:
         try:
             compare(
                 target,
-                new_stage(app_port=13600, postgres_port=16000),
-                new_stage(app_port=13700, postgres_port=16100),
+                new_stage(app_port=13600),
+                new_stage(app_port=13700),
                 args.rate,
                 args.steady_seconds,
             )

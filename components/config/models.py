@@ -16,6 +16,7 @@ from components.config.fields import (
     AbsolutePath,
     BranchPattern,
     CommitSha,
+    DatabaseName,
     Digest,
     EnvName,
     EnvValue,
@@ -180,11 +181,10 @@ class AppSettings(Model):
     """The proxy in front of the colours: an nginx image (the release steps reload and drain it as nginx)."""
     postgres_image: EnvValue = "postgres:16-alpine"
     """The PostgreSQL image."""
-    postgres_port: Port = 5432
-    """PostgreSQL's port on the stage's compose network (`postgres:<port>`); never published on the host."""
-    postgres_user: EnvValue
-    """POSTGRES_USER."""
-    postgres_db: EnvValue
+    postgres_user: DatabaseName
+    """POSTGRES_USER: the database's owner. The app's colours and its migrations log in as roles of their own,
+    `<user>_blue`, `<user>_green` and `<user>_migrate`, each acting as the owner."""
+    postgres_db: DatabaseName
     """POSTGRES_DB."""
     database_pool_min: Annotated[int, in_range(0, 1000, "connections")] = 2
     """DATABASE_POOL_MIN: at most databasePoolMax."""

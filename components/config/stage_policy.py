@@ -58,10 +58,9 @@ STAGE_RULES: Mapping[str, str] = {
     "app.proxyPort": "a port of its own",
     "app.bluePort": "a port of its own",
     "app.greenPort": "a port of its own",
-    "app.postgresPort": "a port of its own",
 }
 # The host ports of the stage, each needing a port of its own.
-_HOST_PORTS = ("proxy_port", "blue_port", "green_port", "postgres_port")
+_HOST_PORTS = ("proxy_port", "blue_port", "green_port")
 
 _SectionModel = TypeVar("_SectionModel", bound=BaseModel)
 

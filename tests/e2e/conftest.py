@@ -39,7 +39,7 @@ def prepared_stack(target: LocalTarget, pulumi_cli: Path) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterator[Stage]:
-    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13010, postgres_port=15432)
+    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13010)
     yield created
     remove_stage(created)
 

@@ -16,7 +16,7 @@ from tests.e2e.test_releases import ALL_STEPS, env_digest, row_counts, running_c
 
 @pytest.fixture(scope="module")
 def single(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterator[Stage]:
-    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13500, postgres_port=15900)
+    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13500)
     yield created
     remove_stage(created)
 
