@@ -6,7 +6,7 @@ a CI runner) and `runner/` (the Automation API's inline program, as on an operat
 
 import pulumi
 
-from components import config
+from components import config, shared_facts
 from components.github_environment import GitHubEnvironment, GitHubEnvironmentArgs
 from components.image import AppImage, AppImageArgs
 from components.release_record import ReleaseRecord, ReleaseRecordArgs
@@ -29,7 +29,7 @@ def program() -> None:
         ),
     )
     server = ServerRelease(
-        "server",
+        shared_facts.SERVER_RELEASE,
         ServerReleaseArgs(
             server=plain.server,
             app=plain.app,

@@ -15,9 +15,9 @@ from urllib.parse import quote
 import yaml
 from pydantic import SecretStr
 
-from components import server_facts
+from components import shared_facts
 from components.config import AppSettings, ReleaseSettings
-from components.server_facts import COLOURS
+from components.shared_facts import COLOURS
 
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
 # The files rendered for the server, with @{name} placeholders (render()).
@@ -35,7 +35,7 @@ SCRIPTS = (
     "switch-back.sh",
 )
 LIBRARIES = ("lib/step.sh", "lib/lock.sh", "lib/live.sh", "lib/compose.sh", "lib/dump.sh")
-# Rendered from components/server_facts.py into every bundle.
+# Rendered from components/shared_facts.py into every bundle.
 FACTS = "lib/facts.sh"
 COMPOSE_FILE = "docker-compose.yml"
 # The app repository's migrate service (target-app.md): status, deploy, status again.
@@ -71,7 +71,7 @@ def stage_files(app: AppSettings, release: ReleaseSettings) -> dict[str, str]:
 
 
 def settings_file(app: AppSettings, release: ReleaseSettings) -> str:
-    """The settings the steps read when they run (server_facts.SETTINGS): a change re-runs the files step alone."""
+    """The settings the steps read when they run (shared_facts.SETTINGS): a change re-runs the files step alone."""
     blue_health_url, green_health_url = health_urls(app)
     values = {
         "PROJECT": app.compose_project,
@@ -87,9 +87,9 @@ def settings_file(app: AppSettings, release: ReleaseSettings) -> str:
         "DATABASE_NAME": app.postgres_db,
         "REQUESTED_BY": release.requested_by or "",
     }
-    if tuple(values) != tuple(server_facts.SETTINGS):
+    if tuple(values) != tuple(shared_facts.SETTINGS):
         raise RuntimeError(
-            f"the settings file has {tuple(values)}; server_facts.SETTINGS names {tuple(server_facts.SETTINGS)}"
+            f"the settings file has {tuple(values)}; shared_facts.SETTINGS names {tuple(shared_facts.SETTINGS)}"
         )
     return "".join(f"{key}={value}\n" for key, value in values.items())
 
@@ -248,8 +248,8 @@ def server_files(app: AppSettings, release: ReleaseSettings) -> ServerFiles:
     files: dict[str, tuple[bytes, int]] = {
         path: (content.encode(), 0o644) for path, content in stage_files(app, release).items()
     }
-    files[server_facts.SETTINGS_FILE] = (settings_file(app, release).encode(), 0o644)
-    files[f"bin/{FACTS}"] = (server_facts.facts_sh().encode(), 0o644)
+    files[shared_facts.SETTINGS_FILE] = (settings_file(app, release).encode(), 0o644)
+    files[f"bin/{FACTS}"] = (shared_facts.facts_sh().encode(), 0o644)
     for library in LIBRARIES:
         files[f"bin/{library}"] = ((SCRIPTS_DIR / library).read_bytes(), 0o644)
     for script in SCRIPTS:
@@ -272,7 +272,7 @@ def switched_with(files: ServerFiles) -> str:
         *(
             f"{path}\0{mode:o}\0{content.hex()}"
             for path, (content, mode) in sorted(files.items())
-            if path != server_facts.SETTINGS_FILE
+            if path != shared_facts.SETTINGS_FILE
         )
     )
 

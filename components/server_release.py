@@ -6,7 +6,7 @@ drains and stops the old one: one cutover per update. `env` only installs the se
 alone starts or replaces PostgreSQL.
 
 Each step is a `remote.Command` whose command line holds only plain values, built from the flags each script takes
-(`server_facts.SCRIPT_FLAGS`); the `.env` travels on stdin. What a step reads when it runs (timeouts, the health
+(`shared_facts.SCRIPT_FLAGS`); the `.env` travels on stdin. What a step reads when it runs (timeouts, the health
 gate, who asked) is in the settings file the files step installs, so changing it re-runs nothing else. No step has
 a `delete`: replacing a step runs the new one and never undoes a newer release.
 """
@@ -21,10 +21,8 @@ import pulumi
 from pulumi_command import remote
 from pydantic import SecretStr
 
-from components import server_facts, server_files
+from components import server_files, shared_facts
 from components.config import AppSettings, ReleaseSettings, ServerSettings
-
-STEP_ORDER = ("files", "env", "database", "backup", "migrate", "up")
 
 
 @dataclass(frozen=True)
@@ -65,8 +63,8 @@ class ServerRelease(pulumi.ComponentResource):
             """`--flag value ...` for exactly the flags the script takes, in its order (`last`, written by the
             command itself, ends them)."""
             names = (*values, *([last] if last else []))
-            if names != server_facts.SCRIPT_FLAGS[script]:
-                raise RuntimeError(f"{script} takes {server_facts.SCRIPT_FLAGS[script]}; the program gives {names}")
+            if names != shared_facts.SCRIPT_FLAGS[script]:
+                raise RuntimeError(f"{script} takes {shared_facts.SCRIPT_FLAGS[script]}; the program gives {names}")
             return pulumi.Output.all(*values.values()).apply(
                 lambda resolved: shlex.join(
                     part for name, value in zip(values, resolved, strict=True) for part in (f"--{name}", str(value))
@@ -82,7 +80,7 @@ class ServerRelease(pulumi.ComponentResource):
             "app-dir": app_dir,
             "project": app.compose_project,
             "release": pulumi.Output.from_input(args.app_ref).apply(
-                lambda ref: server_facts.release_name(args.version, ref)
+                lambda ref: shared_facts.release_name(args.version, ref)
             ),
         }
         refs: dict[str, pulumi.Input[str]] = {

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from pydantic.alias_generators import to_snake
 
-from components import config, server_facts
+from components import config, shared_facts
 from components.image import (
     DigestChangedError,
     RegistryAuthenticationError,
@@ -92,7 +92,7 @@ def test_every_step_of_a_release_runs_under_that_releases_lock_and_nothing_else_
 
 def settings_of(deployment: Deployment) -> dict[str, str]:
     """The settings file the files step installs: what the steps read when they run."""
-    lines = server_files(deployment)[server_facts.SETTINGS_FILE].splitlines()
+    lines = server_files(deployment)[shared_facts.SETTINGS_FILE].splitlines()
     return dict(line.split("=", 1) for line in lines)
 
 

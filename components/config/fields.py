@@ -12,7 +12,7 @@ from pydantic_core import CoreSchema
 
 # Versions the image registry holds: release tags and staging builds. Never a moving tag.
 # Written in the subset of regular expressions that Python and bash's [[ =~ ]] read alike: the server's scripts and
-# the workflows' scripts use this very string (components/server_facts.py, .github/scripts/lib.sh).
+# the workflows' scripts use this very string (components/shared_facts.py, .github/scripts/lib.sh).
 VERSION_PATTERN = re.compile(
     r"^(v[0-9]+\.[0-9]+\.[0-9]+|v[0-9]{4}\.[0-9]{2}\.[0-9]{2}-[0-9a-f]{7,40}|staging-[0-9a-f]{7,40})$"
 )
@@ -85,11 +85,17 @@ def _check_env_value(value: str) -> str:
 
 
 Port = Annotated[int, in_range(1, 65535, "(TCP port)")]
-# What the server's release lock accepts too (components/server_facts.py hands it to the scripts). `]` first and `[`
+# What the server's release lock accepts too (components/shared_facts.py hands it to the scripts). `]` first and `[`
 # last in the set: read alike by Python and by bash's [[ =~ ]].
 REQUESTER_PATTERN = r"[]A-Za-z0-9 ._:/@()#+,=[-]{1,300}"
 Version = Annotated[str, Rule(_check_version, f"an exact version: {VERSION_FORMATS}", pattern=VERSION_PATTERN.pattern)]
-CommitSha = Annotated[str, matching(r"[0-9a-f]{40}", "a full 40-character lowercase git SHA")]
+# Each written in the subset both Python and bash's [[ =~ ]] read, like VERSION_PATTERN.
+COMMIT_PATTERN = r"[0-9a-f]{40}"
+DIGEST_PATTERN = r"sha256:[0-9a-f]{64}"
+UTC_TIME_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"
+# A version's two images: the app as `<version>`, the migrations as `<version>-migrate`.
+MIGRATE_TAG_SUFFIX = "-migrate"
+CommitSha = Annotated[str, matching(COMMIT_PATTERN, "a full 40-character lowercase git SHA")]
 GitHubLogin = Annotated[str, matching(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})", "a GitHub login")]
 TeamSlug = Annotated[str, matching(r"[a-z0-9][a-z0-9._-]*", "a GitHub team slug")]
 BranchPattern = Annotated[str, matching(r"[A-Za-z0-9._/*-]+", "a branch name or pattern")]
@@ -102,7 +108,7 @@ ENV_NAME_RULE = "an upper-case name not starting with GITHUB_"
 EnvName = Annotated[str, matching(ENV_NAME_PATTERN, ENV_NAME_RULE)]
 AbsolutePath = Annotated[str, matching(r"/[A-Za-z0-9._/-]*", "an absolute path")]
 HttpsUrl = Annotated[str, matching(r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")]
-Digest = Annotated[str, matching(r"sha256:[0-9a-f]{64}", "an image digest sha256:<64 lower-case hex>")]
+Digest = Annotated[str, matching(DIGEST_PATTERN, "an image digest sha256:<64 lower-case hex>")]
 FITS_ENV_FILE = Rule(_check_env_value, ENV_FILE_RULE, pattern="^[^'\\r\\n]*$")
 EnvValue = Annotated[str, FITS_ENV_FILE]
 """A plain value the server's `.env` carries."""

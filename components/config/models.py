@@ -13,6 +13,7 @@ from pydantic.alias_generators import to_camel
 from components.config.fields import (
     FITS_ENV_FILE,
     REQUESTER_PATTERN,
+    UTC_TIME_PATTERN,
     AbsolutePath,
     BranchPattern,
     CommitSha,
@@ -242,12 +243,9 @@ class PlainConfig(Model):
     """The version the stage runs: an exact version, never `latest` or a branch."""
     commit: CommitSha | None = None
     """The commit a building stage builds (GIT_SHA)."""
-    commit_time: (
-        Annotated[
-            str, matching(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", "an ISO 8601 UTC time like 2026-11-28T12:00:00Z")
-        ]
-        | None
-    ) = None
+    commit_time: Annotated[str, matching(UTC_TIME_PATTERN, "an ISO 8601 UTC time like 2026-11-28T12:00:00Z")] | None = (
+        None
+    )
     """When that commit was made (BUILD_TIMESTAMP); a build stays reproducible, so no clock is read."""
     server: ServerSettings
     """The Docker host, reached over SSH."""

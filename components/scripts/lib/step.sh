@@ -3,7 +3,7 @@
 # is killed by a signal it can trap, or loses its connection runs its undo and gives the release lock back.
 # Sourcing it only defines functions (and the facts of lib/facts.sh).
 
-# Rendered into every bundle by components/server_facts.py (tests/test_server_scripts.py checks it with ShellCheck).
+# Rendered into every bundle by components/shared_facts.py (tests/test_server_scripts.py checks it with ShellCheck).
 # shellcheck source=/dev/null
 source "$(dirname "${BASH_SOURCE[0]}")/facts.sh"
 # The last command of a pipeline runs in this shell: `... | replace_file` keeps track of its partial file.

@@ -1,9 +1,11 @@
-"""What the server's scripts and the program both know, written once, here: the grammar of each value a step
-receives, the ranges of the settings the server reads, the colours, each step's flags and how a release is named.
+"""What the program, the server's scripts and the workflows' scripts all know, written once, here: the grammar of
+each value they pass each other, the ranges of the settings the server reads, the colours, each step's flags, how a
+release is named and which branch each stage deploys from.
 
-The scripts get them as `bin/lib/facts.sh`, rendered into every bundle (`server_files.bundle`); they never write a
-pattern, range or flag name of their own. The program builds each step's command line from `SCRIPT_FLAGS`, and a
-unit test runs those command lines against the scripts.
+The server's scripts get them as `bin/lib/facts.sh`, rendered into every bundle (`server_files.server_files`); the
+workflows' scripts as `.github/scripts/facts.sh`, written by `scripts/config_reference.py` and kept current by a unit
+test. Neither writes a pattern, range, flag name or branch of its own. The program builds each step's command line
+from `SCRIPT_FLAGS`, and a unit test runs those command lines against the scripts.
 """
 
 from __future__ import annotations
@@ -15,12 +17,25 @@ from pydantic import BaseModel
 from pydantic.alias_generators import to_snake
 
 from components.config import ReleaseSettings
-from components.config.fields import DATABASE_NAME_PATTERN, REQUESTER_PATTERN, VERSION_FORMATS, VERSION_PATTERN, Rule
+from components.config.fields import (
+    COMMIT_PATTERN,
+    DATABASE_NAME_PATTERN,
+    DIGEST_PATTERN,
+    MIGRATE_TAG_SUFFIX,
+    REQUESTER_PATTERN,
+    VERSION_FORMATS,
+    VERSION_PATTERN,
+    Rule,
+)
+from components.config.stage_policy import STAGE_BRANCHES
 
 COLOURS = ("blue", "green")
+# The program's component for the release on the server, and its last step, which makes a release live.
+SERVER_RELEASE = "server"
+UP_STEP = f"{SERVER_RELEASE}-up"
 # How a release is named: its version and the first hex digits of its app image's digest (v1.2.3@0123456789ab).
 RELEASE_DIGEST_LENGTH = 12
-DIGEST_REF_PATTERN = r"^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$"
+DIGEST_REF_PATTERN = rf"^[a-z0-9][a-z0-9._:/-]*@{DIGEST_PATTERN}$"
 RELEASE_PATTERN = rf"^({VERSION_PATTERN.pattern.strip('^$')})@[0-9a-f]{{{RELEASE_DIGEST_LENGTH}}}$"
 URL_PATTERN = r"^http://127\.0\.0\.1:[0-9]{1,5}/[A-Za-z0-9._/?=&-]*$"
 PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -97,9 +112,30 @@ def facts_sh() -> str:
             values[f"{key}_RANGE"] = f"{low * scale} {high * scale}"
     for script, flags in SCRIPT_FLAGS.items():
         values[f"{to_snake(script.removesuffix('.sh')).upper()}_FLAGS"] = " ".join(flags)
+    return _shell_variables(values, "what the program and the server's scripts both know")
+
+
+def workflow_facts_sh() -> str:
+    """.github/scripts/facts.sh: what the workflows' scripts share with the program."""
+    return _shell_variables(
+        {
+            "VERSION_PATTERN": VERSION_PATTERN.pattern,
+            "VERSION_FORMATS": VERSION_FORMATS,
+            "COMMIT_PATTERN": f"^{COMMIT_PATTERN}$",
+            "DIGEST_PATTERN": f"^{DIGEST_PATTERN}$",
+            "DIGEST_REF_PATTERN": f"^[^@[:space:]]+@{DIGEST_PATTERN}$",
+            "MIGRATE_TAG_SUFFIX": MIGRATE_TAG_SUFFIX,
+            "UP_STEP": UP_STEP,
+            "STAGE_BRANCHES": " ".join(f"{stage}={branch}" for stage, branch in STAGE_BRANCHES.items()),
+        },
+        "what the program and the workflows' scripts both know",
+    )
+
+
+def _shell_variables(values: Mapping[str, str], what: str) -> str:
     lines = [
         "# shellcheck shell=bash disable=SC2034",
-        "# Rendered by components/server_facts.py: what the program and these scripts both know. Do not edit.",
+        f"# Rendered by components/shared_facts.py: {what}. Do not edit.",
         *(f"{name}={shlex.quote(value)}" for name, value in values.items()),
     ]
     return "\n".join(lines) + "\n"
