@@ -99,11 +99,11 @@ def compose_file(app: AppSettings) -> str:
 
     Images come from APP_IMAGE / MIGRATE_IMAGE, which only the release steps set: they start one colour at a
     time, by name, with APP_IMAGE pinned to the image that colour is to run. The database step alone starts or
-    replaces PostgreSQL (POSTGRES_IMAGE overrides its image only to put the running one back). Each colour reads
-    its own copy of the settings, `.env.<colour>`, made when it starts.
+    replaces PostgreSQL, with POSTGRES_IMAGE: a new image of it changes no file `up` switches with. Each colour
+    reads its own copy of the settings, `.env.<colour>`, made when it starts.
     """
     postgres: dict[str, object] = {
-        "image": f"${{POSTGRES_IMAGE:-{app.postgres_image}}}",
+        "image": "${POSTGRES_IMAGE:?set by the database step}",
         "container_name": app.db_container,
         "restart": "unless-stopped",
         "environment": {

@@ -19,8 +19,6 @@ begin_step
 read_settings
 image="${FLAGS[postgres-image]}"
 [[ "$image" =~ ^[a-z0-9][a-z0-9._:/@-]*$ ]] || die "postgres-image: allowed an image reference; received '$image'"
-# Compose needs the app's images only to read the file; the database service uses neither.
-export APP_IMAGE=none MIGRATE_IMAGE=none
 
 # Recreates PostgreSQL with IMAGE and waits until it is healthy; fails if it does not turn healthy.
 start_postgres() {
@@ -36,10 +34,12 @@ put_back() {
 acquire_release_lock "${FLAGS[release]}" database
 container="$(database_container)"
 running="$([[ -z "$container" ]] || docker inspect --format '{{.Config.Image}}' "$container")"
+# An image change is other bytes, not another name for the same ones (a tag pinned by its digest, say).
+pull_missing "$image"
 if [[ -z "$running" ]]; then
   POSTGRES_IMAGE="$image" compose up --detach --no-deps --wait --wait-timeout 120 postgres
   echo "PostgreSQL $image started"
-elif [[ "$running" != "$image" ]]; then
+elif [[ "$(docker inspect --format '{{.Image}}' "$container")" != "$(docker image inspect --format '{{.Id}}' "$image")" ]]; then
   echo "PostgreSQL changes from $running to $image: backing up first"
   dump_database "$(date -u +%Y%m%dT%H%M%SZ)-before-postgres-change.dump"
   UNDO=put_back
@@ -49,7 +49,7 @@ elif [[ "$running" != "$image" ]]; then
   awk -v from="$started" -v to="$EPOCHREALTIME" -v image="$image" \
     'BEGIN { printf "PostgreSQL %s serves; the database was down for %.1f s\n", image, to - from }'
 else
-  POSTGRES_IMAGE="$image" compose up --detach --no-deps --no-recreate --wait --wait-timeout 120 postgres >/dev/null
+  POSTGRES_IMAGE="$running" compose up --detach --no-deps --no-recreate --wait --wait-timeout 120 postgres >/dev/null
   echo "PostgreSQL $image runs"
 fi
 ensure_login_roles

@@ -38,6 +38,7 @@ def compose_file(app: config.AppSettings) -> str:
     # The one container took the port the proxy has now, read the one .env, and logged in as the database's owner.
     single["ports"] = [f"127.0.0.1:{app.proxy_port}:{server_files.CONTAINER_PORT}"]
     single["env_file"] = [".env"]
+    services["postgres"]["image"] = app.postgres_image
     owner_url = "postgresql://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres:5432/${POSTGRES_DB}"
     for service in (single, services["migrate"]):
         service["environment"]["DATABASE_URL"] = owner_url

@@ -6,11 +6,11 @@
 # and no moment exists where the serving app and the database disagree.
 # Sourcing it only defines functions. Needs lib/step.sh and the settings (read_settings).
 
-# The stage's compose project; APP_IMAGE and MIGRATE_IMAGE in the environment pin the images of the services that
-# are started (a command that starts neither needs no image). Compose reads its variables from COMPOSE_ENV_FILE
-# (default: the stage's current settings, .env).
+# The stage's compose project; APP_IMAGE, MIGRATE_IMAGE and POSTGRES_IMAGE in the environment pin the images of the
+# services that are started (a command that starts none needs none). Compose reads its variables from
+# COMPOSE_ENV_FILE (default: the stage's current settings, .env).
 compose() {
-  APP_IMAGE="${APP_IMAGE:-none}" MIGRATE_IMAGE="${MIGRATE_IMAGE:-none}" \
+  APP_IMAGE="${APP_IMAGE:-none}" MIGRATE_IMAGE="${MIGRATE_IMAGE:-none}" POSTGRES_IMAGE="${POSTGRES_IMAGE:-none}" \
     docker compose --project-name "$PROJECT" --project-directory "$APP_DIR" \
     --file "$APP_DIR/docker-compose.yml" --env-file "${COMPOSE_ENV_FILE:-$APP_DIR/.env}" "$@"
 }
