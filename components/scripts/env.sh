@@ -16,7 +16,7 @@ begin_step
 read_settings
 
 umask 077
-candidate="$(mktemp "$APP_DIR/.env.XXXXXX")"
+candidate="$(mktemp "$APP_DIR/.env.partial.XXXXXX")"
 PARTIAL_FILE="$candidate"
 cat >"$candidate"
 [[ -s "$candidate" ]] || die "received an empty .env on stdin; nothing was changed"

@@ -31,4 +31,6 @@ done
 rm -rf "$from"
 # What a files step killed outright left unpacked; a day old, so never what another release is unpacking.
 find "$APP_DIR" -maxdepth 1 -name '.files.*' -mmin +1440 -exec rm -rf {} +
+# What a step killed outright left half-written: no other step runs now (this one holds the mutex).
+find "$APP_DIR" -maxdepth 2 -name '*.partial.*' -delete
 echo "installed ${#files[@]} files"

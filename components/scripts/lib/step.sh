@@ -152,7 +152,7 @@ end_step() {
 # Replaces FILE whole with STDIN (mode MODE): a reader sees the old file or the new one, never a part.
 replace_file() {
   local file="$1" mode="$2"
-  PARTIAL_FILE="$(mktemp "$file.XXXXXX")"
+  PARTIAL_FILE="$(mktemp "$file.partial.XXXXXX")"
   cat >"$PARTIAL_FILE"
   chmod "$mode" "$PARTIAL_FILE"
   mv -f "$PARTIAL_FILE" "$file"
