@@ -461,12 +461,6 @@ def test_the_first_release_on_the_single_container_layout_replaces_its_app_once_
     assert server.record()["PREVIOUS_VERSION"] == "v1.0.0" and server.history() == ["v1.0.0", "v2.0.0"]
 
 
-SLOW_PROXY = (
-    "switch.sh takes a proxy that does not answer its first ask within 2 s (old_serves empty) for 'no proxy ran "
-    "before' (the first switch): {}"
-)
-
-
 def switch_behind_a_proxy_that_does_not_answer(server: Server) -> subprocess.CompletedProcess[str]:
     server.live("v1.0.0", OLD)
     server.fact("proxy_slow", "yes")
@@ -485,13 +479,6 @@ def test_a_proxy_that_does_not_answer_leaves_the_recorded_live_colour_running_an
     assert server.logins() == {ROLES["blue"]: PASSWORD} and not server.locked()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=SLOW_PROXY.format(
-        "when the switch then fails, its undo stops the proxy and removes live.conf, so the live colour runs with "
-        "nothing sending it traffic"
-    ),
-)
 def test_a_proxy_that_does_not_answer_keeps_sending_traffic_to_the_recorded_live_colour(server: Server) -> None:
     assert switch_behind_a_proxy_that_does_not_answer(server).returncode == 1
     assert server.file("proxy/live.conf") == server.file("proxy/blue.conf"), "live.conf no longer names blue"
@@ -513,13 +500,6 @@ def test_the_old_colour_stops_once_the_proxy_has_drained_it_or_the_drain_time_is
     assert drain_checks[-1] < index_of(calls, "stop", "app-blue"), "the old colour stopped before the drain"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=SLOW_PROXY.format(
-        "the switch then skips the drain and leaves the old colour running, and up.sh stops it at once as a stray "
-        "('a switch that did not finish left it running'), cutting its running requests"
-    ),
-)
 def test_a_proxy_slow_to_answer_as_a_switch_starts_still_lets_the_old_colour_drain(server: Server) -> None:
     server.live("v1.0.0", OLD)
     server.fact("healthy_after", f"{NEW} 1\n")
@@ -840,13 +820,6 @@ def test_settings_that_break_the_live_version_switch_nothing_and_the_live_colour
     assert server.file(".env") == dot_env(B="broken")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="up.sh tells a switch undone before the point of no return from one that failed after it by "
-    "`live_release == release`; when the live release is switched again (new settings or files), that holds either "
-    "way, so an undone switch is reported as 'release V serves, but its switch did not finish' instead of "
-    "'V keeps serving'",
-)
 def test_a_failed_switch_of_the_live_release_for_new_settings_says_the_live_colour_keeps_serving(
     server: Server,
 ) -> None:
@@ -915,12 +888,6 @@ def test_a_handover_that_fails_gives_the_lock_back_and_fails_the_step(server: Se
     assert not server.locked(), "a failed handover kept the lock"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="end_step calls hand_on_release_lock on the left of `||`, where bash ignores `set -e`: a failed "
-    "`compose stop` in stop_stray_colours is passed over (the colour's login is retired while it still runs) and "
-    "the handover returns release_release_lock's 0, so the step ends as a success with the colour running",
-)
 def test_a_step_that_cannot_stop_a_stray_colour_fails_and_gives_the_lock_back(server: Server) -> None:
     server.live("v1.0.0", OLD)
     server.fact("colour_green", NEW)
