@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,18 +82,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         workspace = open_workspace(args.stack, args.work_dir)
+        changes = args.command in ("up", "release", "rollback")
+        if changes and not args.yes and not sys.stdin.isatty():
+            raise RunnerError(f"{args.command} changes the stack: pass --yes when not on a terminal")
         with commands.opened_events(args.events) as events:
             session = commands.Session(workspace, events, args.log_verbosity)
-            if args.command in ("up", "release", "rollback") and not args.yes:
-                _confirm(session, args.command)
+            confirm = None if not changes or args.yes else functools.partial(_ask, args.command, args.stack)
             if args.command == "preview":
                 commands.preview(session)
             elif args.command == "up":
-                commands.up(session, args.diff)
+                commands.up(session, args.diff, confirm)
             elif args.command == "release":
-                commands.release(session, args.version, args.requested_by, args.diff)
+                commands.release(session, args.version, args.requested_by, args.diff, confirm)
             elif args.command == "rollback":
-                commands.rollback(session, args.version, args.requested_by)
+                commands.rollback(session, args.version, args.requested_by, confirm)
             elif args.command == "status":
                 commands.status(session)
             elif args.command == "history":
@@ -108,13 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _confirm(session: commands.Session, command: str) -> None:
-    if not sys.stdin.isatty():
-        raise RunnerError(f"{command} changes the stack: pass --yes when not on a terminal")
-    commands.preview(session)
-    answer = input(f"{command} {session.workspace.stack_name} as previewed above? [y/N] ")
+def _ask(command: str, stack: str) -> None:
+    answer = input(f"{command} {stack} as previewed above? [y/N] ")
     if answer.strip().lower() not in ("y", "yes"):
-        raise RunnerError("not confirmed; nothing was changed")
+        raise RunnerError(commands.NOT_CONFIRMED)
 
 
 if __name__ == "__main__":

@@ -203,11 +203,18 @@ def preview(session: Session) -> None:
     )
 
 
-def up(session: Session, diff: bool = False) -> auto.UpResult:
+Confirm = Callable[[], None]
+"""Asks the operator to go on after the preview; raises RunnerError when they do not."""
+
+
+def up(session: Session, diff: bool = False, confirm: Confirm | None = None) -> auto.UpResult:
     """Bring the stack to what its stack file declares; record the released version's digests if they are not."""
     workspace = session.workspace
     stack = workspace.stack()
     _with_state_lock(session, stack, lambda: _clear_interrupted_operations(session, stack))
+    if confirm is not None:
+        preview(session)
+        confirm()
     result = _with_state_lock(
         session,
         stack,
@@ -224,16 +231,30 @@ def up(session: Session, diff: bool = False) -> auto.UpResult:
     return result
 
 
-def release(session: Session, version: str, requested_by: str | None, diff: bool = False) -> auto.UpResult:
-    """Pin `version` in the stack file, then update: a release, or a rollback when it ran before."""
+def release(
+    session: Session, version: str, requested_by: str | None, diff: bool = False, confirm: Confirm | None = None
+) -> auto.UpResult:
+    """Pin `version` in the stack file, then update: a release, or a rollback when it ran before. Not confirmed,
+    the stack file is put back as it was."""
     workspace = session.workspace
+    before = workspace.stack_file.read_text()
     pinned = stack_file.pinned_version(workspace.stack_file)
     if stack_file.pin(workspace.stack_file, version, requested_by):
         session.say(f"pinned {version} in {workspace.stack_file} (was {pinned}); commit it on a real stage")
-    return up(session, diff)
+    try:
+        return up(session, diff, confirm)
+    except RunnerError as refused:
+        if refused.args and refused.args[0] == NOT_CONFIRMED:
+            workspace.stack_file.write_text(before)
+        raise
 
 
-def rollback(session: Session, version: str | None, requested_by: str | None) -> auto.UpResult:
+NOT_CONFIRMED = "not confirmed; nothing was changed"
+
+
+def rollback(
+    session: Session, version: str | None, requested_by: str | None, confirm: Confirm | None = None
+) -> auto.UpResult:
     """Release an earlier version again: `version`, or the one that served before the live one. Only a recorded
     version: its bytes are known, it is never built again, and its schema is already in the database."""
     workspace = session.workspace
@@ -245,7 +266,7 @@ def rollback(session: Session, version: str | None, requested_by: str | None) ->
             f"{workspace.stack_file} ({', '.join(recorded) or 'none recorded yet'}); received {target!r}"
         )
     session.say(f"rolling back to {target}")
-    return release(session, target, requested_by)
+    return release(session, target, requested_by, confirm=confirm)
 
 
 def _previous_version(session: Session) -> str:

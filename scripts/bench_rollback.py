@@ -3,7 +3,8 @@ pg_dump settings measured at 1 GB (MB/s of database per second of backup).
 
 On the loopback Docker host of the end-to-end tests (needs root): a fresh stage releases v1.0.0, gets its
 database filled with random bytes, releases v2.0.0 (one new migration: backup, migrate, up) and rolls back to
-v1.0.0 (a version this server already ran: no backup, no migration), each through the program's own steps.
+v1.0.0 (a version this server already ran: no backup, no migration), each through the runner under the real
+engine (wall time includes the engine's own).
     .venv/bin/python scripts/bench_rollback.py                 # both sizes, then the pg_dump settings
     .venv/bin/python scripts/bench_rollback.py --sizes-mb 10   # a quick run
 """
@@ -19,10 +20,9 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from tests.e2e.engine import LocalStack, UpdateResult  # noqa: E402
-
-from embedded_default.target import running_target  # noqa: E402
-from tests.e2e.conftest import new_stage, remove_stage  # noqa: E402  - the project root is on the path only now
+from embedded_default.target import running_target  # noqa: E402  - the project root is on the path only now
+from runner.workspace import pulumi_cli  # noqa: E402
+from tests.e2e.stage import Stage, UpdateResult, remove_stage, stages_on  # noqa: E402
 
 STEPS = ("server-backup", "server-migrate", "server-up")
 CHUNK_MB = 64
@@ -39,17 +39,17 @@ DUMP_SETTINGS = {
 }
 
 
-def psql(stage: LocalStack, query: str) -> str:
-    container = stage.overrides["app.dbContainer"]
+def psql(stage: Stage, query: str) -> str:
+    container = stage.setting("app.dbContainer")
     done = stage.target.docker("exec", container, "psql", "-U", "kametrix", "-d", "kametrix_local", "-Atc", query)
     return done.stdout.decode().strip()
 
 
-def database_size(stage: LocalStack) -> int:
+def database_size(stage: Stage) -> int:
     return int(psql(stage, "select pg_database_size(current_database())"))
 
 
-def fill(stage: LocalStack, megabytes: int) -> int:
+def fill(stage: Stage, megabytes: int) -> int:
     """Random bytes in 1 KiB rows (below TOAST's threshold, so stored as they are) until the database holds about
     `megabytes`; returns its size."""
     psql(stage, "create table if not exists filler (id bigserial primary key, payload bytea not null)")
@@ -62,16 +62,12 @@ def fill(stage: LocalStack, megabytes: int) -> int:
     return database_size(stage)
 
 
-def timed(stage: LocalStack, version: str) -> tuple[UpdateResult, float]:
-    """One update; a version released for the first time is then recorded, as the workflows do."""
-    started = time.monotonic()
+def timed(stage: Stage, version: str) -> tuple[UpdateResult, float]:
+    """One update through the runner (which records a version released for the first time)."""
     result = stage.up(version)
-    wall = time.monotonic() - started
     if not result.ok:
-        raise SystemExit(f"{version} failed: {result.error or result.failed}")
-    if version not in stage.digests:
-        stage.record(version)
-    return result, wall
+        raise SystemExit(f"{version} failed:\n{result.output}")
+    return result, result.wall
 
 
 def row(label: str, result: UpdateResult, wall: float) -> tuple[str, dict[str, float]]:
@@ -82,9 +78,9 @@ def row(label: str, result: UpdateResult, wall: float) -> tuple[str, dict[str, f
 
 def measure_sizes(sizes_mb: list[int]) -> None:
     print(f"{'':<22}" + "".join(f"{s.removeprefix('server-'):>9}" for s in STEPS) + f"{'server s':>10}{'total s':>9}")
-    with running_target() as target:
+    with running_target() as target, stages_on(target, pulumi_cli()) as new_stage:
         for megabytes in sizes_mb:
-            stage = new_stage(target, app_port=13300, postgres_port=15732)
+            stage = new_stage(app_port=13800)
             try:
                 timed(stage, "v1.0.0")
                 size = fill(stage, megabytes)
@@ -106,11 +102,11 @@ def measure_sizes(sizes_mb: list[int]) -> None:
                 remove_stage(stage)
 
 
-def measure_dump_settings(stage: LocalStack, size: int) -> None:
+def measure_dump_settings(stage: Stage, size: int) -> None:
     print(f"\npg_dump at {size / 1e6:.0f} MB of incompressible data, through docker exec as backup.sh runs it:")
     print(f"{'settings':<42}{'seconds':>9}{'dump MB':>9}{'MB/s':>7}")
-    container = shlex.quote(stage.overrides["app.dbContainer"])
-    scratch = f"{stage.overrides['server.appDir']}/bench-dump"
+    container = shlex.quote(stage.setting("app.dbContainer"))
+    scratch = f"{stage.app_dir}/bench-dump"
     for name, options in DUMP_SETTINGS.items():
         if "directory" in options:
             # A directory dump cannot go to stdout: it is written inside the container, then measured there.

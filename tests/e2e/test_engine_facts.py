@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import shlex
 import subprocess
@@ -18,7 +19,7 @@ from components.config import APP_SECRET_KEYS, REGISTRY_KEY, SSH_KEY
 from embedded_default import workspace as local_workspace
 from embedded_default.providers import plugins
 from embedded_default.target import LocalTarget
-from tests.e2e.stage import COMMAND, Stage, explain, new_stage, remove_stage
+from tests.e2e.stage import COMMAND, Stage, explain, staged
 from tests.kit import PROJECT_DIR
 
 # Distinctive values for the secrets of this module's stage, found by searching for them.
@@ -30,16 +31,15 @@ SECRETS = {
 MARKER = "ENGINEFACT-"
 # A line of the CLI's own log: one JSON object with its time, level and verbosity.
 CLI_LOG_LINE = re.compile(r'^\{"time":"\d{4}-\d\d-\d\dT[^"]+","level":"[A-Z]+",.*"v":\d+\}$', re.MULTILINE)
-ALL_STEPS = ["server-files", "server-env", "server-backup", "server-migrate", "server-up"]
+ALL_STEPS = ["server-files", "server-env", "server-database", "server-backup", "server-migrate", "server-up"]
 
 
 @pytest.fixture(scope="module")
 def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterator[Stage]:
-    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13300, postgres_port=15732)
-    for name, value in SECRETS.items():
-        created.set_secret(name, value)
-    yield created
-    remove_stage(created)
+    with staged(target, prepared_stack, pulumi_cli, app_port=13300) as created:
+        for name, value in SECRETS.items():
+            created.set_secret(name, value)
+        yield created
 
 
 def on_server(stage: Stage, command: str) -> subprocess.CompletedProcess[bytes]:
@@ -94,7 +94,7 @@ def test_a_changed_setting_reruns_only_what_depends_on_it(stage: Stage) -> None:
 def test_a_failed_step_is_run_again_by_the_next_update_and_nothing_else(stage: Stage) -> None:
     failed = stage.up("v4.0.0")
     assert failed.failed is not None and failed.failed.name == "server-migrate", explain(failed)
-    assert failed.ran() == ["server-files", "server-env", "server-backup", "server-migrate"], explain(failed)
+    assert failed.ran() == ALL_STEPS[:-1], explain(failed)
     again = stage.up()
     assert again.failed is not None and again.failed.name == "server-migrate", explain(again)
     assert again.ran() == ["server-migrate"], "a step that succeeded ran again"
@@ -201,3 +201,38 @@ def test_staging_is_never_updated_through_a_stand_in(stage: Stage, tmp_path: Pat
     env["PULUMI_HOME"] = str(local_workspace.PLUGIN_HOME)
     refused = run_staging(tmp_path / "staging", env)
     assert refused.returncode == 1 and "runs only with Pulumi's real provider plugins" in refused.stderr
+
+
+def on_a_terminal(stage: Stage, answer: str, *args: str) -> tuple[int, str]:
+    """The runner on a terminal of its own (a pty), answering `answer` to its question."""
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: the runner, as an operator types it
+        os.chdir(PROJECT_DIR)
+        os.execve(sys.executable, stage.runner_argv(*args), {**os.environ, "KAMETRIX_PULUMI_CLI": str(stage.cli)})  # noqa: S606
+    output, answered = b"", False
+    while True:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+        if not answered and b"[y/N]" in output:
+            os.write(terminal, f"{answer}\n".encode())
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_on_a_terminal_a_release_shows_its_preview_and_asks_first(stage: Stage) -> None:
+    before = stage.stack_file.read_text()
+    code, output = on_a_terminal(stage, "n", "release", "v2.0.0")
+    assert code == 1 and "[y/N]" in output and "not confirmed; nothing was changed" in output, output
+    assert "Previewing update" in output and "server-up" in output, "no preview was shown before the question"
+    assert stage.stack_file.read_text() == before, "a declined release left its pin in the stack file"
+    assert "v1.0.0" in stage.target.ssh(f"cat {shlex.quote(stage.app_dir)}/release.env").stdout.decode()
+
+    code, output = on_a_terminal(stage, "y", "release", "v2.0.0")
+    assert code == 0, output
+    assert "VERSION=v2.0.0" in stage.target.ssh(f"cat {shlex.quote(stage.app_dir)}/release.env").stdout.decode()
