@@ -9,7 +9,7 @@ import pulumi
 from components import config, shared_facts
 from components.image import AppImage, AppImageArgs
 from components.server_release import ServerRelease, ServerReleaseArgs
-from components.swarm_release import swarm_stage
+from components.swarm_release import SwarmRelease, swarm_stage
 
 
 def program() -> None:
@@ -56,7 +56,9 @@ def program() -> None:
     pulumi.export("previousVersion", server.previous_version)
 
 
-def _declare_github(stack: config.StackConfig, github: config.GitHubSettings, server: ServerRelease) -> None:
+def _declare_github(
+    stack: config.StackConfig, github: config.GitHubSettings, server: ServerRelease | SwarmRelease
+) -> None:
     """The stage's GitHub environment, the other stages' it administers, and the releases it publishes."""
     # Imported only here: the GitHub provider's SDK is the largest import, and most updates (local, staging) never
     # declare a GitHub resource.

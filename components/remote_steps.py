@@ -1,20 +1,23 @@
-"""Commands over SSH as the Swarm components declare them: a host's connection, `--name value` flags from a
-step's inputs, and scripts shipped to a host that holds none of the stage's files.
+"""Commands over SSH, as a stage on one host and a stage on Docker Swarm declare them: a host's connection, each
+script's command line from exactly the flags it takes (`shared_facts`), scripts shipped to a host that holds none of
+the stage's files, and the release's steps on the host that holds the database, which both kinds of stage share.
 
-Each command's line holds only plain values; anything secret travels on its stdin, never in its output.
+Each command's line holds only plain values; anything secret travels on its stdin, never in its output. No step has
+a `delete`: replacing a step runs the new one and never undoes a newer release.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pulumi
 from pulumi_command import remote
 from pydantic import SecretStr
 
-from components import server_files
-from components.config import ClusterHost, ServerSettings
+from components import server_files, shared_facts, swarm_files
+from components.config import AppSettings, ClusterHost, ReleaseSettings, ServerSettings
 
 
 def connection(
@@ -43,8 +46,8 @@ def command(
     prints_secrets: bool = False,
     after: list[pulumi.Resource] | None = None,
 ) -> remote.Command:
-    """One step: no `delete` (replacing a step never undoes a newer one), nothing from SSH's environment, and its
-    output kept out of the log and made secret when it can hold a secret."""
+    """One step: nothing from SSH's environment, and its output kept out of the log and made secret when it can hold
+    a secret."""
     return remote.Command(
         name,
         connection=connection,
@@ -61,18 +64,19 @@ def command(
     )
 
 
-def flags(values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[list[str]]:
-    """`--name value` for each of `values`, once all are known."""
+def flags(script: str, values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[list[str]]:
+    """`--flag value ...` for exactly the flags `script` takes, in its order, once all are known."""
+    shared_facts.script_words(script, dict.fromkeys(values, ""))
     return pulumi.Output.all(*values.values()).apply(
-        lambda resolved: [
-            part for name, value in zip(values, resolved, strict=True) for part in (f"--{name}", str(value))
-        ]
+        lambda resolved: shared_facts.script_words(
+            script, {name: str(value) for name, value in zip(values, resolved, strict=True)}
+        )
     )
 
 
 def installed(bin_dir: str, script: str, values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[str]:
     """The command line of a script the files step installed in `bin_dir`."""
-    return flags(values).apply(lambda parts: shlex.join(["bash", f"{bin_dir}/{script}", *parts]))
+    return flags(script, values).apply(lambda words: f"bash {shlex.quote(f'{bin_dir}/{script}')} {shlex.join(words)}")
 
 
 # The scripts (and a secret's file) arrive on stdin (server_files.bundle) into a private folder that is gone when
@@ -84,20 +88,139 @@ _UNPACK = (
 
 
 def shipped(
-    script: str, values: Mapping[str, pulumi.Input[str]], files_flag: tuple[str, str] | None = None
+    script: str, values: Mapping[str, pulumi.Input[str]], file_flag: tuple[str, str] | None = None
 ) -> pulumi.Output[str]:
-    """The command line that runs `script` from the bundle on stdin. `files_flag` (flag, file) adds `--flag PATH`
-    for a file the bundle carries (a secret, which stays off the command line)."""
-    extra = f' --{files_flag[0]} "$shipped/{files_flag[1]}"' if files_flag else ""
-    return flags(values).apply(lambda parts: f'{_UNPACK}bash "$shipped/bin/{script}" {shlex.join(parts)}{extra}')
+    """The command line that runs `script` from the bundle on stdin (`shipped_bundle`). `file_flag` (flag, file):
+    the script's last flag, given the path of a file the bundle carries (a secret, which stays off the command line)."""
+    given = {**values, file_flag[0]: "FILE"} if file_flag else values
+    path = f' "$shipped/{file_flag[1]}"' if file_flag else ""
+    return flags(script, given).apply(
+        lambda words: f'{_UNPACK}bash "$shipped/bin/{script}" {shlex.join(words[:-1] if file_flag else words)}{path}'
+    )
 
 
-def scripts_bundle(files: Mapping[str, str] | None = None) -> str:
-    """Every server script (and `files`), for a shipped command's stdin."""
-    return server_files.bundle(files or {})
+def shipped_bundle(script: str, files: Mapping[str, str] | None = None) -> str:
+    """`script` with what it sources (lib/step.sh, the facts), and `files`, for a shipped command's stdin."""
+    scripts = server_files.script_files([script], ["lib/step.sh"], swarm_files.swarm_facts())
+    extra = {path: (content.encode(), 0o600) for path, content in (files or {}).items()}
+    return server_files.bundle({**scripts, **extra})
 
 
 def reported(stdout: str | None, key: str) -> str:
     """The last `key=value` line a step printed."""
     values = [line.partition("=")[2] for line in (stdout or "").splitlines() if line.startswith(f"{key}=")]
     return values[-1] if values else ""
+
+
+@dataclass(frozen=True)
+class ReleaseArgs:
+    server: ServerSettings
+    app: AppSettings
+    release: ReleaseSettings
+    version: str
+    app_ref: pulumi.Input[str]
+    migrate_ref: pulumi.Input[str]
+    ssh_private_key: SecretStr
+    app_secrets: Mapping[str, SecretStr]
+
+
+def release_steps(
+    parent: pulumi.Resource,
+    name: str,
+    args: ReleaseArgs,
+    files: server_files.ServerFiles,
+    up: tuple[str, Mapping[str, pulumi.Input[str]]],
+    after: list[pulumi.Resource] | None = None,
+) -> dict[str, remote.Command]:
+    """The release's steps on the host that holds the database, each waiting for the one declared before it (the
+    first for `after`): files, env, database, backup, migrate, then `up` (its script and the flags it takes beyond
+    the release's), by step name.
+
+    Every step of an update names its release: the release lock passes from step to step of one release and refuses
+    the steps of another until `up`, or the last step of an update with no `up`, ends it. What a step reads when it
+    runs (timeouts, the health gate, who asked) is in the settings file the files step installs, so changing it
+    re-runs nothing else; the `.env` travels on stdin.
+    """
+    server, app, release = args.server, args.app, args.release
+    ssh = connection(server, args.ssh_private_key)
+    app_dir = server.app_dir
+    bin_dir = f"{app_dir}/bin"
+    env_file = server_files.env_file(app, args.app_secrets)
+    common: dict[str, pulumi.Input[str]] = {
+        "app-dir": app_dir,
+        "project": app.compose_project,
+        "release": pulumi.Output.from_input(args.app_ref).apply(
+            lambda ref: shared_facts.release_name(args.version, ref)
+        ),
+    }
+    refs: dict[str, pulumi.Input[str]] = {
+        "version": args.version,
+        "app-image": args.app_ref,
+        "migrate-image": args.migrate_ref,
+    }
+    steps: dict[str, remote.Command] = {}
+
+    def step(
+        step_name: str,
+        create: pulumi.Input[str],
+        triggers: list[pulumi.Input[str]] | None = None,
+        stdin: pulumi.Input[str] | None = None,
+        prints_secrets: bool = False,
+    ) -> remote.Command:
+        previous: list[pulumi.Resource] = [*list(steps.values())[-1:]] or after or []
+        steps[step_name] = command(
+            f"{name}-{step_name}", parent, ssh, create, stdin, triggers, prints_secrets, previous
+        )
+        return steps[step_name]
+
+    # The bundle is unpacked beside the live files, which only files.sh replaces, under the release lock.
+    quoted_dir = shlex.quote(app_dir)
+    unpack = (
+        f'umask 022 && mkdir -p {quoted_dir} && staged="$(mktemp -d {quoted_dir}/.files.XXXXXX)"'
+        """ && trap 'rm -rf "$staged"' EXIT && base64 -d | tar -x --no-same-owner -f - -C "$staged" && """
+    )
+    step(
+        "files",
+        create=installed(bin_dir, "files.sh", {**common, "from": "STAGED"}).apply(
+            lambda line: (
+                unpack
+                + line.replace("--from STAGED", '--from "$staged"').replace(
+                    f"bash {shlex.quote(bin_dir + '/files.sh')}", 'bash "$staged/bin/files.sh"'
+                )
+            )
+        ),
+        stdin=server_files.bundle(files),
+    )
+    step("env", create=installed(bin_dir, "env.sh", common), stdin=pulumi.Output.secret(env_file), prints_secrets=True)
+    step("database", create=installed(bin_dir, "database.sh", {**common, "postgres-image": app.postgres_image}))
+    release_triggers: list[pulumi.Input[str]] = [args.app_ref, args.migrate_ref]
+    # The backup policy is only in the backup's flags: a changed policy re-runs the backup alone, which gives the
+    # release lock back when `up` has nothing to do (lib/lock.sh).
+    step(
+        "backup",
+        create=installed(
+            bin_dir,
+            "backup.sh",
+            {
+                **common,
+                **refs,
+                "backups-to-keep": str(release.backups_to_keep),
+                "backup": release.backup,
+                "backup-on-rollback": "yes" if release.backup_on_rollback else "no",
+            },
+        ),
+        triggers=release_triggers,
+    )
+    step("migrate", create=installed(bin_dir, "migrate.sh", {**common, **refs}), triggers=release_triggers)
+    # New settings and files take effect here, at the update's one cutover, with whatever version it starts.
+    up_script, up_flags = up
+    step(
+        "up",
+        create=installed(bin_dir, up_script, {**common, **refs, **up_flags}),
+        triggers=[
+            *release_triggers,
+            server_files.switched_with(files),
+            pulumi.Output.secret(server_files.fingerprint(env_file)),
+        ],
+    )
+    return steps

@@ -8,7 +8,7 @@ import hashlib
 import io
 import string
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,13 +33,6 @@ SCRIPTS = (
     "up.sh",
     "release-lock.sh",
     "switch-back.sh",
-    # A stage on Docker Swarm (components/swarm_*.py): its cluster's steps, its release, what runs where.
-    "swarm-init.sh",
-    "swarm-tokens.sh",
-    "swarm-join.sh",
-    "swarm-nodes.sh",
-    "swarm-up.sh",
-    "swarm-status.sh",
 )
 LIBRARIES = ("lib/step.sh", "lib/lock.sh", "lib/live.sh", "lib/compose.sh", "lib/dump.sh")
 # Rendered from components/shared_facts.py into every bundle.
@@ -252,14 +245,25 @@ ServerFiles = Mapping[str, tuple[bytes, int]]
 def server_files(app: AppSettings, release: ReleaseSettings) -> ServerFiles:
     """Everything the files step installs: what `up` switches with, the settings, the scripts and their libraries
     (with the facts they share with the program, rendered)."""
-    files: dict[str, tuple[bytes, int]] = {
-        path: (content.encode(), 0o644) for path, content in stage_files(app, release).items()
-    }
-    files[shared_facts.SETTINGS_FILE] = (settings_file(app, release).encode(), 0o644)
-    files[f"bin/{FACTS}"] = (shared_facts.facts_sh().encode(), 0o644)
-    for library in LIBRARIES:
+    return installed_files(stage_files(app, release), settings_file(app, release), script_files(SCRIPTS, LIBRARIES))
+
+
+def installed_files(stage: Mapping[str, str], settings: str, scripts: ServerFiles) -> ServerFiles:
+    """The files step's bundle: `stage` (what `up` switches with), the settings file and `scripts`."""
+    files: dict[str, tuple[bytes, int]] = {path: (content.encode(), 0o644) for path, content in stage.items()}
+    files[shared_facts.SETTINGS_FILE] = (settings.encode(), 0o644)
+    return {**files, **scripts}
+
+
+def script_files(
+    scripts: Sequence[str], libraries: Sequence[str], facts: Mapping[str, str] | None = None
+) -> dict[str, tuple[bytes, int]]:
+    """`scripts` under bin/ with the `libraries` they source and the rendered facts (lib/facts.sh, and `facts`)."""
+    files = {f"bin/{FACTS}": (shared_facts.facts_sh().encode(), 0o644)}
+    files |= {f"bin/{path}": (content.encode(), 0o644) for path, content in (facts or {}).items()}
+    for library in libraries:
         files[f"bin/{library}"] = ((SCRIPTS_DIR / library).read_bytes(), 0o644)
-    for script in SCRIPTS:
+    for script in scripts:
         files[f"bin/{script}"] = ((SCRIPTS_DIR / script).read_bytes(), 0o755)
     return files
 

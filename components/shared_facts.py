@@ -2,10 +2,11 @@
 each value they pass each other, the ranges of the settings the server reads, the colours, each step's flags, how a
 release is named and which branch each stage deploys from.
 
-The server's scripts get them as `bin/lib/facts.sh`, rendered into every bundle (`server_files.server_files`); the
-workflows' scripts as `.github/scripts/facts.sh`, written by `scripts/config_reference.py` and kept current by a unit
-test. Neither writes a pattern, range, flag name or branch of its own. The program builds each step's command line
-from `SCRIPT_FLAGS`, and a unit test runs those command lines against the scripts.
+The server's scripts get them as `bin/lib/facts.sh`, rendered into every bundle (`server_files.server_files`), and a
+stage on Docker Swarm's scripts what they add as `bin/lib/swarm-facts.sh` (`swarm_facts_sh`); the workflows'
+scripts as `.github/scripts/facts.sh`, written by `scripts/config_reference.py` and kept current by a unit test.
+Neither writes a pattern, range, flag name or branch of its own. The program builds each step's command line from
+`SCRIPT_FLAGS` (and `SWARM_SCRIPT_FLAGS`), and a unit test runs those command lines against the scripts.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from collections.abc import Mapping
 from pydantic import BaseModel
 from pydantic.alias_generators import to_snake
 
-from components.config import ReleaseSettings
+from components.config import ReleaseSettings, ServerSettings
 from components.config.fields import (
     COMMIT_PATTERN,
     DATABASE_NAME_PATTERN,
     DIGEST_PATTERN,
+    IPV4_PATTERN,
     MIGRATE_TAG_SUFFIX,
     REQUESTER_PATTERN,
     VERSION_FORMATS,
@@ -55,6 +57,45 @@ SCRIPT_FLAGS: Mapping[str, tuple[str, ...]] = {
     "switch.sh": ("app-dir", "project", *RELEASE_FLAGS, "settings"),
 }
 BACKUP_MODES = ("always", "before-migrations")
+
+# A stage on Docker Swarm (docs/swarm.md): the flags of the scripts its cluster's steps ship to each host, of its
+# release's `up` and of the status the runner asks for; the labels the stack file sets and the scripts read; how
+# long its steps wait, from the settings that bound them.
+SWARM_SCRIPT_FLAGS: Mapping[str, tuple[str, ...]] = {
+    "swarm-init.sh": ("advertise-address", "network"),
+    "swarm-tokens.sh": ("leader",),
+    "swarm-join.sh": ("advertise-address", "manager-address", "node-id", "token-file"),
+    "swarm-nodes.sh": ("declared", "drain-timeout-seconds"),
+    "swarm-up.sh": (*COMMON_FLAGS, *RELEASE_FLAGS, "timeout-seconds", "monitor-seconds"),
+    "swarm-status.sh": ("project",),
+}
+SWARM_TOKEN_PATTERN = r"^SWMTKN-[0-9]+-[a-z0-9]+-[a-z0-9]+$"
+# The host that holds the database (a node label); which release, settings and login role (colour) an app task runs.
+DATABASE_LABEL = "kametrix.database"
+RELEASE_LABEL = "org.kametrix.release"
+SETTINGS_LABEL = "org.kametrix.settings"
+COLOUR_LABEL = "org.kametrix.colour"
+# Beyond the health checks of every task, what a rolling update may take per task (starting it, Swarm's monitor, the
+# two seconds a stopping task stays out of DNS) and once.
+SWARM_SECONDS_PER_TASK = 15
+SWARM_SECONDS_BEYOND = 60
+
+
+def swarm_update_timeout(replicas: int, health_attempts: int, health_interval_seconds: int) -> int:
+    """How long swarm-up.sh waits for every task to run the release: each health-gated in turn."""
+    per_task = health_attempts * health_interval_seconds + SWARM_SECONDS_PER_TASK
+    return replicas * per_task + SWARM_SECONDS_BEYOND
+
+
+def swarm_monitor_seconds(health_interval_seconds: int) -> int:
+    """How long Swarm watches a new task once it is healthy: one that fails this soon still rolls the update back."""
+    return 3 * health_interval_seconds
+
+
+def swarm_drain_timeout(drain_seconds: int) -> int:
+    """How long swarm-nodes.sh lets a removed host's tasks finish before it leaves regardless."""
+    return drain_seconds + 30
+
 
 # The settings file's keys (`<appDir>/settings.env`, written by the files step), each with the ReleaseSettings field
 # whose range bounds it (None: checked by its own grammar), and the scale from the stack's unit to the server's.
@@ -113,6 +154,38 @@ def facts_sh() -> str:
     for script, flags in SCRIPT_FLAGS.items():
         values[f"{to_snake(script.removesuffix('.sh')).upper()}_FLAGS"] = " ".join(flags)
     return _shell_variables(values, "what the program and the server's scripts both know")
+
+
+def swarm_facts_sh() -> str:
+    """bin/lib/swarm-facts.sh: what a stage on Docker Swarm's scripts add to lib/facts.sh."""
+    replicas = range_of(ServerSettings, "replicas")
+    attempts = range_of(ReleaseSettings, "health_attempts")
+    interval = range_of(ReleaseSettings, "health_interval_seconds")
+    drain = range_of(ReleaseSettings, "drain_seconds")
+    values: dict[str, str] = {
+        "IPV4_PATTERN": f"^{IPV4_PATTERN}$",
+        "SWARM_TOKEN_PATTERN": SWARM_TOKEN_PATTERN,
+        "DATABASE_LABEL": DATABASE_LABEL,
+        "RELEASE_LABEL": RELEASE_LABEL,
+        "SETTINGS_LABEL": SETTINGS_LABEL,
+        "COLOUR_LABEL": COLOUR_LABEL,
+        "TIMEOUT_SECONDS_RANGE": " ".join(
+            str(swarm_update_timeout(replicas[end], attempts[end], interval[end])) for end in (0, 1)
+        ),
+        "MONITOR_SECONDS_RANGE": " ".join(str(swarm_monitor_seconds(seconds)) for seconds in interval),
+        "DRAIN_TIMEOUT_SECONDS_RANGE": " ".join(str(swarm_drain_timeout(seconds)) for seconds in drain),
+    }
+    for script, flags in SWARM_SCRIPT_FLAGS.items():
+        values[f"{to_snake(script.removesuffix('.sh')).upper()}_FLAGS"] = " ".join(flags)
+    return _shell_variables(values, "what a stage on Docker Swarm's scripts add to lib/facts.sh")
+
+
+def script_words(script: str, values: Mapping[str, str]) -> list[str]:
+    """`--flag value` for exactly the flags `script` takes, in its order; anything else is the program's mistake."""
+    names = {**SCRIPT_FLAGS, **SWARM_SCRIPT_FLAGS}[script]
+    if tuple(values) != names:
+        raise RuntimeError(f"{script} takes {names}; the program gives {tuple(values)}")
+    return [part for name, value in values.items() for part in (f"--{name}", value)]
 
 
 def workflow_facts_sh() -> str:

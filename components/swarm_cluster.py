@@ -29,7 +29,7 @@ class SwarmClusterArgs:
     server: ServerSettings
     network: str
     """The stage's overlay network (components/swarm_files.py)."""
-    drain_seconds: int
+    drain_timeout_seconds: int
     """How long a removed host's tasks may take to finish before it leaves regardless."""
     ssh_private_key: SecretStr
 
@@ -46,8 +46,8 @@ def node_of(init_stdout: str | None, address: str) -> str:
 
 
 def join_bundle(tokens_stdout: str | None, role: str) -> str:
-    """The scripts, and the join token of `role` as a file, for a join step's stdin."""
-    return remote_steps.scripts_bundle({TOKEN_FILE: remote_steps.reported(tokens_stdout, role)})
+    """The join script, and the join token of `role` as a file, for a join step's stdin."""
+    return remote_steps.shipped_bundle("swarm-join.sh", {TOKEN_FILE: remote_steps.reported(tokens_stdout, role)})
 
 
 def _values(stdout: str | None, key: str) -> list[str]:
@@ -62,13 +62,12 @@ class SwarmCluster(pulumi.ComponentResource):
         super().__init__("kametrix:swarm_cluster:SwarmCluster", name, None, opts)
         server = args.server
         database = next(host for host in server.hosts if host.database)
-        scripts = remote_steps.scripts_bundle()
 
         def step(
             step_name: str,
             host: ClusterHost,
             create: pulumi.Input[str],
-            stdin: pulumi.Input[str] = scripts,
+            stdin: pulumi.Input[str],
             triggers: list[pulumi.Input[str]] | None = None,
             prints_secrets: bool = False,
             after: list[pulumi.Resource] | None = None,
@@ -85,6 +84,7 @@ class SwarmCluster(pulumi.ComponentResource):
             remote_steps.shipped(
                 "swarm-init.sh", {"advertise-address": database.advertise_address, "network": args.network}
             ),
+            remote_steps.shipped_bundle("swarm-init.sh"),
             triggers=[declared(server.hosts)],
         )
         leader = init.stdout.apply(lambda out: remote_steps.reported(out, "leader"))
@@ -92,6 +92,7 @@ class SwarmCluster(pulumi.ComponentResource):
             "tokens",
             database,
             remote_steps.shipped("swarm-tokens.sh", {"leader": leader}),
+            remote_steps.shipped_bundle("swarm-tokens.sh"),
             prints_secrets=True,
         )
         # A join is told the node ID the Swarm lists at its host, to tell a host in the Swarm from one in another
@@ -108,9 +109,9 @@ class SwarmCluster(pulumi.ComponentResource):
                         "manager-address": database.advertise_address,
                         "node-id": init.stdout.apply(functools.partial(node_of, address=host.advertise_address)),
                     },
-                    files_flag=("token-file", TOKEN_FILE),
+                    file_flag=("token-file", TOKEN_FILE),
                 ),
-                stdin=pulumi.Output.secret(tokens.stdout.apply(functools.partial(join_bundle, role=host.role))),
+                pulumi.Output.secret(tokens.stdout.apply(functools.partial(join_bundle, role=host.role))),
             )
             for host in server.hosts
             if not host.database
@@ -120,8 +121,9 @@ class SwarmCluster(pulumi.ComponentResource):
             database,
             remote_steps.shipped(
                 "swarm-nodes.sh",
-                {"declared": declared(server.hosts), "drain-timeout-seconds": str(args.drain_seconds + 30)},
+                {"declared": declared(server.hosts), "drain-timeout-seconds": str(args.drain_timeout_seconds)},
             ),
+            remote_steps.shipped_bundle("swarm-nodes.sh"),
             after=[init, *joins],
         )
         self.register_outputs({})

@@ -15,20 +15,31 @@ from typing import Any
 
 import yaml
 
-from components import server_files
+from components import server_files, shared_facts
 from components.config import AppSettings, ReleaseSettings, ServerSettings
 
 STACK_FILE = "swarm-stack.yml"
 PROXY_CONFIG = f"{server_files.PROXY_DIR}/nginx.conf"
-# The settings as `docker stack deploy` reads them: KEY=value, unquoted (it keeps quotes as part of a value).
-# swarm-up.sh writes it from .env for the deploy and removes it afterwards.
+# The settings as `docker stack deploy` reads them: KEY=value, unquoted (it keeps quotes as part of a value), with
+# the database URL of the login role the tasks run as. swarm-up.sh writes it for the deploy and removes it afterwards.
 STACK_ENV_FILE = ".env.stack"
-# Labels of the app's containers: which release and which settings a task runs, so that the release step can tell
-# its own tasks from the ones it replaces.
-RELEASE_LABEL = "org.kametrix.release"
-SETTINGS_LABEL = "org.kametrix.settings"
-# Where a label marks the host that holds the database.
-DATABASE_LABEL = "kametrix.database"
+# What the database host runs: the one-host stage's steps but its switch, Swarm's release and what runs where.
+SCRIPTS = (
+    "files.sh",
+    "env.sh",
+    "database.sh",
+    "backup.sh",
+    "migrate.sh",
+    "release-lock.sh",
+    "swarm-up.sh",
+    "swarm-status.sh",
+)
+# What the Swarm's scripts source beside lib/facts.sh (shared_facts.swarm_facts_sh).
+SWARM_FACTS = "lib/swarm-facts.sh"
+
+
+def swarm_facts() -> dict[str, str]:
+    return {SWARM_FACTS: shared_facts.swarm_facts_sh()}
 
 
 def network(app: AppSettings) -> str:
@@ -40,13 +51,18 @@ def app_service(app: AppSettings) -> str:
     return f"{app.compose_project}_app"
 
 
-def monitor_seconds(release: ReleaseSettings) -> int:
-    """How long Swarm watches a new task once it is healthy: one that fails this soon still rolls the update back."""
-    return 3 * release.health_interval_seconds
+def server_files_of(server: ServerSettings, app: AppSettings, release: ReleaseSettings) -> server_files.ServerFiles:
+    """What the files step installs on the database host: the stage's files, the one-host stage's settings file,
+    and the scripts it runs with their libraries and facts."""
+    return server_files.installed_files(
+        stage_files(server, app, release),
+        server_files.settings_file(app, release),
+        server_files.script_files(SCRIPTS, server_files.LIBRARIES, swarm_facts()),
+    )
 
 
 def stage_files(server: ServerSettings, app: AppSettings, release: ReleaseSettings) -> dict[str, str]:
-    """Everything rendered for the database host, by its path under the app directory."""
+    """What `up` deploys with, by its path under the app directory: a change here is a rolling update."""
     proxy = proxy_config(app, release)
     return {
         server_files.COMPOSE_FILE: compose_file(app),
@@ -72,15 +88,17 @@ def stack_file(server: ServerSettings, app: AppSettings, release: ReleaseSetting
     one_host = yaml.safe_load(server_files.compose_file(app))["services"]
     colour, proxy_service = one_host["app-blue"], one_host["proxy"]
     interval = release.health_interval_seconds
-    monitor = f"{monitor_seconds(release)}s"
+    monitor = f"{shared_facts.swarm_monitor_seconds(interval)}s"
     update = {"parallelism": 1, "order": "start-first", "monitor": monitor, "max_failure_ratio": 0}
     application: dict[str, Any] = {
         "image": "${APP_IMAGE:?set by the release steps}",
         "env_file": [STACK_ENV_FILE],
-        "environment": colour["environment"],
+        # A colour's own, but the database URL: that of the login role the tasks run as, from STACK_ENV_FILE.
+        "environment": {key: value for key, value in colour["environment"].items() if key != "DATABASE_URL"},
         "labels": {
-            RELEASE_LABEL: "${KAMETRIX_RELEASE:?set by the release steps}",
-            SETTINGS_LABEL: "${KAMETRIX_SETTINGS:?set by the release steps}",
+            shared_facts.RELEASE_LABEL: "${KAMETRIX_RELEASE:?set by the release steps}",
+            shared_facts.SETTINGS_LABEL: "${KAMETRIX_SETTINGS:?set by the release steps}",
+            shared_facts.COLOUR_LABEL: "${KAMETRIX_COLOUR:?set by the release steps}",
         },
         # The one-host stage's health gate, as Swarm's: healthy within healthAttempts checks, or never started.
         "healthcheck": {

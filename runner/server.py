@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from components.config import ServerSettings
+from components.shared_facts import script_words
 
 # Between the release record and the lock's words in the answer.
 _SEPARATOR = "--- release lock"
@@ -84,7 +85,11 @@ def read_swarm(server: ServerSettings, private_key: SecretStr, project: str) -> 
     """Every node of the stage's Swarm with its tasks, asked on the host that runs the release steps."""
     host = server.release_host()
     answer = ssh(
-        host, private_key, f"bash {shlex.quote(host.app_dir)}/bin/swarm-status.sh --project {shlex.quote(project)}"
+        host,
+        private_key,
+        shlex.join(
+            ["bash", f"{host.app_dir}/bin/swarm-status.sh", *script_words("swarm-status.sh", {"project": project})]
+        ),
     )
     rows = [line.split("|") for line in answer.splitlines()]
     tasks: dict[str, list[tuple[str, str, str]]] = {}

@@ -6,19 +6,23 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from components import server_files, swarm_files
+from components import server_files, shared_facts, swarm_files
 from tests import kit
 from tests.kit import Deployment, Resource
 from tests.test_swarm_config import KEY
 
 COMMAND = "command:remote:Command"
 CLUSTER_STEPS = ["cluster-init", "cluster-tokens", "cluster-join-10.0.0.2", "cluster-join-10.0.0.3", "cluster-nodes"]
-RELEASE_STEPS = ["server-files", "server-env", "server-backup", "server-migrate", "server-up"]
+RELEASE_STEPS = ["server-files", "server-env", "server-database", "server-backup", "server-migrate", "server-up"]
 
 
 def host(number: int, role: str = "worker", database: bool = False, **extra: Any) -> dict[str, Any]:
@@ -144,12 +148,25 @@ def test_postgres_and_migrations_are_the_one_host_stages_own_on_the_stages_overl
     assert swarm["networks"] == {"default": network} and stack_file(deployment)["networks"] == {"default": network}
 
 
-def test_backup_and_migrate_are_the_one_host_stages_steps_and_up_deploys_to_swarm() -> None:
+def test_the_steps_before_up_are_the_one_host_stages_own_and_up_deploys_to_swarm() -> None:
     swarm, one_host = steps(on_hosts()), steps(kit.run_stack("local"))
-    for name in ("server-env", "server-backup", "server-migrate"):
+    for name in ("server-env", "server-database", "server-backup", "server-migrate"):
         assert swarm[name].plain("create") == one_host[name].plain("create"), name
+        assert swarm[name].plain("triggers") == one_host[name].plain("triggers"), name
     assert "/bin/swarm-up.sh " in swarm["server-up"].plain("create")
     assert "/bin/up.sh " in one_host["server-up"].plain("create")
+    # The database host holds the one-host stage's settings, scripts and libraries, but no switch of colours.
+    files = bundled(swarm["server-files"])
+    one_host_files = bundled(one_host["server-files"])
+    for path in ("settings.env", "bin/lib/facts.sh", *(f"bin/{library}" for library in server_files.LIBRARIES)):
+        assert files[path] == one_host_files[path], path
+    assert not {"bin/switch.sh", "bin/up.sh", "bin/switch-back.sh"} & set(files)
+    assert files["bin/lib/swarm-facts.sh"] == shared_facts.swarm_facts_sh()
+
+
+def test_a_one_host_stages_bundle_holds_nothing_of_swarm() -> None:
+    files = bundled(steps(kit.run_stack("local"))["server-files"])
+    assert not [path for path in files if "swarm" in path], "a one-host stage's files changed with the Swarm's"
 
 
 def test_a_rollback_runs_exactly_the_server_commands_of_the_original_release() -> None:
@@ -178,10 +195,60 @@ def test_a_one_host_stage_declares_no_swarm() -> None:
     assert "/bin/up.sh " in declared["server-up"].plain("create")
 
 
-def test_the_scripts_read_the_labels_the_stack_file_and_the_nodes_step_set() -> None:
+def test_the_scripts_read_the_labels_the_stack_file_and_the_nodes_step_set_from_the_shared_facts() -> None:
+    labels = stack_file(on_hosts())["services"]["app"]["labels"]
+    assert set(labels) == {shared_facts.RELEASE_LABEL, shared_facts.SETTINGS_LABEL, shared_facts.COLOUR_LABEL}
+    facts = shared_facts.swarm_facts_sh()
+    for name in ("RELEASE_LABEL", "SETTINGS_LABEL", "COLOUR_LABEL", "DATABASE_LABEL"):
+        assert f"{name}={getattr(shared_facts, name)}\n" in facts, name
     scripts = server_files.SCRIPTS_DIR
     up, nodes, status = ((scripts / name).read_text() for name in ("swarm-up.sh", "swarm-nodes.sh", "swarm-status.sh"))
-    labels = stack_file(on_hosts())["services"]["app"]["labels"]
-    assert set(labels) == {swarm_files.RELEASE_LABEL, swarm_files.SETTINGS_LABEL}
-    assert f"release_label={swarm_files.RELEASE_LABEL} settings_label={swarm_files.SETTINGS_LABEL}" in up
-    assert f"label={swarm_files.DATABASE_LABEL}\n" in nodes and f'"{swarm_files.DATABASE_LABEL}"' in status
+    assert all(f'\\"${name}\\"' in up for name in ("RELEASE_LABEL", "SETTINGS_LABEL", "COLOUR_LABEL"))
+    assert 'label="$DATABASE_LABEL"' in nodes and '\\"$DATABASE_LABEL\\"' in status
+
+
+def test_the_app_tasks_take_the_database_url_of_the_login_role_they_run_as() -> None:
+    app = stack_file(on_hosts())["services"]["app"]
+    assert "DATABASE_URL" not in app["environment"], "every task would log in as one colour's role"
+    assert app["env_file"] == [swarm_files.STACK_ENV_FILE]
+
+
+def test_each_cluster_step_runs_its_shipped_script_with_exactly_its_flags(tmp_path: Path) -> None:
+    """Each cluster step's command line, run as SSH runs it with its stdin: the script it ships sources its libraries
+    and facts, takes every flag it is given, checks their values and reaches the Docker Engine (a stand-in that
+    records what it is asked)."""
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    calls = tmp_path / "calls"
+    (fakes / "docker").write_text(f'#!/bin/sh\necho "docker $*" >>{calls}\nexit 3\n')
+    (fakes / "docker").chmod(0o755)
+    declared = steps(on_hosts())
+    for name, script in {"cluster-init": "swarm-init.sh", "cluster-tokens": "swarm-tokens.sh"}.items():
+        assert f'bash "$shipped/bin/{script}" ' in declared[name].plain("create"), name
+    for name in CLUSTER_STEPS:
+        calls.unlink(missing_ok=True)
+        step = declared[name]
+        ran = subprocess.run(
+            ["bash", "-c", step.plain("create")],
+            input=step.plain("stdin"),
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}"},
+            timeout=30,
+            check=False,
+        )
+        if name.startswith("cluster-join"):
+            # The stand-in's tokens step printed no token: the join refuses it before it asks the Engine anything.
+            assert "token-file: allowed a Swarm join token; received another text (not shown)" in ran.stderr
+        else:
+            assert "usage:" not in ran.stderr and "allowed" not in ran.stderr, f"{name}: {ran.stderr}"
+            assert calls.read_text().startswith("docker "), f"{name}: {ran.stderr}"
+
+
+def test_the_swarm_facts_pass_shellcheck(tmp_path: Path) -> None:
+    facts = tmp_path / "swarm-facts.sh"
+    facts.write_text(shared_facts.swarm_facts_sh())
+    checked = subprocess.run(
+        [str(Path(sys.executable).parent / "shellcheck"), str(facts)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -112,10 +112,9 @@ Digest = Annotated[str, matching(DIGEST_PATTERN, "an image digest sha256:<64 low
 SshHostKey = Annotated[
     str, matching(r"(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa) [A-Za-z0-9+/=]+", "an SSH public host key line")
 ]
-Ipv4Address = Annotated[
-    str,
-    matching(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)", "an IPv4 address"),
-]
+# Written for Python and bash's regular expressions alike: the Swarm's scripts check addresses with it too.
+IPV4_PATTERN = r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+Ipv4Address = Annotated[str, matching(IPV4_PATTERN, "an IPv4 address")]
 FITS_ENV_FILE = Rule(_check_env_value, ENV_FILE_RULE, pattern="^[^'\\r\\n]*$")
 EnvValue = Annotated[str, FITS_ENV_FILE]
 """A plain value the server's `.env` carries."""

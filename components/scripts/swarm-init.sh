@@ -5,12 +5,16 @@
 # in, from that. Prints no join token: the Swarm's own output of `init`, which holds one, goes nowhere.
 #   swarm-init.sh --advertise-address 10.0.0.11 --network kametrix_net
 set -euo pipefail
-# shellcheck source=lib.sh
-source "$(dirname "$0")/lib.sh"
-parse_flags swarm-init.sh "advertise-address network" "$@"
+# shellcheck source=lib/step.sh
+source "$(dirname "$0")/lib/step.sh"
+# Rendered by components/shared_facts.py, as lib/facts.sh is.
+# shellcheck source=/dev/null
+source "$(dirname "$0")/lib/swarm-facts.sh"
+parse_flags swarm-init.sh "$SWARM_INIT_FLAGS" "$@"
 address="${FLAGS[advertise-address]}" network="${FLAGS[network]}"
-[[ "$address" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "advertise-address: allowed an IPv4 address; received '$address'"
-[[ "$network" =~ ^[a-z0-9][a-z0-9_-]*$ ]] || die "network: allowed a network name; received '$network'"
+require_match advertise-address "$address" "$IPV4_PATTERN" "an IPv4 address"
+# The stage's network is named after its compose project (components/swarm_files.py).
+require_match network "$network" "$PROJECT_PATTERN" "a network name"
 
 read -r state manager advertised < <(docker info --format '{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.NodeAddr}}')
 case "$state" in

@@ -5,16 +5,19 @@
 # stdin: it never reaches a command line, and nothing printed here holds it.
 #   swarm-join.sh --advertise-address 10.0.0.12 --manager-address 10.0.0.11 --node-id NODE_ID|'' --token-file FILE
 set -euo pipefail
-# shellcheck source=lib.sh
-source "$(dirname "$0")/lib.sh"
-parse_flags swarm-join.sh "advertise-address manager-address node-id token-file" "$@"
+# shellcheck source=lib/step.sh
+source "$(dirname "$0")/lib/step.sh"
+# Rendered by components/shared_facts.py, as lib/facts.sh is.
+# shellcheck source=/dev/null
+source "$(dirname "$0")/lib/swarm-facts.sh"
+parse_flags swarm-join.sh "$SWARM_JOIN_FLAGS" "$@"
 address="${FLAGS[advertise-address]}" manager="${FLAGS[manager-address]}" expected="${FLAGS[node-id]}"
 for name in advertise-address manager-address; do
-  [[ "${FLAGS[$name]}" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "$name: allowed an IPv4 address; received '${FLAGS[$name]}'"
+  require_match "$name" "${FLAGS[$name]}" "$IPV4_PATTERN" "an IPv4 address"
 done
-[[ "$expected" =~ ^[a-z0-9]*$ ]] || die "node-id: allowed a Swarm node ID or nothing; received '$expected'"
+require_match node-id "$expected" '^[a-z0-9]*$' "a Swarm node ID or nothing"
 token="$(cat "${FLAGS[token-file]}")"
-[[ "$token" =~ ^SWMTKN-[0-9]+-[a-z0-9]+-[a-z0-9]+$ ]] || die "token-file: allowed a Swarm join token; received another text (not shown)"
+[[ "$token" =~ $SWARM_TOKEN_PATTERN ]] || die "token-file: allowed a Swarm join token; received another text (not shown)"
 
 # The Engine's API on its Unix socket, where `docker` would reach it; the request's body comes on stdin.
 socket="${DOCKER_HOST:-unix:///var/run/docker.sock}"

@@ -5,18 +5,23 @@
 # Refuses to move the database label: PostgreSQL's data stays on its host, and only an operator moves it.
 #   swarm-nodes.sh --declared "10.0.0.11=manager+database 10.0.0.12=worker" --drain-timeout-seconds 60
 set -euo pipefail
-# shellcheck source=lib.sh
-source "$(dirname "$0")/lib.sh"
-parse_flags swarm-nodes.sh "declared drain-timeout-seconds" "$@"
-require_number DRAIN_TIMEOUT_SECONDS "${FLAGS[drain-timeout-seconds]}" 1 3600
-label=kametrix.database
+# shellcheck source=lib/step.sh
+source "$(dirname "$0")/lib/step.sh"
+# Rendered by components/shared_facts.py, as lib/facts.sh is.
+# shellcheck source=/dev/null
+source "$(dirname "$0")/lib/swarm-facts.sh"
+parse_flags swarm-nodes.sh "$SWARM_NODES_FLAGS" "$@"
+drain_timeout="${FLAGS[drain-timeout-seconds]}"
+require_in_range DRAIN_TIMEOUT_SECONDS "$drain_timeout"
+label="$DATABASE_LABEL"
 declare -A declared=()
 database=""
 for entry in ${FLAGS[declared]}; do
-  [[ "$entry" =~ ^([0-9]{1,3}(\.[0-9]{1,3}){3})=(manager|worker)(\+database)?$ ]] ||
+  address="${entry%%=*}" role="${entry#*=}"
+  [[ "$entry" == *=* && "$address" =~ $IPV4_PATTERN && "$role" =~ ^(manager|worker)(\+database)?$ ]] ||
     die "declared: allowed ADDRESS=manager|worker[+database] entries; received '$entry'"
-  declared[${BASH_REMATCH[1]}]="${BASH_REMATCH[3]}"
-  [[ -z "${BASH_REMATCH[4]}" ]] || database="${BASH_REMATCH[1]}"
+  declared[$address]="${role%+database}"
+  [[ "$role" != *+database ]] || database="$address"
 done
 [[ -n "$database" ]] || die "declared: allowed exactly one host with +database; received none"
 [[ "$(docker info --format '{{.Swarm.NodeAddr}}')" == "$database" ]] || die "runs on the database host $database only"
@@ -68,12 +73,12 @@ for id in "${!address_of[@]}"; do
   [[ "${node_at[$address]:-}" != "$id" ]] || continue
   if [[ "${state_of[$id]}" == ready ]]; then
     docker node update --availability drain "$id" >/dev/null
-    for ((waited = 0; waited < FLAGS[drain-timeout-seconds]; waited++)); do
+    for ((waited = 0; waited < drain_timeout; waited++)); do
       tasks_left "$id" || break
       sleep 1
     done
     if tasks_left "$id"; then
-      echo "warning: tasks of $address still ran after ${FLAGS[drain-timeout-seconds]}s of draining; removing it anyway" >&2
+      echo "warning: tasks of $address still ran after ${drain_timeout}s of draining; removing it anyway" >&2
     fi
   fi
   [[ "${role_of[$id]}" != manager ]] || docker node demote "$id" >/dev/null

@@ -4,17 +4,20 @@
 # node's address, its image and its state), fields separated by '|'.
 #   bash <appDir>/bin/swarm-status.sh --project kametrix
 set -euo pipefail
-# shellcheck source=lib.sh
-source "$(dirname "$0")/lib.sh"
-parse_flags swarm-status.sh "project" "$@"
+# shellcheck source=lib/step.sh
+source "$(dirname "$0")/lib/step.sh"
+# Rendered by components/shared_facts.py, as lib/facts.sh is.
+# shellcheck source=/dev/null
+source "$(dirname "$0")/lib/swarm-facts.sh"
+parse_flags swarm-status.sh "$SWARM_STATUS_FLAGS" "$@"
 project="${FLAGS[project]}"
-require_switch_setting PROJECT "$project"
+require_match project "$project" "$PROJECT_PATTERN" "a compose project name"
 
 declare -A address_of=()
 mapfile -t nodes < <(docker node ls --quiet)
 for node in "${nodes[@]}"; do
   line="$(docker node inspect --format \
-    '{{.ID}}|{{.Status.Addr}}|{{.Description.Hostname}}|{{.Spec.Role}}|{{.Spec.Availability}}|{{.Status.State}}|{{with .Spec.Labels}}{{index . "kametrix.database"}}{{end}}' "$node")"
+    "{{.ID}}|{{.Status.Addr}}|{{.Description.Hostname}}|{{.Spec.Role}}|{{.Spec.Availability}}|{{.Status.State}}|{{with .Spec.Labels}}{{index . \"$DATABASE_LABEL\"}}{{end}}" "$node")"
   address_of[${line%%|*}]="$(cut -d'|' -f2 <<<"$line")"
   echo "node|${line#*|}"
 done

@@ -1,76 +1,54 @@
 #!/usr/bin/env bash
-# Releases the new image on the stage's Swarm, with the new settings if env.sh staged any: `docker stack deploy`
+# Releases the new image on the stage's Swarm, with the stage's current settings and files: `docker stack deploy`
 # replaces the app's tasks one at a time, each new one started beside the old and health-gated before the old one
-# stops, on whichever hosts Swarm runs them; the proxy runs on every host. Waits until every task runs the release:
-# then records it. If a new task never turns healthy, Swarm rolls the app back by itself: the step then fails
-# naming both versions, with the settings that serve put back. The last step of every update of the server.
+# stops, on whichever hosts Swarm runs them; the proxy runs on every host. The new tasks log in to PostgreSQL as the
+# colour's login role the running tasks do not use (lib/compose.sh), made able to log in with the settings' password
+# first: so a new password reaches the database before any task uses it, and the running tasks keep theirs until they
+# stop. Waits until every task runs the release: then makes it the live release (lib/live.sh) and retires the old
+# role. If a new task never turns healthy, Swarm rolls the app back by itself: the step then fails naming both
+# versions, and the new role is retired. Already deployed as declared (an update run again), nothing is deployed.
+# The last step of every update of a stage on Swarm, as up.sh is of one host.
 set -euo pipefail
-# shellcheck source=lib.sh
-source "$(dirname "$0")/lib.sh"
-parse_flags swarm-up.sh "app-dir project $(release_lock_flag_names) version app-image migrate-image timeout-seconds \
-  monitor-seconds" "$@"
+# shellcheck source=lib/step.sh
+source "$(dirname "$0")/lib/step.sh"
+# shellcheck source=lib/lock.sh
+source "$(dirname "$0")/lib/lock.sh"
+# shellcheck source=lib/live.sh
+source "$(dirname "$0")/lib/live.sh"
+# shellcheck source=lib/compose.sh
+source "$(dirname "$0")/lib/compose.sh"
+# Rendered by components/shared_facts.py, as lib/facts.sh is.
+# shellcheck source=/dev/null
+source "$(dirname "$0")/lib/swarm-facts.sh"
+parse_flags swarm-up.sh "$SWARM_UP_FLAGS" "$@"
 begin_step
-version="${FLAGS[version]}" app_image="${FLAGS[app-image]}" migrate_image="${FLAGS[migrate-image]}"
-timeout="${FLAGS[timeout-seconds]}" monitor="${FLAGS[monitor-seconds]}" release="${FLAGS[release]}"
+read_settings
+release="${FLAGS[release]}" version="${FLAGS[version]}"
+app_image="${FLAGS[app-image]}" migrate_image="${FLAGS[migrate-image]}"
+timeout="${FLAGS[timeout-seconds]}" monitor="${FLAGS[monitor-seconds]}"
 require_version VERSION "$version"
 require_digest_ref APP_IMAGE "$app_image"
 require_digest_ref MIGRATE_IMAGE "$migrate_image"
-require_number TIMEOUT_SECONDS "$timeout" 10 86400
-require_number MONITOR_SECONDS "$monitor" 1 3600
-service="${PROJECT}_app" env_file="$APP_DIR/.env" stack_env="$APP_DIR/.env.stack"
-# The labels of the app's containers (components/swarm_files.py): the release and the settings a task runs.
-release_label=org.kametrix.release settings_label=org.kametrix.settings
+require_in_range TIMEOUT_SECONDS "$timeout"
+require_in_range MONITOR_SECONDS "$monitor"
+service="${PROJECT}_app" stack_env="$APP_DIR/.env.stack"
+settings="$(sha256sum <"$APP_DIR/.env" | cut -c1-16)"
 
-acquire_release_lock "$release" "${FLAGS[lock-timeout-seconds]}" up
-live_image="$(live APP_IMAGE)" live_version="$(live VERSION)"
-if [[ "$live_image" == "$app_image" ]]; then
-  previous_version="$(live PREVIOUS_VERSION)" previous_image="$(live PREVIOUS_IMAGE)"
-  previous_migrate_image="$(live PREVIOUS_MIGRATE_IMAGE)"
-else
-  previous_version="$live_version" previous_image="$live_image" previous_migrate_image="$(live MIGRATE_IMAGE)"
-fi
+acquire_release_lock "$release" up
+live_version="$(live VERSION)" live_image="$(live APP_IMAGE)"
 
-# Puts the serving settings back as .env; the new ones stay staged, so the update's next run tries them again.
-restore_settings() {
-  if [[ -f "$env_file.previous" ]]; then
-    [[ ! -f "$env_file" ]] || mv -f "$env_file" "$env_file.next"
-    mv -f "$env_file.previous" "$env_file"
-  fi
-}
-undo_deploy() {
-  rm -f "$stack_env"
-  restore_settings
-}
-# A step killed outright left .env ahead of what serves: put it back in line first.
-restore_settings
-UNDO=undo_deploy
-if [[ -f "$env_file.next" ]]; then
-  mv -f "$env_file" "$env_file.previous"
-  mv -f "$env_file.next" "$env_file"
-  echo "deploying with the new settings"
-fi
-# `docker stack deploy` takes an env_file's values literally, quotes included: it reads them unquoted, for the
-# deploy only.
-(umask 077 && sed -E "s/^([A-Z_][A-Z0-9_]*)='(.*)'$/\1=\2/" "$env_file" >"$stack_env")
-export APP_IMAGE="$app_image" MIGRATE_IMAGE="$migrate_image" KAMETRIX_RELEASE="$release"
-KAMETRIX_SETTINGS="$(sha256sum <"$env_file" | cut -c1-16)"
-export KAMETRIX_SETTINGS
-# PostgreSQL is the compose project's own; a one-host layout's app colours and proxy leave it here, before the
-# Swarm's proxy takes their port.
-compose up --detach --wait --remove-orphans postgres
-docker stack deploy --compose-file "$APP_DIR/swarm-stack.yml" --prune --with-registry-auth "$PROJECT"
-rm -f "$stack_env"
-
-# What Swarm says of the app: the release and settings of its spec, and its update's state and message.
+# What Swarm says of the app: the release, settings and colour of its spec, its tasks and its update's state and
+# message; nothing before the first deploy.
 service_state() {
-  docker service inspect --format "{{index .Spec.TaskTemplate.ContainerSpec.Labels \"$release_label\"}}|{{index .Spec.TaskTemplate.ContainerSpec.Labels \"$settings_label\"}}|{{.Spec.Mode.Replicated.Replicas}}|{{if .UpdateStatus}}{{.UpdateStatus.State}}|{{.UpdateStatus.Message}}{{else}}|{{end}}" "$service"
+  local labels='.Spec.TaskTemplate.ContainerSpec.Labels'
+  docker service inspect --format "{{index $labels \"$RELEASE_LABEL\"}}|{{index $labels \"$SETTINGS_LABEL\"}}|{{index $labels \"$COLOUR_LABEL\"}}|{{.Spec.Mode.Replicated.Replicas}}|{{if .UpdateStatus}}{{.UpdateStatus.State}}|{{.UpdateStatus.Message}}{{else}}|{{end}}" "$service" 2>/dev/null || true
 }
-# Each task Swarm wants running: its state, and the release and settings it runs.
+# Each task Swarm wants running: its state, and the release, settings and colour it runs.
 tasks_of_release() {
-  local ids
+  local ids labels='.Spec.ContainerSpec.Labels'
   mapfile -t ids < <(docker service ps --quiet --filter desired-state=running "$service")
   ((${#ids[@]} > 0)) || return 0
-  docker inspect --type task --format "{{.Status.State}}|{{index .Spec.ContainerSpec.Labels \"$release_label\"}}|{{index .Spec.ContainerSpec.Labels \"$settings_label\"}}" "${ids[@]}"
+  docker inspect --type task --format "{{.Status.State}}|{{index $labels \"$RELEASE_LABEL\"}}|{{index $labels \"$SETTINGS_LABEL\"}}|{{index $labels \"$COLOUR_LABEL\"}}" "${ids[@]}"
 }
 # Why the last tasks stopped, as Swarm tells it.
 last_failures() {
@@ -88,12 +66,55 @@ stalled_on() {
     awk -v down=" ${down[*]} " 'index(down, " " $1 " ") && $2 ~ /^(new|pending|assigned|accepted|preparing|ready|starting)$/ { print $1; exit }' |
     grep .
 }
+
+# The colour whose login role the app's tasks run as: as Swarm's spec says, else as recorded (neither before the
+# first release); the new tasks take the other one.
+IFS='|' read -r spec_release spec_settings spec_colour _ <<<"$(service_state)"
+[[ " $COLOURS " == *" $spec_colour "* ]] || spec_colour=""
+old="${spec_colour:-$(live LIVE_COLOUR)}"
+new=blue
+[[ "$old" != blue ]] || new=green
+# The live release as declared, deployed with the current settings and files: an update run again after its deploy.
+already_live() {
+  [[ "$(live_release)" == "$release" ]] && live_settings_current &&
+    [[ "$(installed_files_digest)" == "$(live FILES_DIGEST)" ]] &&
+    [[ "$spec_release|$spec_settings|$spec_colour" == "$release|$settings|$(live LIVE_COLOUR)" ]]
+}
+undo_deploy() {
+  rm -f "$stack_env"
+  retire_login "$new"
+}
+deployed=no
+if already_live; then
+  new="$old"
+  echo "$version is deployed on every host with the current settings and files: nothing to deploy"
+else
+  UNDO=undo_deploy
+  # The new tasks' own copy of the settings, as a colour's on one host: what they were started with.
+  replace_file "$APP_DIR/.env.$new" 600 <"$APP_DIR/.env"
+  allow_login "$new" "$APP_DIR/.env.$new"
+  # A one-host layout's app colours and proxy, orphans of this compose project now, leave before the Swarm's proxy
+  # takes their port; PostgreSQL stays as the database step keeps it.
+  POSTGRES_IMAGE="$(docker inspect --format '{{.Config.Image}}' "$(database_container)")" \
+    compose up --detach --no-deps --no-recreate --remove-orphans postgres
+  # `docker stack deploy` takes an env_file's values literally, quotes included: they are written unquoted, for the
+  # deploy only, with the new colour's database URL as the app's.
+  unquoted="s/^([A-Z_][A-Z0-9_]*)='(.*)'$/\1=\2/"
+  sed -E -e "$unquoted" -e "p; s/^DATABASE_URL_${new^^}=/DATABASE_URL=/p; d" "$APP_DIR/.env.$new" |
+    replace_file "$stack_env" 600
+  export APP_IMAGE="$app_image" MIGRATE_IMAGE="$migrate_image" KAMETRIX_RELEASE="$release"
+  export KAMETRIX_SETTINGS="$settings" KAMETRIX_COLOUR="$new"
+  docker stack deploy --compose-file "$APP_DIR/swarm-stack.yml" --prune --with-registry-auth "$PROJECT"
+  rm -f "$stack_env"
+  deployed=yes
+fi
+
 deadline=$((SECONDS + timeout)) all_ours_since="" resumed=0
 while true; do
-  IFS='|' read -r spec_release spec_settings replicas update message < <(service_state)
+  IFS='|' read -r spec_release spec_settings spec_colour replicas update message <<<"$(service_state)"
   mapfile -t tasks < <(tasks_of_release)
-  ours="$(printf '%s\n' "${tasks[@]}" | grep -cxF "running|$release|$KAMETRIX_SETTINGS" || true)"
-  if [[ "$spec_release|$spec_settings" == "$release|$KAMETRIX_SETTINGS" ]]; then
+  ours="$(printf '%s\n' "${tasks[@]}" | grep -cxF "running|$release|$settings|$new" || true)"
+  if [[ "$spec_release|$spec_settings|$spec_colour" == "$release|$settings|$new" ]]; then
     if [[ "$ours" != "$replicas" || "${#tasks[@]}" != "$replicas" ]]; then
       all_ours_since=""
     elif [[ "$update" != updating ]]; then
@@ -128,11 +149,11 @@ while true; do
   fi
   sleep 1
 done
-rm -f "$env_file.previous"
+# Every task runs the release: it is live, and the old tasks' role logs in no more.
 UNDO=""
-record "VERSION=$version" "APP_IMAGE=$app_image" "MIGRATE_IMAGE=$migrate_image" \
-  "PREVIOUS_VERSION=$previous_version" "PREVIOUS_IMAGE=$previous_image" \
-  "PREVIOUS_MIGRATE_IMAGE=$previous_migrate_image" "FILES_DIGEST=$(installed_files_digest)"
+[[ "$deployed" == no ]] || make_live "$version" "$app_image" "$migrate_image" "$new"
+set_live "FILES_DIGEST=$(installed_files_digest)"
+[[ -z "$old" || "$old" == "$new" ]] || retire_login "$old"
 release_release_lock
 echo "released $version ($app_image) on $replicas tasks"
-echo "previous=$previous_version"
+echo "previous=$(live PREVIOUS_VERSION)"

@@ -24,7 +24,8 @@ from tests.e2e.stage import Stage, explain, processes_running
 from tests.e2e.swarm_hosts import Host, SwarmHosts, listed, new_swarm_stage, swarm_hosts
 
 PROXY_PORT = 14000
-RELEASE_STEPS = ["server-files", "server-env", "server-backup", "server-migrate", "server-up"]
+# A release names its version in every step: all of them run, the database step among them.
+RELEASE_STEPS = ["server-files", "server-env", "server-database", "server-backup", "server-migrate", "server-up"]
 DATABASE = ("kametrix", "kametrix_local")
 # Under load through every host's proxy, a few requests a second each: enough to cross every task's switch.
 RATE = 40
@@ -140,6 +141,11 @@ def sql(hosts: SwarmHosts, stage: Stage, query: str) -> list[str]:
     return done.stdout.split()
 
 
+def logins(hosts: SwarmHosts, stage: Stage) -> list[str]:
+    """The app's login roles that may log in now (lib/compose.sh): only the one the serving tasks run as."""
+    return sql(hosts, stage, "select rolname from pg_roles where rolcanlogin and rolname like 'kametrix\\_%'")
+
+
 def recorded(stage: Stage, key: str) -> str:
     """A value of the database host's release record (the hosts share this machine's files)."""
     lines = Path(stage.app_dir, "release.env").read_text().splitlines()
@@ -160,8 +166,8 @@ def version_of(image: str) -> str:
     return next(version for version in APP_VERSIONS if registry_digest(f"{APP_REPOSITORY}:{version}") == digest)
 
 
-def loads(hosts: SwarmHosts, *numbers: int) -> dict[str, Load]:
-    return {hosts[n].name: Load(f"http://{hosts[n].address}:{PROXY_PORT}/api/version", rate=RATE) for n in numbers}
+def loads(hosts: SwarmHosts, *numbers: int, path: str = "/api/version") -> dict[str, Load]:
+    return {hosts[n].name: Load(f"http://{hosts[n].address}:{PROXY_PORT}{path}", rate=RATE) for n in numbers}
 
 
 def failed_requests(running: dict[str, Load]) -> dict[str, Any]:
@@ -171,8 +177,8 @@ def failed_requests(running: dict[str, Load]) -> dict[str, Any]:
 class Loaded:
     """Constant load through the proxies of the given hosts while the block runs."""
 
-    def __init__(self, hosts: SwarmHosts, *numbers: int) -> None:
-        self.running = loads(hosts, *numbers)
+    def __init__(self, hosts: SwarmHosts, *numbers: int, path: str = "/api/version") -> None:
+        self.running = loads(hosts, *numbers, path=path)
 
     def __enter__(self) -> Loaded:
         for load in self.running.values():
@@ -212,6 +218,7 @@ def test_a_first_release_makes_the_swarm_and_serves_the_version_on_every_host(ho
         "002_create_calls",
     ]
     assert recorded(stage, "VERSION") == "v1.0.0" and not release_lock_held(stage)
+    assert logins(hosts, stage) == [f"kametrix_{recorded(stage, 'LIVE_COLOUR')}"]
     assert oct(Path(stage.app_dir, ".env").stat().st_mode & 0o777) == "0o600"
     assert not Path(stage.app_dir, ".env.stack").exists(), "the unquoted settings outlived the deploy"
 
@@ -274,6 +281,7 @@ def test_a_version_that_never_turns_healthy_is_rolled_back_by_swarm_and_fails_no
     assert served(hosts, 1, 2, 3) == {"kswarm-h1": "v2.0.0", "kswarm-h2": "v2.0.0", "kswarm-h3": "v2.0.0"}
     assert Path(stage.app_dir, "release.env").read_text() == record, "the record names a version that does not serve"
     assert {image for _, image in app_tasks(hosts, stage)} == {f"{stage.repository}@{digest_of(stage, 'v2.0.0')}"}
+    assert logins(hosts, stage) == [f"kametrix_{recorded(stage, 'LIVE_COLOUR')}"], "the failed tasks' role logs in"
     assert not release_lock_held(stage)
 
 
@@ -295,19 +303,26 @@ def test_a_rollback_by_config_runs_no_migration_and_fails_no_request(hosts: Swar
 def test_a_rotated_secret_reaches_every_task_in_one_rolling_update_with_no_failed_request(
     hosts: SwarmHosts, stage: Stage
 ) -> None:
-    value = "TESTSECRET-rotated-on-every-host"
-    digest = hashlib.sha256(value.encode()).hexdigest()
+    value, password = "TESTSECRET-rotated-on-every-host", "TESTSECRET-rotated-database-password-on-swarm"
+    colour = recorded(stage, "LIVE_COLOUR")
     stage.set_secret("stripeSecretKey", value)
-    with Loaded(hosts, 1, 2, 3) as load:
+    stage.set_secret("postgresPassword", password)
+    # Each /api/health asks the database on a connection of its own: a moment where a task and the database
+    # disagreed on the password would fail it.
+    with Loaded(hosts, 1, 2, 3, path="/api/health") as load:
         result = stage.up()
     assert result.ok, explain(result)
     assert result.ran() == ["server-env", "server-up"], "a settings change backed up, migrated or changed the Swarm"
     assert load.failures == {}, load.failures
-    # Each proxy sends each request to any task: every answer, from every host, comes with the new secret.
-    seen = [answer(hosts[number], "/api/env-check")["STRIPE_SECRET_KEY"]["sha256"] for number in (1, 2, 3) * 4]
-    assert set(seen) == {digest}, "a task runs with the old settings"
+    # Each proxy sends each request to any task: every answer, from every host, comes with the new settings.
+    seen = [answer(hosts[number], "/api/env-check") for number in (1, 2, 3) * 4]
+    assert {found["STRIPE_SECRET_KEY"]["sha256"] for found in seen} == {hashlib.sha256(value.encode()).hexdigest()}
+    assert {found["POSTGRES_PASSWORD"]["sha256"] for found in seen} == {hashlib.sha256(password.encode()).hexdigest()}
     assert served(hosts, 1, 2, 3) == {"kswarm-h1": "v1.0.0", "kswarm-h2": "v1.0.0", "kswarm-h3": "v1.0.0"}
-    assert not Path(stage.app_dir, ".env.next").exists() and not release_lock_held(stage)
+    # The new tasks log in as the other colour's role, with the new password; the old tasks' role logs in no more.
+    assert recorded(stage, "LIVE_COLOUR") != colour
+    assert logins(hosts, stage) == [f"kametrix_{recorded(stage, 'LIVE_COLOUR')}"]
+    assert not release_lock_held(stage)
 
 
 def test_a_host_whose_dockerd_dies_mid_release_leaves_the_others_serving_and_converges_once_back(
