@@ -21,6 +21,7 @@ left mounted and the whole folder.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,32 +318,46 @@ class SwarmHosts:
         return done.returncode == 0
 
     def down(self) -> None:
-        """Stop every daemon of the hosts by its pid file, then remove namespaces, bridge, rule and folder."""
+        """Stop every daemon of the hosts by its pid file, then remove namespaces, bridge, rule and folder.
+
+        Every action is tried whatever an earlier one raised (a dockerd that does not start again, a namespace still
+        busy): what one leaves, a later one removes. The first failure is raised at the end."""
+        failures: list[Exception] = []
+
+        def attempt(action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as error:  # collected: the first is raised once everything was tried
+                failures.append(error)
+
         for host in self.hosts:
-            host.stop_sshd()
+            attempt(host.stop_sshd)
             # A dockerd that was killed left its containers running: started again, it stops them itself.
             if Path(host.netns).exists() and host.layout.docker_data.exists() and not host.dockerd_runs():
-                host.start_dockerd()
+                attempt(host.start_dockerd)
         stopping = [(host, running_pid(host.layout.docker_pid, "dockerd")) for host in self.hosts]
         # dockerd stops its tasks first (the proxy drains): stopped together, they take as long as one.
         for _, pid in stopping:
             if pid is not None:
-                os.kill(pid, signal.SIGTERM)
+                attempt(functools.partial(os.kill, pid, signal.SIGTERM))
         for host, _ in stopping:
-            host.stop_dockerd()
-        _kill_left_over(ROOT)
-        terminate(self.registry_pid, "docker-registry")
+            attempt(host.stop_dockerd)
+        attempt(functools.partial(_kill_left_over, ROOT))
+        attempt(functools.partial(_kill_in_namespaces, [Path(host.netns) for host in self.hosts]))
+        attempt(functools.partial(terminate, self.registry_pid, "docker-registry"))
         for host in self.hosts:
             if Path(host.netns).exists():
-                run(["ip", "netns", "delete", host.name])
-        _wait_for_links_to_go([host.name for host in self.hosts])
+                attempt(functools.partial(run, ["ip", "netns", "delete", host.name]))
+        attempt(functools.partial(_wait_for_links_to_go, [host.name for host in self.hosts]))
         if Path("/sys/class/net", BRIDGE).exists():
-            run(["ip", "link", "delete", BRIDGE])
+            attempt(functools.partial(run, ["ip", "link", "delete", BRIDGE]))
         while subprocess.run(["iptables", "-D", *RULE], capture_output=True, check=False).returncode == 0:
             pass
         if ROOT.exists():
-            unmount_under(ROOT)
-            shutil.rmtree(ROOT)
+            attempt(functools.partial(unmount_under, ROOT))
+            attempt(functools.partial(shutil.rmtree, ROOT))
+        if failures:
+            raise failures[0]
 
     def __getitem__(self, number: int) -> Host:
         return self.hosts[number - 1]
@@ -357,6 +372,26 @@ def _kill_left_over(folder: Path) -> None:
             continue
         with contextlib.suppress(OSError):
             if marker in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+def _kill_in_namespaces(host_namespaces: Sequence[Path]) -> None:
+    """Every process in a host's network namespace or in one its dockerd mounted under the hosts' folder for a
+    container: a container whose dockerd died, and did not start again to stop it, runs on otherwise and keeps its
+    namespace, its veths and their mounts."""
+    mounted = [Path(line.split()[1]) for line in Path("/proc/mounts").read_text().splitlines() if " nsfs " in line]
+    ours = [path for path in mounted if path.is_relative_to(ROOT)] + [path for path in host_namespaces if path.exists()]
+    namespaces = set()
+    for path in ours:
+        with contextlib.suppress(OSError):
+            found = path.stat()
+            namespaces.add((found.st_dev, found.st_ino))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            found = (entry / "ns" / "net").stat()
+            if (found.st_dev, found.st_ino) in namespaces:
                 os.kill(int(entry.name), signal.SIGKILL)
 
 
@@ -376,6 +411,9 @@ def swarm_hosts(count: int, target: LocalTarget) -> Iterator[SwarmHosts]:
     built = [POSTGRES_IMAGE, PROXY_IMAGE]
     built += [f"{APP_REPOSITORY}:{version}{suffix}" for version in APP_VERSIONS for suffix in ("", "-migrate")]
     hosts = SwarmHosts(count)
+    # A run stopped from outside (a CI job's timeout sends SIGTERM) ends as an interrupted one does: pytest then
+    # tears its fixtures down, and this removes the hosts.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         hosts.up(
             Path(target.ssh_private_key_path).with_suffix(".pub").read_text(),
@@ -383,7 +421,14 @@ def swarm_hosts(count: int, target: LocalTarget) -> Iterator[SwarmHosts]:
         )
         yield hosts
     finally:
-        hosts.down()
+        try:
+            hosts.down()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, _: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def listed(hosts: SwarmHosts, numbers: Sequence[int]) -> list[dict[str, Any]]:
