@@ -36,7 +36,7 @@ SCENARIOS: tuple[tuple[str, Callable[[Stage], UpdateResult], bool], ...] = (
 def row(name: str, result: UpdateResult) -> str:
     seconds = {run.name: run.seconds for run in result.runs}
     server = sum(seconds.values())
-    cells = "".join(f"{seconds[s]:>8.1f}" if s in seconds else f"{'-':>8}" for s in STEPS)
+    cells = "".join(f"{seconds[s]:>10.1f}" if s in seconds else f"{'-':>10}" for s in STEPS)
     outcome = "ok" if result.ok else f"failed in {result.failed.name if result.failed else '?'}"
     return f"{name:<20}{cells}{server:>10.1f}{result.wall - server:>10.1f}{result.wall:>9.1f}   {outcome}"
 
@@ -44,7 +44,7 @@ def row(name: str, result: UpdateResult) -> str:
 def main() -> None:
     with running_target() as target, stages_on(target, pulumi_cli()) as new_stage:
         stage = new_stage(app_port=13100)
-        header = "".join(f"{s.removeprefix('server-'):>8}" for s in STEPS)
+        header = "".join(f"{s.removeprefix('server-'):>10}" for s in STEPS)
         print(f"{'':<20}{header}{'server s':>10}{'engine s':>10}{'total s':>9}")
         for name, update, expected_ok in SCENARIOS:
             result = update(stage)

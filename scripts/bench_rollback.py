@@ -73,11 +73,11 @@ def timed(stage: Stage, version: str) -> tuple[UpdateResult, float]:
 def row(label: str, result: UpdateResult, wall: float) -> tuple[str, dict[str, float]]:
     seconds = {run.name: run.seconds for run in result.runs}
     cells = "".join(f"{seconds[s]:>9.1f}" if s in seconds else f"{'-':>9}" for s in STEPS)
-    return f"{label:<22}{cells}{sum(seconds.get(s, 0) for s in STEPS):>10.1f}{wall:>9.1f}", seconds
+    return f"{label:<30}{cells}{sum(seconds.get(s, 0) for s in STEPS):>10.1f}{wall:>9.1f}", seconds
 
 
 def measure_sizes(sizes_mb: list[int]) -> None:
-    print(f"{'':<22}" + "".join(f"{s.removeprefix('server-'):>9}" for s in STEPS) + f"{'server s':>10}{'total s':>9}")
+    print(f"{'':<30}" + "".join(f"{s.removeprefix('server-'):>9}" for s in STEPS) + f"{'server s':>10}{'total s':>9}")
     with running_target() as target, stages_on(target, pulumi_cli()) as new_stage:
         for megabytes in sizes_mb:
             stage = new_stage(app_port=13800)

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # A backup of the stage's database: pg_dump (custom format), written beside the data's own disk in
 # <appDir>/backups (mode 700), checked with pg_restore --list before it counts, the newest kept.
-# Sourcing it only defines functions. Needs lib/step.sh and lib/compose.sh.
+# Sourcing it defines functions and the dump's options; it runs nothing. Needs lib/step.sh and lib/compose.sh.
 
 # Custom format (one file, streamed to the host, that pg_restore checks) at gzip level 1, one job: the fastest of the
 # settings measured at the same size (README, "Rollback against release"); uncompressed is faster but much larger
