@@ -139,7 +139,11 @@ class Host:
         return running_pid(self.layout.docker_pid, "dockerd") is not None
 
     def _docker_answers(self) -> bool:
-        return self.docker("version", check=False, timeout=10).returncode == 0
+        # A dockerd started again after a crash may take longer than one try to answer: not yet, rather than a failure.
+        try:
+            return self.docker("version", check=False, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def kill_dockerd(self) -> None:
         """SIGKILL dockerd, as a crash would: its containerd follows it, its containers' processes stay."""

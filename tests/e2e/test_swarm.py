@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from embedded_default.target import APP_REPOSITORY, APP_VERSIONS, LocalTarget, registry_digest
+from embedded_default.target import APP_VERSIONS, LocalTarget
 from tests.e2e.load import Load
 from tests.e2e.stage import Stage, explain, processes_running
 from tests.e2e.swarm_hosts import Host, SwarmHosts, listed, new_swarm_stage, swarm_hosts
@@ -160,10 +160,11 @@ def digest_of(stage: Stage, version: str) -> str:
     return stage.digests(version)["app"]
 
 
-def version_of(image: str) -> str:
-    """The version of an app image, by the digest the local target's registry serves for each version's tag."""
+def version_of(stage: Stage, image: str) -> str:
+    """The version of an app image, by the digests the stage recorded for each version (not by what the local
+    target's registry serves now: another test may stop it, or push again)."""
     digest = image.rpartition("@")[2]
-    return next(version for version in APP_VERSIONS if registry_digest(f"{APP_REPOSITORY}:{version}") == digest)
+    return next(version for version in APP_VERSIONS if digest_of(stage, version) == digest)
 
 
 def loads(hosts: SwarmHosts, *numbers: int, path: str = "/api/version") -> dict[str, Load]:
@@ -330,7 +331,7 @@ def test_a_host_whose_dockerd_dies_mid_release_leaves_the_others_serving_and_con
 ) -> None:
     service = f"{stage.project}_app"
     workers = {hosts[number].address: hosts[number] for number in (2, 3)}
-    new_image = f"{stage.repository}@{registry_digest(f'{APP_REPOSITORY}:v2.0.0')}"
+    new_image = f"{stage.repository}@{digest_of(stage, 'v2.0.0')}"
     killed: list[Host] = []
 
     def kill_a_worker_swarm_just_gave_a_new_task(_: object) -> bool:
@@ -361,7 +362,7 @@ def test_a_host_whose_dockerd_dies_mid_release_leaves_the_others_serving_and_con
     )
     # The release ends on the hosts that stayed up: every task Swarm runs there runs it, and the record says so.
     assert result.ok, f"{swarm_state(hosts, stage)}\n{explain(result)}"
-    running = {version_of(image) for address, image in app_tasks(hosts, stage) if address != victim.address}
+    running = {version_of(stage, image) for address, image in app_tasks(hosts, stage) if address != victim.address}
     assert running == {"v2.0.0"} and recorded(stage, "VERSION") == "v2.0.0", swarm_state(hosts, stage)
     # Their proxies answer; the victim's old task, which outlives its dockerd, may answer too until it is back.
     assert set(served(hosts, *survivors).values()) <= {"v1.0.0", "v2.0.0"}
