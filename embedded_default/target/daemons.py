@@ -52,8 +52,15 @@ def _docker_ping(sock: Path) -> bool:
 
 
 def start_dockerd(layout: Layout) -> None:
-    if running_pid(layout.docker_pid, "dockerd") is not None and _docker_ping(layout.docker_sock):
-        return
+    log = layout.logs / "dockerd.log"
+    if running_pid(layout.docker_pid, "dockerd") is not None:
+        # A running daemon slow to answer (a busy machine, or one still starting) is waited for, never restarted on
+        # one missed ping: a restart stops every stage it runs.
+        try:
+            wait_until("dockerd", lambda: _docker_ping(layout.docker_sock), DAEMON_START_TIMEOUT, log)
+            return
+        except TargetError:
+            pass
     stop_dockerd(layout)
     for path in (layout.docker_data, layout.docker_exec, layout.run):
         path.mkdir(parents=True, exist_ok=True)
@@ -77,7 +84,6 @@ def start_dockerd(layout: Layout) -> None:
         "--insecure-registry", REGISTRY,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-    log = layout.logs / "dockerd.log"
     spawn(argv, log, env)
     wait_until(
         "dockerd",
