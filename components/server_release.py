@@ -22,7 +22,7 @@ from pulumi_command import remote
 from pydantic import SecretStr
 
 from components import server_files, shared_facts
-from components.config import AppSettings, ReleaseSettings, ServerSettings
+from components.config import AppSettings, BackupSettings, ReleaseSettings, ServerSettings
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class ServerReleaseArgs:
     migrate_ref: pulumi.Input[str]
     ssh_private_key: SecretStr
     app_secrets: Mapping[str, SecretStr]
+    backup: BackupSettings | None = None
+    backup_secrets: Mapping[str, SecretStr] | None = None
 
 
 class ServerRelease(pulumi.ComponentResource):
@@ -56,7 +58,7 @@ class ServerRelease(pulumi.ComponentResource):
         )
         app_dir = server.app_dir
         bin_dir = f"{app_dir}/bin"
-        files = server_files.server_files(app, release)
+        files = server_files.server_files(app, release, args.backup)
         env_file = server_files.env_file(app, args.app_secrets)
 
         def flags(script: str, values: Mapping[str, pulumi.Input[str]], last: str = "") -> pulumi.Output[str]:
@@ -140,7 +142,19 @@ class ServerRelease(pulumi.ComponentResource):
             stdin=pulumi.Output.secret(env_file),
             prints_secrets=True,
         )
-        command("database", create=command_line("database.sh", {**common, "postgres-image": app.postgres_image}))
+        # With backups, pgBackRest's config (the repository's keys, the cipher pass) travels on stdin, like `.env`.
+        backups = server_files.backup_fingerprint(app, args.backup)
+        backup_config = (
+            pulumi.Output.secret(server_files.backup_config(app, args.backup, args.backup_secrets or {}))
+            if args.backup is not None
+            else None
+        )
+        command(
+            "database",
+            create=command_line("database.sh", {**common, "postgres-image": app.postgres_image, "backups": backups}),
+            stdin=backup_config,
+        )
+        backup_mode = release.backup or ("restore-point" if args.backup is not None else "before-migrations")
         release_triggers: list[pulumi.Input[str]] = [args.app_ref, args.migrate_ref]
         # The backup policy is only in the backup's flags: a changed policy re-runs the backup alone, which gives the
         # release lock back when `up` has nothing to do (lib/lock.sh).
@@ -152,8 +166,9 @@ class ServerRelease(pulumi.ComponentResource):
                     **common,
                     **refs,
                     "backups-to-keep": str(release.backups_to_keep),
-                    "backup": release.backup,
+                    "backup": backup_mode,
                     "backup-on-rollback": "yes" if release.backup_on_rollback else "no",
+                    "backups": backups,
                 },
             ),
             triggers=release_triggers,

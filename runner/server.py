@@ -3,9 +3,11 @@ user and deploy key, and its pinned host key (nothing runs if the server answers
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +31,9 @@ class ServerUnreachableError(Exception):
     pass
 
 
-def ssh(server: ServerSettings, private_key: SecretStr, command: str, timeout: float = 60) -> str:
-    """Run `command` on the server; its stdout. The key is written to a private temporary file only."""
+@contextlib.contextmanager
+def _ssh_argv(server: ServerSettings, private_key: SecretStr, command: str) -> Iterator[list[str]]:
+    """The ssh command line that runs `command` on the server; the key lives in a private temporary file meanwhile."""
     with tempfile.TemporaryDirectory(prefix="kametrix-runner-") as folder:
         key = Path(folder, "key")
         key.touch(mode=0o600)
@@ -45,6 +48,12 @@ def ssh(server: ServerSettings, private_key: SecretStr, command: str, timeout: f
             "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR", server.host, "--", command,
         ]  # fmt: skip
+        yield argv
+
+
+def ssh(server: ServerSettings, private_key: SecretStr, command: str, timeout: float = 60) -> str:
+    """Run `command` on the server; its stdout."""
+    with _ssh_argv(server, private_key, command) as argv:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode == 255:
         raise ServerUnreachableError(
@@ -64,3 +73,26 @@ def read_state(server: ServerSettings, private_key: SecretStr) -> ServerState:
     record_text, _, lock = answer.partition(f"{_SEPARATOR}\n")
     record = dict(line.split("=", 1) for line in record_text.splitlines() if "=" in line)
     return ServerState(record=record, lock=lock.strip() or "no release steps are installed on the server yet")
+
+
+def backup_status(server: ServerSettings, private_key: SecretStr, action: str = "") -> dict[str, str]:
+    """What `bin/backup-status.sh` says of the stage's backups (`action`: --drill, or --backup full|diff, first)."""
+    answer = ssh(server, private_key, f"bash {shlex.quote(server.app_dir)}/bin/backup-status.sh {action} 2>&1", 1800)
+    return dict(line.split("=", 1) for line in answer.splitlines() if "=" in line and line.split("=", 1)[0].isupper())
+
+
+def restore(
+    server: ServerSettings, private_key: SecretStr, target: list[str], plan_only: bool, echo: Callable[[str], None]
+) -> int:
+    """Run the break-glass `bin/restore.sh` with `target` (e.g. ["--time", "2026-12-02T03:00:00Z"]); its output
+    goes to `echo` line by line as it comes. Its exit status."""
+    words = [*target, "--plan" if plan_only else "--yes"]
+    command = f"bash {shlex.quote(server.app_dir)}/bin/restore.sh {shlex.join(words)} 2>&1"
+    with _ssh_argv(server, private_key, command) as argv:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        for line in process.stdout or ():
+            echo(line.rstrip("\n"))
+        returncode = process.wait()
+    if returncode == 255:
+        raise ServerUnreachableError(f"{server.user}@{server.host}:{server.port} could not be reached over SSH")
+    return returncode
