@@ -347,8 +347,11 @@ def loaded_backups(session: Session) -> bool:
     return _stack_config(session.workspace).plain.backup is not None
 
 
-def _say_backups(session: Session, found: dict[str, str]) -> None:
+def _say_backups(session: Session, status: server.BackupStatus) -> None:
     """The backup lines of `status`: what an operator needs to know before trusting a restore."""
+    for line in status.said:
+        session.say(line)
+    found = status.values
     session.say(f"backups        {found.get('BACKUPS', 'no answer from the server')}")
     session.say(f"  newest base  {found.get('NEWEST_BACKUP') or 'none yet'}")
     session.say(f"  restorable   up to {found.get('ARCHIVED_UNTIL') or 'nothing archived yet'} (the WAL archived last)")
@@ -367,10 +370,11 @@ def backups(session: Session, action: str, check: bool) -> None:
     backups or a failed drill are an error (what the drift check turns into an issue)."""
     if not loaded_backups(session):
         raise RunnerError("the stack declares no backup section: its only backups are the releases' pg_dump files")
-    found = server.backup_status(*_server_access(session), action)
-    _say_backups(session, found)
-    if check and not found.get("BACKUPS", "").startswith("ok"):
-        raise RunnerError(f"the backups of {session.workspace.stack_name} need attention: {found.get('BACKUPS')}")
+    status = server.backup_status(*_server_access(session), action)
+    _say_backups(session, status)
+    verdict = status.values.get("BACKUPS", "no answer from the server")
+    if check and verdict != "ok":
+        raise RunnerError(f"the backups of {session.workspace.stack_name} need attention: {verdict}")
 
 
 def restore(session: Session, target: list[str], confirm: Confirm | None) -> None:

@@ -4,6 +4,7 @@ user and deploy key, and its pinned host key (nothing runs if the server answers
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import subprocess
 import tempfile
@@ -54,7 +55,7 @@ def _ssh_argv(server: ServerSettings, private_key: SecretStr, command: str) -> I
 def ssh(server: ServerSettings, private_key: SecretStr, command: str, timeout: float = 60) -> str:
     """Run `command` on the server; its stdout."""
     with _ssh_argv(server, private_key, command) as argv:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
     if done.returncode == 255:
         raise ServerUnreachableError(
             f"{server.user}@{server.host}:{server.port} could not be reached over SSH: {done.stderr.strip()}"
@@ -75,10 +76,25 @@ def read_state(server: ServerSettings, private_key: SecretStr) -> ServerState:
     return ServerState(record=record, lock=lock.strip() or "no release steps are installed on the server yet")
 
 
-def backup_status(server: ServerSettings, private_key: SecretStr, action: str = "") -> dict[str, str]:
+@dataclass(frozen=True)
+class BackupStatus:
+    values: dict[str, str]
+    """`bin/backup-status.sh`'s KEY=VALUE lines: BACKUPS, NEWEST_BACKUP, ARCHIVED_UNTIL, LAST_DRILL, ..."""
+    said: list[str]
+    """Its other lines: what a drill or a backup it ran said."""
+
+
+def backup_status(server: ServerSettings, private_key: SecretStr, action: str = "") -> BackupStatus:
     """What `bin/backup-status.sh` says of the stage's backups (`action`: --drill, or --backup full|diff, first)."""
     answer = ssh(server, private_key, f"bash {shlex.quote(server.app_dir)}/bin/backup-status.sh {action} 2>&1", 1800)
-    return dict(line.split("=", 1) for line in answer.splitlines() if "=" in line and line.split("=", 1)[0].isupper())
+    values, said = {}, []
+    for line in answer.splitlines():
+        key, equals, value = line.partition("=")
+        if equals and re.fullmatch(r"[A-Z_]+", key):
+            values[key] = value
+        elif line.strip():
+            said.append(line)
+    return BackupStatus(values, said)
 
 
 def restore(
@@ -89,7 +105,7 @@ def restore(
     words = [*target, "--plan" if plan_only else "--yes"]
     command = f"bash {shlex.quote(server.app_dir)}/bin/restore.sh {shlex.join(words)} 2>&1"
     with _ssh_argv(server, private_key, command) as argv:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, errors="replace")
         for line in process.stdout or ():
             echo(line.rstrip("\n"))
         returncode = process.wait()

@@ -46,8 +46,7 @@ mkdir -p "$scratch" "$socket"
 chown postgres:postgres "$scratch" "$socket"
 chmod 700 "$scratch"
 said="$(as_postgres timeout 21600 pgbackrest --stanza="$STANZA" --pg1-path="$scratch" --type=name "--target=$point" \
-  --target-action=promote "--recovery-option=restore_command=pgbackrest --stanza=$STANZA archive-get %f \"%p\"" \
-  restore 2>&1)" || failed "the latest backup could not be restored: $said"
+  --target-action=promote restore 2>&1)" || failed "the latest backup could not be restored: $said"
 said="$(as_postgres pg_ctl -D "$scratch" -w -t 600 -l "$scratch/drill.log" -o "-c port=5499 -c listen_addresses='' \
   -c unix_socket_directories=$socket -c archive_mode=off -c shared_buffers=32MB" start 2>&1)" ||
   failed "the restored database did not start: $said $(tail -n 5 "$scratch/drill.log" 2>/dev/null)"

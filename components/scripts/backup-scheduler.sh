@@ -10,25 +10,33 @@ set -euo pipefail
 source "$(dirname "$0")/lib/backup-job.sh"
 trap 'exit 0' TERM INT
 
-# Each backup in the repository, oldest first: "TYPE LABEL STOP-EPOCH".
+# Each backup in the repository, oldest first: "TYPE LABEL STOP-EPOCH". Fails when the repository does not answer.
 backups() {
-  as_postgres timeout 120 pgbackrest --stanza="$STANZA" info | awk '
+  local info
+  info="$(as_postgres timeout 120 pgbackrest --stanza="$STANZA" info)" || return 1
+  awk '
     / backup: / { type = $1; label = $NF }
-    /timestamp start\/stop/ { print type, label, $(NF - 1) " " $NF }' |
+    /timestamp start\/stop/ { print type, label, $(NF - 1) " " $NF }' <<<"$info" |
     while read -r type label day time; do
       echo "$type $label $(date -u -d "$day $time" +%s)"
     done
 }
 
-# Reads the repository into FULL_AT, NEWEST_AT (epochs; 0: none) and the status' NEWEST_BACKUP.
+# Reads the repository into FULL_AT, NEWEST_AT (epochs; 0: none) and the status' NEWEST_BACKUP. A repository that
+# does not answer is no reason for a backup: the tick is skipped.
 scan() {
-  local type label at
+  local type label at found
   FULL_AT=0 NEWEST_AT=0
+  found="$(backups 2>&1)" || {
+    set_status REPOSITORY "not answering at $(utc_now): $(tr '\n' ' ' <<<"$found" | cut -c1-300)"
+    return 1
+  }
+  set_status REPOSITORY "answering at $(utc_now)"
   while read -r type label at; do
     [[ "$type" != full ]] || FULL_AT="$at"
     NEWEST_AT="$at"
     set_status NEWEST_BACKUP "$label $(date -u -d "@$at" +%Y-%m-%dT%H:%M:%SZ)"
-  done < <(backups 2>/dev/null || true)
+  done <<<"$found"
 }
 
 backup() {
@@ -38,18 +46,19 @@ backup() {
   else
     set_status LAST_BACKUP "$type FAILED at $(utc_now): $(tr '\n' ' ' <<<"$said" | cut -c1-400)"
   fi
-  scan
+  scan || true
 }
 
 tick() {
   local now drill_at
   now="$(date +%s)"
   schedule
-  scan
-  if ((now - FULL_AT >= FULL_EVERY_HOURS * 3600)); then
-    backup full
-  elif ((now - NEWEST_AT >= DIFF_EVERY_HOURS * 3600)); then
-    backup diff
+  if scan; then
+    if ((now - FULL_AT >= FULL_EVERY_HOURS * 3600)); then
+      backup full
+    elif ((now - NEWEST_AT >= DIFF_EVERY_HOURS * 3600)); then
+      backup diff
+    fi
   fi
   drill_at="$(status_value LAST_DRILL_EPOCH)"
   if ((NEWEST_AT > 0 && now - ${drill_at:-0} >= DRILL_EVERY_HOURS * 3600)); then

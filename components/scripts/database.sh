@@ -87,8 +87,6 @@ sql -v seconds="$(schedule_value ARCHIVE_TIMEOUT_SECONDS)" >/dev/null <<'SQL'
 ALTER SYSTEM SET archive_timeout = :'seconds';
 SELECT pg_reload_conf();
 SQL
-# The scheduler takes the first full backup at once, then keeps the schedule (bin/backup-scheduler.sh).
-POSTGRES_IMAGE="$image" compose up --detach --no-deps "$SCHEDULER_SERVICE" 2>&1 | grep -v '^ *Container .* Running$' >&2 || true
 # An unreachable repository never stops this step: a release without migrations goes on, the backup step decides.
 if created="$(pgbr --io-timeout=10 stanza-create 2>&1)" && checked="$(pgbr --io-timeout=10 --archive-timeout=30 check 2>&1)"; then
   echo "backups: every WAL segment is archived to the backup repository (stanza $PROJECT checked)"
@@ -96,3 +94,5 @@ else
   echo "warning: the backup repository does not take this database's WAL yet: ${created:-} ${checked:-}" | tr '\n' ' ' >&2
   echo >&2
 fi
+# The scheduler takes the first full backup at once, then keeps the schedule (bin/backup-scheduler.sh).
+POSTGRES_IMAGE="$image" compose up --detach --no-deps "$SCHEDULER_SERVICE" 2>&1 | grep -v '^ *Container .* Running$' >&2 || true

@@ -52,7 +52,9 @@ case "$target" in
   time)
     require_match time "$value" "$UTC_TIME_PATTERN" "a UTC time like 2026-12-02T03:00:00Z"
     until="$value"
-    restore_options+=(--type=time "--target=${value/T/ }" --target-timezone=UTC)
+    # pgBackRest 2.45 reads the zone from the time itself (no --target-timezone yet).
+    at="${value/T/ }"
+    restore_options+=(--type=time "--target=${at%Z}+00")
     described="as it was at $value"
     ;;
   before-release)
@@ -156,8 +158,8 @@ live_files
 if [[ -n "$until" && -f "$MIGRATIONS_LOG" ]]; then
   awk -v until="$until" '$3 <= until' "$MIGRATIONS_LOG" | replace_file "$MIGRATIONS_LOG" 644
 fi
-if ! applied_migrations "$(live MIGRATE_IMAGE)" >/dev/null; then
-  echo "warning: $(live VERSION) serves, but its migrations ran after the restored point: release it again (its migrations run) or roll back" >&2
+if [[ -z "$(awk -v image="$(live MIGRATE_IMAGE)" '$1 == image' "$MIGRATIONS_LOG" 2>/dev/null)" ]]; then
+  echo "warning: $(live VERSION) serves, but its migrations ran after the restored point: roll back to the version before it (python -m runner --stack STACK rollback); releasing $(live VERSION) again later runs its migrations again" >&2
 fi
 printf '%s %s %s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$target${value:+:$value}" "${backup_set%% *}" \
   "${aside#"$data/"}" >>"$APP_DIR/restores.log"

@@ -367,9 +367,10 @@ def new_stage(
 def remove_stage(stage: Stage) -> None:
     quoted = shlex.quote(stage.app_dir)
     stage.target.ssh(
-        f"if [ -f {quoted}/docker-compose.yml ]; then APP_IMAGE=none MIGRATE_IMAGE=none docker compose"
-        f" --project-name {shlex.quote(stage.project)} --project-directory {quoted} --file {quoted}/docker-compose.yml"
-        f" --env-file {quoted}/.env down --volumes --remove-orphans --timeout 5; fi; rm -rf {quoted}",
+        f"if [ -f {quoted}/docker-compose.yml ]; then APP_IMAGE=none MIGRATE_IMAGE=none POSTGRES_IMAGE=none"
+        f" docker compose --project-name {shlex.quote(stage.project)} --project-directory {quoted}"
+        f" --file {quoted}/docker-compose.yml --env-file {quoted}/.env down --volumes --remove-orphans --timeout 5;"
+        f" fi; rm -rf {quoted}",
         timeout=120,
     )
 
