@@ -129,7 +129,8 @@ def move_address(stage: Stage, colour: str) -> None:
             break
     compose = (
         f"cd {stage.app_dir} && APP_IMAGE=$(sed -n 's/^{colour.upper()}_IMAGE=//p' release.env) MIGRATE_IMAGE=none "
-        f"docker compose --project-name {stage.project} up --detach --no-deps app-{colour}"
+        f"POSTGRES_IMAGE=none docker compose --project-name {stage.project} --env-file .env.{colour} "
+        f"up --detach --no-deps app-{colour}"
     )
     done = stage.target.ssh(compose)
     if done.returncode != 0:

@@ -39,13 +39,13 @@ COMMIT;
 SQL
 )" || failed "the live database could not be counted: $live"
 live="$(grep -v '^restore point ' <<<"$live" || true)"
-said="$(as_postgres timeout 120 pgbackrest --stanza="$STANZA" --archive-timeout=60 check 2>&1)" ||
+said="$(job_pgbackrest 120 --archive-timeout=60 check 2>&1)" ||
   failed "the WAL up to $point was not archived: $said"
 
 mkdir -p "$scratch" "$socket"
 chown postgres:postgres "$scratch" "$socket"
 chmod 700 "$scratch"
-said="$(as_postgres timeout 21600 pgbackrest --stanza="$STANZA" --pg1-path="$scratch" --type=name "--target=$point" \
+said="$(job_pgbackrest 21600 --pg1-path="$scratch" --type=name "--target=$point" \
   --target-action=promote restore 2>&1)" || failed "the latest backup could not be restored: $said"
 said="$(as_postgres pg_ctl -D "$scratch" -w -t 600 -l "$scratch/drill.log" -o "-c port=5499 -c listen_addresses='' \
   -c unix_socket_directories=$socket -c archive_mode=off -c shared_buffers=32MB" start 2>&1)" ||

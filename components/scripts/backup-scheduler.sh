@@ -13,7 +13,7 @@ trap 'exit 0' TERM INT
 # Each backup in the repository, oldest first: "TYPE LABEL STOP-EPOCH". Fails when the repository does not answer.
 backups() {
   local info
-  info="$(as_postgres timeout 120 pgbackrest --stanza="$STANZA" info)" || return 1
+  info="$(job_pgbackrest 120 info)" || return 1
   awk '
     / backup: / { type = $1; label = $NF }
     /timestamp start\/stop/ { print type, label, $(NF - 1) " " $NF }' <<<"$info" |
@@ -41,7 +41,7 @@ scan() {
 
 backup() {
   local type="$1" said
-  if said="$(as_postgres timeout 21600 pgbackrest --stanza="$STANZA" --type="$type" backup 2>&1)"; then
+  if said="$(job_pgbackrest 21600 --type="$type" backup 2>&1)"; then
     set_status LAST_BACKUP "$type ok at $(utc_now)"
   else
     set_status LAST_BACKUP "$type FAILED at $(utc_now): $(tr '\n' ' ' <<<"$said" | cut -c1-400)"

@@ -42,7 +42,7 @@ case "$action" in
   "backup "*)
     # shellcheck disable=SC2016 # expands in the container
     compose exec -T "$SCHEDULER_SERVICE" bash -c 'source /kametrix/bin/lib/backup-job.sh &&
-      as_postgres pgbackrest --stanza="$STANZA" --type="$1" backup && echo "a $1 backup was taken"' backup "${action#backup }" ||
+      job_pgbackrest 21600 --type="$1" backup && echo "a $1 backup was taken"' backup "${action#backup }" ||
       true
     ;;
 esac

@@ -75,7 +75,9 @@ elif [[ "${reaches:-none}" != "$backups" ]]; then
   awk -v from="$started" -v to="$EPOCHREALTIME" -v image="$image" \
     'BEGIN { printf "PostgreSQL %s serves; the database was down for %.1f s\n", image, to - from }'
 else
-  POSTGRES_IMAGE="$running" compose up --detach --no-deps --no-recreate --wait --wait-timeout 120 postgres >/dev/null
+  if [[ "$(docker inspect --format '{{.State.Health.Status}}' "$container")" != healthy ]]; then
+    POSTGRES_IMAGE="$running" compose up --detach --no-deps --no-recreate --wait --wait-timeout 120 postgres >/dev/null
+  fi
   echo "PostgreSQL $image runs"
 fi
 printf 'POSTGRES_IMAGE=%s\n' "$image" | replace_file "$APP_DIR/postgres.env" 644

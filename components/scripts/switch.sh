@@ -46,8 +46,8 @@ proxy_names() {
 
 # Puts back what this switch changed: the live colour served throughout.
 undo_switch() {
-  echo "undoing the switch to $new: ${old_serves:-nothing} keeps serving" >&2
-  if [[ -n "$old_serves" ]]; then
+  echo "undoing the switch to $new: ${old:-nothing} keeps serving" >&2
+  if [[ -n "$old" ]]; then
     install -m 644 "$proxy_dir/$old.conf" "$proxy_dir/live.conf"
     compose kill --signal HUP proxy
     proxy_names "$old" || echo "warning: the proxy does not name $old; check: docker compose logs proxy" >&2
@@ -60,10 +60,11 @@ undo_switch() {
   retire_login "$new"
 }
 
-# The colour taking traffic: as the proxy answers, else as recorded (neither before the first switch).
+# The colour taking traffic: as the proxy answers, else as recorded, since a proxy slow to answer still sends
+# traffic to the live colour (neither before the first switch).
 current="$(serving)"
 [[ " $COLOURS " == *" $current "* ]] || current=""
-old="${current:-$(live LIVE_COLOUR)}" old_serves="$current"
+old="${current:-$(live LIVE_COLOUR)}"
 new=blue
 [[ "$old" != blue ]] || new=green
 # A switch killed outright (no undo ran) may have left live.conf ahead of what serves: put back in line first.
@@ -77,7 +78,7 @@ source_settings="$APP_DIR/.env"
 [[ "$settings" == current ]] || source_settings="$APP_DIR/.env.$old"
 [[ -f "$source_settings" ]] || die "$source_settings is missing: no settings to start $new with"
 replace_file "$APP_DIR/.env.$new" 600 <"$source_settings"
-if [[ -n "$old_serves" ]] && ! cmp -s "$APP_DIR/.env.$new" "$APP_DIR/.env.$old"; then
+if [[ -n "$old" ]] && ! cmp -s "$APP_DIR/.env.$new" "$APP_DIR/.env.$old"; then
   echo "starting $new with settings that differ from those $old runs with"
 fi
 allow_login "$new" "$APP_DIR/.env.$new"
@@ -107,7 +108,7 @@ UNDO=""
 make_live "$version" "$APP_IMAGE" "$MIGRATE_IMAGE" "$new"
 echo "switched to $new: $version ($APP_IMAGE)"
 
-[[ -n "$old_serves" ]] || exit 0
+[[ -n "$old" ]] || exit 0
 # After the reload, nginx renames each old worker "... is shutting down" until its last request ends.
 for ((waited = 0; waited < DRAIN_SECONDS; waited++)); do
   compose exec -T proxy sh -c 'grep -qs "^nginx: worker process is shutting down" /proc/[0-9]*/cmdline' || break

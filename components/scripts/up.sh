@@ -23,7 +23,7 @@ require_digest_ref MIGRATE_IMAGE "$migrate_image"
 
 acquire_release_lock "$release" up
 pull_missing "$app_image"
-was_live="$(live VERSION)"
+was_live="$(live VERSION)" was_colour="$(live LIVE_COLOUR)"
 # The live release as declared, its colour running and the proxy naming it: an update run again after its switch.
 already_live() {
   local colour
@@ -38,7 +38,9 @@ if already_live; then
 else
   mapfile -t switch < <(forward_flags app-dir project version app-image migrate-image)
   if ! bash "$(dirname "$0")/switch.sh" "${switch[@]}" --settings current; then
-    if [[ "$(live_release)" == "$release" ]]; then
+    # Past its point of no return a switch has made its colour live; the release may have been live before it too
+    # (switched again for new settings or files).
+    if [[ "$(live LIVE_COLOUR)" != "$was_colour" ]]; then
       die "release $version serves, but its switch did not finish (see above): $version ($app_image) is live"
     fi
     [[ -n "$was_live" ]] || die "release $version was not switched to (see above); no earlier version is recorded, so nothing serves yet"

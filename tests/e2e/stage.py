@@ -364,15 +364,31 @@ def new_stage(
     return Stage(target, folder, cli)
 
 
+@contextlib.contextmanager
+def staged(
+    target: LocalTarget, prepared: Path, cli: Path, app_port: int, overrides: dict[str, Any] | None = None
+) -> Iterator[Stage]:
+    """`new_stage`, removed from the target afterwards whatever happened (a fixture's first release failing too)."""
+    stage = new_stage(target, prepared, cli, app_port, overrides)
+    try:
+        yield stage
+    finally:
+        remove_stage(stage)
+
+
 def remove_stage(stage: Stage) -> None:
-    quoted = shlex.quote(stage.app_dir)
-    stage.target.ssh(
-        f"if [ -f {quoted}/docker-compose.yml ]; then APP_IMAGE=none MIGRATE_IMAGE=none POSTGRES_IMAGE=none"
-        f" docker compose --project-name {shlex.quote(stage.project)} --project-directory {quoted}"
-        f" --file {quoted}/docker-compose.yml --env-file {quoted}/.env down --volumes --remove-orphans --timeout 5;"
-        f" fi; rm -rf {quoted}",
+    remove_project(stage.target, stage.app_dir, stage.project)
+
+
+def remove_project(target: LocalTarget, app_dir: str, project: str) -> None:
+    """Takes a stage's compose project down with its volumes and network, then removes its folder. Compose finds
+    the project's containers by their labels, so no compose file or setting is needed."""
+    done = target.ssh(
+        f"docker compose --project-name {shlex.quote(project)} down --volumes --remove-orphans --timeout 5"
+        f" && rm -rf {shlex.quote(app_dir)}",
         timeout=120,
     )
+    assert done.returncode == 0, f"removing {project}: {done.stderr.decode(errors='replace')}"
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import pytest
 
 from embedded_default.target import LocalTarget, registry_digest
 from tests.e2e.load import Load
-from tests.e2e.stage import Stage, explain, new_stage, remove_stage
+from tests.e2e.stage import Stage, explain, staged
 from tests.e2e.test_releases import app_get, app_url, row_counts, running_colours, served_version, sql
 
 ROTATED = "ENGINEFACT-rotated-db-password-7d21"
@@ -22,11 +22,10 @@ ROTATED = "ENGINEFACT-rotated-db-password-7d21"
 
 @pytest.fixture(scope="module")
 def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterator[Stage]:
-    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13900)
-    first = created.up("v1.0.0")
-    assert first.ok, explain(first)
-    yield created
-    remove_stage(created)
+    with staged(target, prepared_stack, pulumi_cli, app_port=13900) as created:
+        first = created.up("v1.0.0")
+        assert first.ok, explain(first)
+        yield created
 
 
 def can_log_in(stage: Stage, role: str) -> bool:

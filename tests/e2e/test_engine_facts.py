@@ -19,7 +19,7 @@ from components.config import APP_SECRET_KEYS, REGISTRY_KEY, SSH_KEY
 from embedded_default import workspace as local_workspace
 from embedded_default.providers import plugins
 from embedded_default.target import LocalTarget
-from tests.e2e.stage import COMMAND, Stage, explain, new_stage, remove_stage
+from tests.e2e.stage import COMMAND, Stage, explain, staged
 from tests.kit import PROJECT_DIR
 
 # Distinctive values for the secrets of this module's stage, found by searching for them.
@@ -36,11 +36,10 @@ ALL_STEPS = ["server-files", "server-env", "server-database", "server-backup", "
 
 @pytest.fixture(scope="module")
 def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterator[Stage]:
-    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13300)
-    for name, value in SECRETS.items():
-        created.set_secret(name, value)
-    yield created
-    remove_stage(created)
+    with staged(target, prepared_stack, pulumi_cli, app_port=13300) as created:
+        for name, value in SECRETS.items():
+            created.set_secret(name, value)
+        yield created
 
 
 def on_server(stage: Stage, command: str) -> subprocess.CompletedProcess[bytes]:

@@ -12,17 +12,16 @@ import pytest
 
 from embedded_default.target import LocalTarget
 from tests.e2e.load import Load
-from tests.e2e.stage import Stage, explain, kill_when, new_stage, processes_running, remove_stage
+from tests.e2e.stage import Stage, explain, kill_when, processes_running, staged
 from tests.e2e.test_releases import app_url, release_lock_held, running_colours, served_version, sql
 
 
 @pytest.fixture(scope="module")
 def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterator[Stage]:
-    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13400)
-    first = created.up("v1.0.0")
-    assert first.ok, explain(first)
-    yield created
-    remove_stage(created)
+    with staged(target, prepared_stack, pulumi_cli, app_port=13400) as created:
+        first = created.up("v1.0.0")
+        assert first.ok, explain(first)
+        yield created
 
 
 def assert_recovered(stage: Stage, version: str) -> None:

@@ -294,7 +294,7 @@ def test_a_settings_and_version_change_starts_the_new_version_with_the_new_setti
     # Two cutovers would have moved traffic away and back: the colour would be the one it was.
     assert live_colour(stage) != colour and running_colours(stage) == [live_colour(stage)]
     assert served_version(stage) == other and sees_secret(stage, "TESTSECRET-smtp-with-the-release")
-    assert not on_server(stage, f"ls -A {app_dir(stage)} | grep -x '.env.next' || true").strip()
+    assert on_server(stage, f"stat -c %a {app_dir(stage)}/.env.{live_colour(stage)}").strip() == "600"
     assert not release_lock_held(stage)
 
 

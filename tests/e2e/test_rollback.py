@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from embedded_default.target import LocalTarget, registry_digest, stopped_registry
-from tests.e2e.stage import Stage, UpdateResult, explain, new_stage, remove_stage
+from tests.e2e.stage import Stage, UpdateResult, explain, staged
 from tests.e2e.test_releases import (
     ALL_STEPS,
     backups,
@@ -37,15 +37,9 @@ def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterat
             target.docker("tag", f"{target.app_repository}:{tag}", copied)
             target.docker("push", "--quiet", copied)
     # Two images kept: pruning reaches the previous version's images on the second release.
-    created = new_stage(
-        target,
-        prepared_stack,
-        pulumi_cli,
-        app_port=13200,
-        overrides={"image.repository": repository, "release.imagesToKeep": 2},
-    )
-    yield created
-    remove_stage(created)
+    overrides = {"image.repository": repository, "release.imagesToKeep": 2}
+    with staged(target, prepared_stack, pulumi_cli, app_port=13200, overrides=overrides) as created:
+        yield created
     listed = target.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"{target.registry}/{repository}")
     for image in listed.stdout.decode().split():
         target.docker("image", "rm", image, check=False)

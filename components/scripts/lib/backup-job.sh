@@ -4,9 +4,6 @@
 # file. Sourcing it only defines functions (and the facts of lib/facts.sh).
 # shellcheck source=/dev/null
 source "$(dirname "${BASH_SOURCE[0]}")/facts.sh"
-STATUS_FILE="$BACKUP_STATUS_DIR/status.env"
-# shellcheck disable=SC2034 # read by the scripts that source this
-STANZA="$(sed -n 's/^\[\(.*\)\]$/\1/p' "$BACKUP_CONFIG_DIR/pgbackrest.conf" | grep -v '^global$' | head -n 1)"
 
 # The image's own way to drop to the postgres user: setpriv (Debian), su-exec (Alpine) or gosu.
 as_postgres() {
@@ -17,6 +14,14 @@ as_postgres() {
   else
     gosu postgres "$@"
   fi
+}
+
+# pgBackRest on the stage's stanza (the installed config's one section besides [global]) as the postgres user, for at
+# most SECONDS: job_pgbackrest SECONDS OPTION... COMMAND
+job_pgbackrest() {
+  local seconds="$1" stanza
+  stanza="$(sed -n 's/^\[\(.*\)\]$/\1/p' "$BACKUP_CONFIG_DIR/pgbackrest.conf" | grep -v '^global$' | head -n 1)"
+  as_postgres timeout "$seconds" pgbackrest --stanza="$stanza" "${@:2}"
 }
 
 utc_now() {
@@ -42,14 +47,15 @@ live_sql() {
 }
 
 status_value() {
-  [[ -f "$STATUS_FILE" ]] || return 0
-  sed -n "s/^$1=//p" "$STATUS_FILE" | tail -n 1
+  local file="$BACKUP_STATUS_DIR/status.env"
+  [[ -f "$file" ]] || return 0
+  sed -n "s/^$1=//p" "$file" | tail -n 1
 }
 
 # Sets KEY=VALUE in the status file, replaced whole.
 set_status() {
-  local key="$1" value="${2//$'\n'/ }"
+  local key="$1" value="${2//$'\n'/ }" file="$BACKUP_STATUS_DIR/status.env"
   mkdir -p "$BACKUP_STATUS_DIR"
-  { grep -v "^$key=" "$STATUS_FILE" 2>/dev/null || true; printf '%s=%s\n' "$key" "$value"; } >"$STATUS_FILE.partial"
-  mv -f "$STATUS_FILE.partial" "$STATUS_FILE"
+  { grep -v "^$key=" "$file" 2>/dev/null || true; printf '%s=%s\n' "$key" "$value"; } >"$file.partial"
+  mv -f "$file.partial" "$file"
 }

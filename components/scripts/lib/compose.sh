@@ -53,16 +53,18 @@ login_role() {
   echo "${DATABASE_USER}_$1"
 }
 
-# Creates the login roles that are missing, each unable to log in until a step lets it.
+# Creates the login roles that are missing, each unable to log in until a step lets it; one psql for all of them.
 ensure_login_roles() {
-  local role
+  local roles=() role
   for role in $COLOURS migrate; do
-    sql -v role="$(login_role "$role")" -v owner="$DATABASE_USER" <<'SQL'
-SELECT format('CREATE ROLE %I NOLOGIN IN ROLE %I', :'role', :'owner')
-  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
-ALTER ROLE :"role" SET role = :'owner';
-SQL
+    roles+=("$(login_role "$role")")
   done
+  sql -v roles="${roles[*]}" -v owner="$DATABASE_USER" <<'SQL'
+SELECT format('CREATE ROLE %I NOLOGIN IN ROLE %I', name, :'owner')
+  FROM unnest(string_to_array(:'roles', ' ')) AS name
+  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) \gexec
+SELECT format('ALTER ROLE %I SET role = %I', name, :'owner') FROM unnest(string_to_array(:'roles', ' ')) AS name \gexec
+SQL
 }
 
 # Lets ROLE log in with the password of the settings file ENV_FILE (.env, or a colour's copy of it). The password

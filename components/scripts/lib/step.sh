@@ -105,12 +105,19 @@ use_app_dir() {
 }
 
 read_settings() {
-  local file="${1:-$APP_DIR/$SETTINGS_FILE}" key value
+  local file="${1:-$APP_DIR/$SETTINGS_FILE}" line key
+  local -A found=()
   [[ -f "$file" ]] || die "$file is missing: the files step installs it"
+  # One read of the file, in bash: every step starts with this, and a process per key costs more than the rest.
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    key="${line%%=*}"
+    if [[ "$line" == *=* && " $SETTINGS_KEYS " == *" $key "* ]]; then
+      found[$key]="${line#*=}"
+    fi
+  done <"$file"
   for key in $SETTINGS_KEYS; do
-    value="$(value_of "$key" "$file")"
-    require_setting "$key" "$value"
-    printf -v "$key" '%s' "$value"
+    require_setting "$key" "${found[$key]:-}"
+    printf -v "$key" '%s' "${found[$key]:-}"
   done
 }
 
@@ -134,11 +141,15 @@ end_step() {
   trap - EXIT HUP INT TERM
   [[ -z "$PARTIAL_FILE" ]] || rm -f "$PARTIAL_FILE"
   if ((status == 0)); then
-    # A handover that fails must not keep the lock: the step then ends as a failure.
-    hand_on_release_lock || {
-      status=1
-      release_release_lock
-    }
+    # A handover that fails must not keep the lock: the step then ends as a failure. It runs in a subshell of its
+    # own with errexit, because on the left of `||` (or in an `if`) bash ignores `set -e` in everything it calls.
+    set +e
+    (
+      set -e
+      hand_on_release_lock
+    )
+    status=$?
+    ((status == 0)) || release_release_lock
   else
     # Undoing is best effort: each of its commands is tried even if an earlier one failed, or if nothing reads the
     # step's output any more.
