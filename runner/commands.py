@@ -363,6 +363,7 @@ def _say_backups(session: Session, status: server.BackupStatus) -> None:
         session.say(f"  restore pt   {found['LAST_RESTORE_POINT']}")
     if found.get("LAST_RESTORE"):
         session.say(f"  restored     {found['LAST_RESTORE']}")
+    session.say(f"  pg_dump      {found.get('DUMPS') or 'not listed'} (the releases' dumps on the server)")
 
 
 def backups(session: Session, action: str, check: bool) -> None:

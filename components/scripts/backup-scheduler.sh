@@ -64,7 +64,6 @@ tick() {
   if ((NEWEST_AT > 0 && now - ${drill_at:-0} >= DRILL_EVERY_HOURS * 3600)); then
     bash "$(dirname "$0")/backup-drill.sh" || true
   fi
-  set_status ARCHIVED_UNTIL "$(live_sql "select coalesce(to_char(last_archived_time at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '') from pg_stat_archiver" || true)"
   set_status SCHEDULER_ALIVE "$(utc_now)"
 }
 

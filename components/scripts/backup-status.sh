@@ -28,6 +28,10 @@ while (($# > 0)); do
 done
 use_app_dir "$(cd "$(dirname "$0")/.." && pwd)"
 read_settings
+# The releases' pg_dump backups on the server stay listed (pg_restore restores them: README, Restore runbook).
+dumps=("$APP_DIR"/backups/*.dump)
+[[ -e "${dumps[0]}" ]] || dumps=()
+echo "DUMPS=${#dumps[@]}${dumps[*]:+ in $APP_DIR/backups, the newest $(basename "${dumps[-1]}")}"
 [[ -n "$(compose ps --quiet "$SCHEDULER_SERVICE" 2>/dev/null)" ]] || {
   echo "BACKUPS=none (no backup scheduler runs: the stack declares no backup section, or the database step has not run)"
   [[ "$check" == no ]] || exit 1
@@ -48,6 +52,9 @@ case "$action" in
 esac
 status="$(compose exec -T "$SCHEDULER_SERVICE" cat "$BACKUP_STATUS_DIR/status.env" 2>/dev/null || true)"
 printf '%s\n' "$status"
+# The newest restorable point: when PostgreSQL archived its last WAL segment, asked now.
+echo "ARCHIVED_UNTIL=$(sql <<<"select coalesce(to_char(last_archived_time at time zone 'utc',
+  'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '') from pg_stat_archiver;" 2>/dev/null || true)"
 [[ ! -f "$(restore_points_log)" ]] || echo "LAST_RESTORE_POINT=$(tail -n 1 "$(restore_points_log)")"
 [[ ! -f "$APP_DIR/restores.log" ]] || echo "LAST_RESTORE=$(tail -n 1 "$APP_DIR/restores.log")"
 stale="$(compose exec -T postgres sh -c "sed -n 's/^STALE_AFTER_HOURS=//p' $BACKUP_CONFIG_DIR/schedule.env")"

@@ -116,17 +116,22 @@ maintenance() {
   compose kill --signal HUP proxy >/dev/null 2>&1
 }
 swapped=no
+# Runs with errexit off (lib/step.sh): says only what it did.
 put_back() {
   echo "the restore did not finish: putting the data that served back" >&2
   compose stop "$SCHEDULER_SERVICE" postgres >/dev/null 2>&1
-  if [[ "$swapped" == yes ]]; then
-    postgres_shell "cd '$data' && find . -mindepth 1 -maxdepth 1 ! -name .kametrix -exec rm -rf {} + &&
-      find '$aside' -mindepth 1 -maxdepth 1 -exec mv {} . \; && rmdir '$aside'"
+  if [[ "$swapped" == yes ]] && ! postgres_shell "cd '$data' && find . -mindepth 1 -maxdepth 1 ! -name .kametrix \
+    -exec rm -rf {} + && find '$aside' -mindepth 1 -maxdepth 1 -exec mv {} . \; && rmdir '$aside'"; then
+    echo "the data that served could not be put back: it is in the data volume at ${aside#"$data/"}; move it to the volume's top by hand, then start PostgreSQL" >&2
+    return 1
   fi
   remove_restored
-  POSTGRES_IMAGE="$(postgres_image)" compose up --detach --no-deps --wait --wait-timeout 120 postgres "$SCHEDULER_SERVICE"
-  maintenance "$colour"
-  echo "the data is as it was before the restore, and $colour serves it again" >&2
+  if POSTGRES_IMAGE="$(postgres_image)" compose up --detach --no-deps --wait --wait-timeout 120 postgres \
+    "$SCHEDULER_SERVICE" && maintenance "$colour"; then
+    echo "the data is as it was before the restore, and $colour serves it again" >&2
+  else
+    echo "the data that served is in place, but PostgreSQL or the proxy did not start again (docker compose ps): the app may still answer 503" >&2
+  fi
 }
 UNDO=put_back
 maintenance maintenance

@@ -40,7 +40,6 @@ from embedded_default.target.processes import TargetError, run, running_pid, spa
 S3PROXY_VERSION = "2.6.0"
 DEFAULT_DIR = "/var/tmp/kametrix-backup-repository"
 NETWORK = "kametrix-backup-repository"
-BRIDGE = "kmx-backup"
 SUBNET = "10.199.254.0/24"
 ADDRESS = "10.199.254.1"
 PORT = 9443
@@ -226,13 +225,11 @@ def _credentials(layout: _Layout) -> tuple[str, str]:
 
 
 def _ensure_network(target: LocalTarget) -> None:
-    """The repository's Docker network on the target's dockerd: created again if the target's restart removed it."""
+    """The repository's Docker network on the target's dockerd. Its bridge keeps dockerd's own name (`br-<id>`), the
+    name the target's stop removes bridges by (embedded_default/target/daemons.py)."""
     if target.docker("network", "inspect", NETWORK, check=False).returncode == 0:
         return
-    target.docker(
-        "network", "create", "--driver", "bridge", "--subnet", SUBNET, "--gateway", ADDRESS,
-        "--opt", f"com.docker.network.bridge.name={BRIDGE}", NETWORK,
-    )  # fmt: skip
+    target.docker("network", "create", "--driver", "bridge", "--subnet", SUBNET, "--gateway", ADDRESS, NETWORK)
 
 
 def _answers() -> bool:
@@ -342,8 +339,14 @@ def stop_backup_repository() -> bool:
     return terminate(_Layout(repository_dir()).pid, "java")
 
 
-def remove_backup_repository() -> None:
+def remove_backup_repository(target: LocalTarget) -> None:
+    """Stop the daemon, remove its network from the target's dockerd (with its bridge) and its folder: its objects,
+    keys and TLS material. The stages that joined the network must be gone first."""
     stop_backup_repository()
+    with _locked_target(_TargetLayout(Path(target.target_dir))):
+        found = target.docker("network", "ls", "--quiet", "--filter", f"name=^{NETWORK}$")
+        if found.stdout.strip():
+            target.docker("network", "rm", NETWORK)
     root = repository_dir()
     if root.exists():
         subprocess.run(["rm", "-rf", str(root)], check=True)

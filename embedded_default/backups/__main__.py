@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "down":
         stop_backup_repository()
     elif args.action == "remove":
-        remove_backup_repository()
+        remove_backup_repository(ensure_target())
     elif args.action == "up":
         repository = ensure_backup_repository(ensure_target())
         print(

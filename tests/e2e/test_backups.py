@@ -18,9 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from embedded_default.backups import BackupRepository, ensure_backup_repository, repository_pid, stop_backup_repository
+from embedded_default.backups import (
+    BackupRepository,
+    ensure_backup_repository,
+    remove_backup_repository,
+    repository_pid,
+    stop_backup_repository,
+)
 from embedded_default.target import LocalTarget
-from tests.e2e.stage import Stage, explain, new_stage, remove_stage
+from tests.e2e.stage import Stage, explain, staged
 from tests.e2e.test_releases import app_get, on_server, served_version, sql
 
 CIPHER_PASS = "BACKUPFACT-cipher-pass-0123456789abcdefghijklmnop"
@@ -29,10 +35,14 @@ WRONG_CIPHER_PASS = "BACKUPFACT-another-pass-0123456789abcdefghijklmno"
 
 @pytest.fixture(scope="module")
 def repository(target: LocalTarget) -> Iterator[BackupRepository]:
+    """The repository for this module; one it started goes afterwards, however the tests end: daemon, network (with
+    its bridge), objects. One started by hand (`python -m embedded_default.backups up`) stays."""
     already_running = repository_pid() is not None
-    yield ensure_backup_repository(target)
-    if not already_running:
-        stop_backup_repository()
+    try:
+        yield ensure_backup_repository(target)
+    finally:
+        if not already_running:
+            remove_backup_repository(target)
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +52,11 @@ def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path, repositor
         "backup.archiveTimeoutSeconds": 10,
         "release.backup": None,
     }
-    created = new_stage(target, prepared_stack, pulumi_cli, app_port=14100, overrides=overrides)
-    created.set_secret("backupCipherPass", CIPHER_PASS)
-    created.set_secret("backupRepositoryKey", repository.access_key)
-    created.set_secret("backupRepositorySecret", repository.secret_key)
-    yield created
-    remove_stage(created)
+    with staged(target, prepared_stack, pulumi_cli, app_port=14100, overrides=overrides) as created:
+        created.set_secret("backupCipherPass", CIPHER_PASS)
+        created.set_secret("backupRepositoryKey", repository.access_key)
+        created.set_secret("backupRepositorySecret", repository.secret_key)
+        yield created
 
 
 def customers(stage: Stage) -> list[str]:
@@ -97,6 +106,7 @@ def test_the_first_release_archives_to_the_repository_and_the_scheduler_takes_a_
     said = wait_for_a_base_backup(stage)
     assert "newest base  none" not in said and "F " in said, said
     assert "restorable   up to 20" in said, said
+    assert "pg_dump      0 " in said, said
 
 
 def test_a_release_with_a_migration_marks_a_restore_point_in_seconds_and_dumps_nothing(stage: Stage) -> None:

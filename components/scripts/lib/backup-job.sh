@@ -41,11 +41,6 @@ schedule() {
   done
 }
 
-# SQL on the live database, over its socket.
-live_sql() {
-  as_postgres psql -XAtq -v ON_ERROR_STOP=1 -h /var/run/postgresql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"
-}
-
 status_value() {
   local file="$BACKUP_STATUS_DIR/status.env"
   [[ -f "$file" ]] || return 0
