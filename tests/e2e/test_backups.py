@@ -187,6 +187,12 @@ def test_a_wrong_key_or_an_unreachable_repository_is_a_clear_error_and_destroys_
         assert "could not take the WAL up to restore point" in migrating.failed.error
         assert "migrations do not run" in migrating.failed.error
         assert customers(stage) == before and served_version(stage) == "v2.0.0"
+        # A release with nothing to migrate goes on past its backup (warned): v3.0.0 has v2's schema, and fails
+        # only where it always does, never turning healthy.
+        plain = stage.up("v3.0.0")
+        assert plain.failed is not None and plain.failed.name == "server-up", explain(plain)
+        assert plain.step("server-backup").ok and plain.step("server-migrate").ok, explain(plain)
+        assert customers(stage) == before and served_version(stage) == "v2.0.0"
     finally:
         ensure_backup_repository(stage.target)
     back = stage.up("v2.0.0")
