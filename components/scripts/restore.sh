@@ -44,8 +44,9 @@ declare -gA FLAGS=([app-dir]="$APP_DIR" [project]="$PROJECT")
 begin_step
 [[ -n "$(live VERSION)" ]] || die "no release is recorded in $APP_DIR/release.env: release the stage first, then restore"
 
-# What pgBackRest is told, and the time the target stands for (empty: the end of the archive).
-restore_options=(--target-action=promote)
+# What pgBackRest is told, and the time the target stands for (empty: the end of the archive, where PostgreSQL
+# promotes by itself; a target of a type needs --target-action).
+restore_options=()
 until=""
 case "$target" in
   latest) described="the latest: every transaction the repository holds" ;;
@@ -54,7 +55,7 @@ case "$target" in
     until="$value"
     # pgBackRest 2.45 reads the zone from the time itself (no --target-timezone yet).
     at="${value/T/ }"
-    restore_options+=(--type=time "--target=${at%Z}+00")
+    restore_options+=(--type=time "--target=${at%Z}+00" --target-action=promote)
     described="as it was at $value"
     ;;
   before-release)
@@ -62,7 +63,7 @@ case "$target" in
     read -r point _ until < <(awk -v v="$value" '$2 == v' "$(restore_points_log)" 2>/dev/null | tail -n 1) || true
     [[ -n "${point:-}" ]] ||
       die "no restore point of $value is recorded in $(restore_points_log); restore to a time instead (--time)"
-    restore_options+=(--type=name "--target=$point")
+    restore_options+=(--type=name "--target=$point" --target-action=promote)
     described="just before $value migrated (restore point $point, $until)"
     ;;
 esac
@@ -137,6 +138,14 @@ UNDO=put_back
 maintenance maintenance
 echo "the app is out of traffic: the proxy answers 503"
 down="$EPOCHREALTIME"
+# Nothing writes now: the WAL up to this moment goes to the repository, so the latest restore loses nothing of it.
+if [[ -n "$(compose ps --quiet postgres 2>/dev/null)" ]]; then
+  if pgbr --archive-timeout=60 check >/dev/null 2>&1; then
+    echo "the WAL up to this moment is archived"
+  else
+    echo "warning: the WAL written last could not be archived: the restore ends at what the repository holds" >&2
+  fi
+fi
 compose stop "$SCHEDULER_SERVICE" postgres >/dev/null 2>&1
 swapped=yes
 postgres_shell "cd '$data' && mkdir -m 700 '$aside' &&

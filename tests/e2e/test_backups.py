@@ -197,6 +197,12 @@ def test_a_wrong_key_or_an_unreachable_repository_is_a_clear_error_and_destroys_
         ensure_backup_repository(stage.target)
     back = stage.up("v2.0.0")
     assert back.ok, explain(back)
+    # The repository answers again: the latest restore brings back every committed row.
+    add_customer(stage, "latest-1")
+    latest = stage.run("restore", "--latest", "--yes")
+    assert latest.ok and "restored;" in latest.output, latest.output
+    assert customers(stage) == [*before, "latest-1"]
+    assert app_get(stage, "/api/health")["status"] == "healthy"
 
 
 def test_the_drill_passes_and_then_fails_once_a_backup_is_corrupted(stage: Stage, repository: BackupRepository) -> None:
