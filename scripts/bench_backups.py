@@ -56,7 +56,7 @@ def backup_stage(new_stage: Callable[..., Stage], repository: BackupRepository) 
         "backup.archiveTimeoutSeconds": ARCHIVE_TIMEOUT_SECONDS,
         "release.backup": None,
     }
-    stage = new_stage(app_port=13900, overrides=overrides)
+    stage = new_stage(app_port=14400, overrides=overrides)
     stage.set_secret("backupCipherPass", uuid.uuid4().hex * 2)
     stage.set_secret("backupRepositoryKey", repository.access_key)
     stage.set_secret("backupRepositorySecret", repository.secret_key)
@@ -95,7 +95,7 @@ def measure(sizes_mb: list[int]) -> None:
             repository = ensure_backup_repository(target)
             for megabytes in sizes_mb:
                 with stages(target, pulumi_cli()) as new_stage:
-                    dumping = new_stage(app_port=13800)
+                    dumping = new_stage(app_port=14300)
                     released(dumping, "v1.0.0")
                     size = fill(dumping, megabytes)
                     dump = released(dumping, "v2.0.0").step("server-backup").seconds
