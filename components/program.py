@@ -40,6 +40,8 @@ def program() -> None:
             migrate_ref=image.migrate_ref,
             ssh_private_key=secrets.ssh_private_key,
             app_secrets=secrets.app,
+            backup=plain.backup,
+            backup_secrets=secrets.backup,
         ),
     )
 

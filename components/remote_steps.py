@@ -17,7 +17,7 @@ from pulumi_command import remote
 from pydantic import SecretStr
 
 from components import server_files, shared_facts, swarm_files
-from components.config import AppSettings, ClusterHost, ReleaseSettings, ServerSettings
+from components.config import AppSettings, BackupSettings, ClusterHost, ReleaseSettings, ServerSettings
 
 
 def connection(
@@ -122,6 +122,8 @@ class ReleaseArgs:
     migrate_ref: pulumi.Input[str]
     ssh_private_key: SecretStr
     app_secrets: Mapping[str, SecretStr]
+    backup: BackupSettings | None = None
+    backup_secrets: Mapping[str, SecretStr] | None = None
 
 
 def release_steps(
@@ -192,7 +194,19 @@ def release_steps(
         stdin=server_files.bundle(files),
     )
     step("env", create=installed(bin_dir, "env.sh", common), stdin=pulumi.Output.secret(env_file), prints_secrets=True)
-    step("database", create=installed(bin_dir, "database.sh", {**common, "postgres-image": app.postgres_image}))
+    # With backups, pgBackRest's config (the repository's keys, the cipher pass) travels on stdin, like `.env`.
+    backups = server_files.backup_fingerprint(app, args.backup)
+    backup_config = (
+        pulumi.Output.secret(server_files.backup_config(app, args.backup, args.backup_secrets or {}))
+        if args.backup is not None
+        else None
+    )
+    step(
+        "database",
+        create=installed(bin_dir, "database.sh", {**common, "postgres-image": app.postgres_image, "backups": backups}),
+        stdin=backup_config,
+    )
+    backup_mode = release.backup or ("restore-point" if args.backup is not None else "before-migrations")
     release_triggers: list[pulumi.Input[str]] = [args.app_ref, args.migrate_ref]
     # The backup policy is only in the backup's flags: a changed policy re-runs the backup alone, which gives the
     # release lock back when `up` has nothing to do (lib/lock.sh).
@@ -205,8 +219,9 @@ def release_steps(
                 **common,
                 **refs,
                 "backups-to-keep": str(release.backups_to_keep),
-                "backup": release.backup,
+                "backup": backup_mode,
                 "backup-on-rollback": "yes" if release.backup_on_rollback else "no",
+                "backups": backups,
             },
         ),
         triggers=release_triggers,

@@ -16,8 +16,8 @@ import yaml
 from pydantic import SecretStr
 
 from components import shared_facts
-from components.config import AppSettings, ReleaseSettings
-from components.shared_facts import COLOURS
+from components.config import AppSettings, BackupSettings, ReleaseSettings
+from components.shared_facts import BACKUP_CONFIG_DIR, BACKUP_LABEL, BACKUP_STATUS_DIR, COLOURS, SCHEDULER_SERVICE
 
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
 # The files rendered for the server, with @{name} placeholders (render()).
@@ -33,8 +33,20 @@ SCRIPTS = (
     "up.sh",
     "release-lock.sh",
     "switch-back.sh",
+    "restore.sh",
+    "backup-status.sh",
+    "backup-scheduler.sh",
+    "backup-drill.sh",
 )
-LIBRARIES = ("lib/step.sh", "lib/lock.sh", "lib/live.sh", "lib/compose.sh", "lib/dump.sh")
+LIBRARIES = (
+    "lib/step.sh",
+    "lib/lock.sh",
+    "lib/live.sh",
+    "lib/compose.sh",
+    "lib/dump.sh",
+    "lib/pgbackrest.sh",
+    "lib/backup-job.sh",
+)
 # Rendered from components/shared_facts.py into every bundle.
 FACTS = "lib/facts.sh"
 COMPOSE_FILE = "docker-compose.yml"
@@ -65,9 +77,9 @@ def colour_url(app: AppSettings) -> str:
     return f"http://127.0.0.1:{app.proxy_port}{COLOUR_PATH}"
 
 
-def stage_files(app: AppSettings, release: ReleaseSettings) -> dict[str, str]:
+def stage_files(app: AppSettings, release: ReleaseSettings, backup: BackupSettings | None = None) -> dict[str, str]:
     """What `up` switches with, by its path under the app directory: a change here is a cutover."""
-    return {COMPOSE_FILE: compose_file(app), **proxy_files(app, release)}
+    return {COMPOSE_FILE: compose_file(app, backup), **proxy_files(app, release)}
 
 
 def settings_file(app: AppSettings, release: ReleaseSettings) -> str:
@@ -94,7 +106,7 @@ def settings_file(app: AppSettings, release: ReleaseSettings) -> str:
     return "".join(f"{key}={value}\n" for key, value in values.items())
 
 
-def compose_file(app: AppSettings) -> str:
+def compose_file(app: AppSettings, backup: BackupSettings | None = None) -> str:
     """The stage's compose project: PostgreSQL, the app in two colours, the proxy in front of them, migrate.
 
     Images come from APP_IMAGE / MIGRATE_IMAGE, which only the release steps set: they start one colour at a
@@ -166,11 +178,143 @@ def compose_file(app: AppSettings) -> str:
         "depends_on": depends_on,
         "restart": "no",
     }
-    document = {
+    document: dict[str, dict[str, object]] = {
         "services": {"postgres": postgres, **colours, "proxy": proxy, "migrate": migrate},
         "volumes": {"postgres-data": {}},
     }
+    if backup is not None:
+        _with_backups(document, app, backup)
     return yaml.safe_dump(document, sort_keys=False)
+
+
+# Where the database and its scheduler find PostgreSQL's data and socket (the images' own paths).
+PGDATA = "/var/lib/postgresql/data"
+SOCKET_DIR = "/var/run/postgresql"
+# Where the scheduler finds the scripts the files step installs.
+SCHEDULER_BIN = "/kametrix/bin"
+
+
+def _with_backups(document: dict[str, dict[str, object]], app: AppSettings, backup: BackupSettings) -> None:
+    """PostgreSQL archives every WAL segment with pgBackRest (its image has it: the database step checks), reading
+    the config the database step installs in the `backup-config` volume; a scheduler beside it, from the same image,
+    takes the base backups and runs the drills (bin/backup-scheduler.sh). Both reach the repository the same way."""
+    services = document["services"]
+    postgres = services["postgres"]
+    if not isinstance(postgres, dict):
+        raise TypeError("the compose file's postgres service is not a mapping")
+    reach = _reach(backup)
+    if backup.repository.docker_network is not None:
+        document["networks"] = {"backup-repository": {"external": True, "name": backup.repository.docker_network}}
+    archiving = _archiving(app)
+    postgres.update(archiving)
+    postgres["labels"] = {BACKUP_LABEL: backup_fingerprint(app, backup)}
+    postgres.update(reach)
+    services[SCHEDULER_SERVICE] = {
+        "image": "${POSTGRES_IMAGE:?set by the database step}",
+        "container_name": f"{app.db_container}-backups",
+        "restart": "unless-stopped",
+        "entrypoint": ["bash", f"{SCHEDULER_BIN}/backup-scheduler.sh"],
+        "environment": {"POSTGRES_USER": "${POSTGRES_USER:?}", "POSTGRES_DB": "${POSTGRES_DB:?}"},
+        "volumes": [
+            f"postgres-data:{PGDATA}:ro",
+            f"backup-config:{BACKUP_CONFIG_DIR}:ro",
+            f"postgres-socket:{SOCKET_DIR}",
+            f"backup-status:{BACKUP_STATUS_DIR}",
+            f"./bin:{SCHEDULER_BIN}:ro",
+        ],
+        "labels": {BACKUP_LABEL: backup_fingerprint(app, backup)},
+        "depends_on": {"postgres": {"condition": "service_healthy"}},
+        # bash waits in `sleep`; SIGTERM ends it through its trap.
+        "stop_grace_period": "30s",
+        **reach,
+    }
+    volumes = document["volumes"]
+    volumes.update({"backup-config": {}, "postgres-socket": {}, "backup-status": {}})
+
+
+def _reach(backup: BackupSettings) -> dict[str, object]:
+    """How a container of the database's reaches the repository: its name's address, the network it is on."""
+    reach: dict[str, object] = {}
+    repository = backup.repository
+    if repository.host is not None:
+        reach["extra_hosts"] = [f"{repository.endpoint}:{repository.host}"]
+    if repository.docker_network is not None:
+        reach["networks"] = ["default", "backup-repository"]
+    return reach
+
+
+def _archiving(app: AppSettings) -> dict[str, object]:
+    """What PostgreSQL starts with to archive: every completed WAL segment pushed by pgBackRest."""
+    # Bounded: an archive_command that never returns holds every later segment back.
+    archive = f"timeout 600 pgbackrest --stanza={app.compose_project} archive-push %p"
+    return {
+        "command": ["postgres", "-c", "archive_mode=on", "-c", f"archive_command={archive}"],
+        "volumes": [
+            f"postgres-data:{PGDATA}",
+            # Written by the database step (as root, through this container), read by pgBackRest as postgres.
+            f"backup-config:{BACKUP_CONFIG_DIR}",
+            f"postgres-socket:{SOCKET_DIR}",
+        ],
+    }
+
+
+def backup_fingerprint(app: AppSettings, backup: BackupSettings | None) -> str:
+    """What the running PostgreSQL must have been started with to archive as declared (its label): the database
+    step recreates it when this changes."""
+    if backup is None:
+        return "none"
+    return fingerprint(yaml.safe_dump({**_archiving(app), **_reach(backup)}, sort_keys=True))
+
+
+def backup_config(app: AppSettings, backup: BackupSettings, secrets: Mapping[str, SecretStr]) -> str:
+    """What the database step installs for pgBackRest, as a bundle for its stdin (secret: it holds the repository's
+    keys and the cipher pass): pgbackrest.conf (mode 600), the repository's CA, and the schedule."""
+    repository = backup.repository
+    stanza = app.compose_project
+    options = {
+        "repo1-type": "s3",
+        "repo1-s3-endpoint": repository.endpoint,
+        "repo1-storage-port": str(repository.port),
+        "repo1-s3-bucket": repository.bucket,
+        "repo1-s3-region": repository.region,
+        "repo1-s3-uri-style": repository.uri_style,
+        "repo1-path": repository.path,
+        "repo1-s3-key": secrets["backupRepositoryKey"].get_secret_value(),
+        "repo1-s3-key-secret": secrets["backupRepositorySecret"].get_secret_value(),
+        "repo1-cipher-type": "aes-256-cbc",
+        "repo1-cipher-pass": secrets["backupCipherPass"].get_secret_value(),
+        "repo1-retention-full": str(backup.retention_full),
+        "repo1-retention-diff": str(backup.retention_diff),
+        # Chosen by measurement (README, Benchmarks): lz4 and two processes keep a 1.2 GB backup and restore short.
+        "compress-type": "lz4",
+        "process-max": "2",
+        "start-fast": "y",
+        "log-level-console": "warn",
+        "log-level-file": "off",
+        # What the restore sets aside and restores into, inside the data volume: never part of a backup.
+        "exclude": ".kametrix/",
+    }
+    if repository.ca_certificate is not None:
+        options["repo1-storage-ca-file"] = f"{BACKUP_CONFIG_DIR}/ca.pem"
+    lines = ["[global]", *(f"{key}={value}" for key, value in options.items()), "", f"[{stanza}]"]
+    lines += [f"pg1-path={PGDATA}", f"pg1-socket-path={SOCKET_DIR}", f"pg1-user={app.postgres_user}"]
+    lines += [f"pg1-database={app.postgres_db}", ""]
+    schedule = {
+        "ARCHIVE_TIMEOUT_SECONDS": backup.archive_timeout_seconds,
+        "FULL_EVERY_HOURS": backup.full_every_hours,
+        "DIFF_EVERY_HOURS": backup.diff_every_hours,
+        "DRILL_EVERY_HOURS": backup.drill_every_hours,
+        "STALE_AFTER_HOURS": backup.stale_after_hours,
+    }
+    if tuple(schedule) != shared_facts.BACKUP_SCHEDULE_KEYS:
+        raise RuntimeError(f"the schedule has {tuple(schedule)}; shared_facts has {shared_facts.BACKUP_SCHEDULE_KEYS}")
+    files: dict[str, tuple[bytes, int]] = {
+        "pgbackrest.conf": ("\n".join(lines).encode(), 0o600),
+        "schedule.env": ("".join(f"{key}={value}\n" for key, value in schedule.items()).encode(), 0o644),
+    }
+    if repository.ca_certificate is not None:
+        files["ca.pem"] = (repository.ca_certificate.strip().encode() + b"\n", 0o644)
+    return bundle(files)
 
 
 def database_url_key(role: str) -> str:
@@ -194,6 +338,7 @@ def proxy_files(app: AppSettings, release: ReleaseSettings) -> dict[str, str]:
     files = {f"{PROXY_DIR}/nginx.conf": nginx}
     for colour in COLOURS:
         files[f"{PROXY_DIR}/{colour}.conf"] = render("colour.conf", colour=colour)
+    files[f"{PROXY_DIR}/maintenance.conf"] = render("maintenance.conf")
     return files
 
 
@@ -242,10 +387,12 @@ ServerFiles = Mapping[str, tuple[bytes, int]]
 """Each file of the bundle by its path under the app directory, with its content and mode."""
 
 
-def server_files(app: AppSettings, release: ReleaseSettings) -> ServerFiles:
+def server_files(app: AppSettings, release: ReleaseSettings, backup: BackupSettings | None = None) -> ServerFiles:
     """Everything the files step installs: what `up` switches with, the settings, the scripts and their libraries
     (with the facts they share with the program, rendered)."""
-    return installed_files(stage_files(app, release), settings_file(app, release), script_files(SCRIPTS, LIBRARIES))
+    return installed_files(
+        stage_files(app, release, backup), settings_file(app, release), script_files(SCRIPTS, LIBRARIES)
+    )
 
 
 def installed_files(stage: Mapping[str, str], settings: str, scripts: ServerFiles) -> ServerFiles:

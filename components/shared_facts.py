@@ -25,6 +25,7 @@ from components.config.fields import (
     IPV4_PATTERN,
     MIGRATE_TAG_SUFFIX,
     REQUESTER_PATTERN,
+    UTC_TIME_PATTERN,
     VERSION_FORMATS,
     VERSION_PATTERN,
     Rule,
@@ -49,14 +50,34 @@ RELEASE_FLAGS = ("version", "app-image", "migrate-image")
 SCRIPT_FLAGS: Mapping[str, tuple[str, ...]] = {
     "files.sh": (*COMMON_FLAGS, "from"),
     "env.sh": COMMON_FLAGS,
-    "database.sh": (*COMMON_FLAGS, "postgres-image"),
-    "backup.sh": (*COMMON_FLAGS, *RELEASE_FLAGS, "backups-to-keep", "backup", "backup-on-rollback"),
+    # `backups`: none, or the fingerprint of how PostgreSQL reaches its backup repository (BACKUP_LABEL).
+    "database.sh": (*COMMON_FLAGS, "postgres-image", "backups"),
+    "backup.sh": (*COMMON_FLAGS, *RELEASE_FLAGS, "backups-to-keep", "backup", "backup-on-rollback", "backups"),
     "migrate.sh": (*COMMON_FLAGS, *RELEASE_FLAGS),
     "up.sh": (*COMMON_FLAGS, *RELEASE_FLAGS),
     # Run by up.sh and switch-back.sh under their lock; `settings`: current (.env) or live (the live colour's copy).
     "switch.sh": ("app-dir", "project", *RELEASE_FLAGS, "settings"),
 }
-BACKUP_MODES = ("always", "before-migrations")
+BACKUP_MODES = ("always", "before-migrations", "restore-point")
+# Continuous backups (issue 18): pgBackRest in the database's image, its config installed by the database step into a
+# volume the database and its scheduler share; the schedule beside it as comments pgBackRest ignores
+# (`# kametrix KEY=VALUE`); the scheduler's record of what it did in a volume of its own.
+BACKUP_CONFIG_DIR = "/etc/pgbackrest"
+BACKUP_SCHEDULE_KEYS = (
+    "ARCHIVE_TIMEOUT_SECONDS",
+    "FULL_EVERY_HOURS",
+    "DIFF_EVERY_HOURS",
+    "DRILL_EVERY_HOURS",
+    "STALE_AFTER_HOURS",
+)
+BACKUP_STATUS_DIR = "/var/lib/kametrix-backup"
+SCHEDULER_SERVICE = "backup-scheduler"
+# The label that says how the running PostgreSQL reaches its repository: another value means it must be recreated.
+BACKUP_LABEL = "org.kametrix.backup-repository"
+# What the release marks before it migrates; restore --before-release VERSION goes back to it.
+RESTORE_POINT_PREFIX = "kametrix-before-"
+# The break-glass restore's one target (bin/restore.sh and `python -m runner restore`).
+RESTORE_TARGETS = ("latest", "time", "before-release")
 
 # A stage on Docker Swarm (docs/swarm.md): the flags of the scripts its cluster's steps ship to each host, of its
 # release's `up` and of the status the runner asks for; the labels the stack file sets and the scripts read; how
@@ -142,6 +163,14 @@ def facts_sh() -> str:
         "DATABASE_NAME_PATTERN": f"^{DATABASE_NAME_PATTERN}$",
         "COLOURS": " ".join(COLOURS),
         "BACKUP_MODES": " ".join(BACKUP_MODES),
+        "BACKUP_CONFIG_DIR": BACKUP_CONFIG_DIR,
+        "BACKUP_SCHEDULE_KEYS": " ".join(BACKUP_SCHEDULE_KEYS),
+        "BACKUP_STATUS_DIR": BACKUP_STATUS_DIR,
+        "SCHEDULER_SERVICE": SCHEDULER_SERVICE,
+        "BACKUP_LABEL": BACKUP_LABEL,
+        "RESTORE_POINT_PREFIX": RESTORE_POINT_PREFIX,
+        "RESTORE_TARGETS": " ".join(RESTORE_TARGETS),
+        "UTC_TIME_PATTERN": f"^{UTC_TIME_PATTERN}$",
         "SETTINGS_FILE": SETTINGS_FILE,
         "SETTINGS_KEYS": " ".join(SETTINGS),
     }

@@ -22,7 +22,7 @@ from components.image import AppImage
 from components.swarm_cluster import SwarmCluster, SwarmClusterArgs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SwarmReleaseArgs(remote_steps.ReleaseArgs):
     cluster: pulumi.Resource
     """The Swarm's last step (components/swarm_cluster.py): the release waits for the Swarm as declared."""

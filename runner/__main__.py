@@ -71,6 +71,18 @@ def parser() -> argparse.ArgumentParser:
     rollback.add_argument("version", nargs="?", help="default: the version that served before the live one")
     rollback.add_argument("--requested-by", help="who asks for it, for the server's release lock")
     sub.add_parser("status", help="what serves, what served before, who holds the release lock, the last update")
+    restore = sub.add_parser(
+        "restore", help="restore the database from the backup repository (the server's bin/restore.sh), asking first"
+    )
+    to = restore.add_mutually_exclusive_group(required=True)
+    to.add_argument("--time", metavar="T", help="as it was at a UTC time, like 2026-12-02T03:00:00Z")
+    to.add_argument("--before-release", metavar="VERSION", help="just before VERSION's release migrated")
+    to.add_argument("--latest", action="store_true", help="everything the repository holds")
+    restore.add_argument("--yes", action="store_true", help="restore without asking (needed when not on a terminal)")
+    backups = sub.add_parser("backups", help="the newest backup, restorable point and drills; run a drill or backup")
+    backups.add_argument("--drill", action="store_true", help="run a restore drill now")
+    backups.add_argument("--backup", choices=("full", "diff"), help="take a base backup now")
+    backups.add_argument("--check", action="store_true", help="fail when the backups are stale or a drill failed")
     history = sub.add_parser("history", help="the stack's updates, newest first: when, what, which version, result")
     history.add_argument("--limit", type=int, default=20)
     unlock = sub.add_parser("unlock", help="free the stack's state lock of an update that is gone (pulumi cancel)")
@@ -82,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         workspace = open_workspace(args.stack, args.work_dir)
-        changes = args.command in ("up", "release", "rollback")
+        changes = args.command in ("up", "release", "rollback", "restore")
         if changes and not args.yes and not sys.stdin.isatty():
             raise RunnerError(f"{args.command} changes the stack: pass --yes when not on a terminal")
         with commands.opened_events(args.events) as events:
@@ -96,6 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 commands.release(session, args.version, args.requested_by, args.diff, confirm)
             elif args.command == "rollback":
                 commands.rollback(session, args.version, args.requested_by, confirm)
+            elif args.command == "restore":
+                target = (
+                    ["--time", args.time]
+                    if args.time
+                    else ["--before-release", args.before_release]
+                    if args.before_release
+                    else ["--latest"]
+                )
+                commands.restore(session, target, confirm)
+            elif args.command == "backups":
+                action = "--drill" if args.drill else f"--backup {args.backup}" if args.backup else ""
+                commands.backups(session, action, args.check)
             elif args.command == "status":
                 commands.status(session)
             elif args.command == "history":
@@ -112,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ask(command: str, stack: str) -> None:
-    answer = input(f"{command} {stack} as previewed above? [y/N] ")
+    answer = input(f"{command} {stack} as {'planned' if command == 'restore' else 'previewed'} above? [y/N] ")
     if answer.strip().lower() not in ("y", "yes"):
         raise RunnerError(commands.NOT_CONFIRMED)
 

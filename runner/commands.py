@@ -280,7 +280,19 @@ def _previous_version(session: Session) -> str:
     return previous
 
 
+_loaded: dict[tuple[Path, int], config.StackConfig] = {}
+
+
 def _stack_config(workspace: Workspace) -> config.StackConfig:
+    """The stack's config, read (and its secrets decrypted) once per version of the stack file: `status` needs it
+    three times, and each read costs the passphrase's key derivation."""
+    key = (workspace.stack_file, workspace.stack_file.stat().st_mtime_ns)
+    if key not in _loaded:
+        _loaded[key] = _read_stack_config(workspace)
+    return _loaded[key]
+
+
+def _read_stack_config(workspace: Workspace) -> config.StackConfig:
     stack = workspace.stack()
     raw = {key: value.value for key, value in stack.get_all_config().items()}
     secret_keys = {key for key, value in stack.get_all_config().items() if value.secret}
@@ -355,11 +367,67 @@ def status(session: Session) -> None:
                 f"note           the stack pins {pinned} but {live} serves: the last update did not reach its "
                 "switch; `up` finishes it, or pin the live version back"
             )
+    if state is not None and loaded_backups(session):
+        _say_backups(session, server.backup_status(*_server_access(session)))
     history = stack.history(page_size=1)
     if history:
         session.say(f"last update    {_describe_update(history[0])}")
     else:
         session.say("last update    none")
+
+
+def _server_access(session: Session) -> tuple[config.ServerSettings, Any]:
+    loaded = _stack_config(session.workspace)
+    return loaded.plain.server.release_host(), loaded.secrets.ssh_private_key
+
+
+def loaded_backups(session: Session) -> bool:
+    return _stack_config(session.workspace).plain.backup is not None
+
+
+def _say_backups(session: Session, status: server.BackupStatus) -> None:
+    """The backup lines of `status`: what an operator needs to know before trusting a restore."""
+    for line in status.said:
+        session.say(line)
+    found = status.values
+    session.say(f"backups        {found.get('BACKUPS', 'no answer from the server')}")
+    session.say(f"  newest base  {found.get('NEWEST_BACKUP') or 'none yet'}")
+    session.say(f"  restorable   up to {found.get('ARCHIVED_UNTIL') or 'nothing archived yet'} (the WAL archived last)")
+    session.say(f"  last drill   {found.get('LAST_DRILL') or 'none yet'}")
+    session.say(f"  good drill   {found.get('LAST_GOOD_DRILL') or 'none yet'}")
+    if found.get("LAST_BACKUP"):
+        session.say(f"  last backup  {found['LAST_BACKUP']}")
+    if found.get("LAST_RESTORE_POINT"):
+        session.say(f"  restore pt   {found['LAST_RESTORE_POINT']}")
+    if found.get("LAST_RESTORE"):
+        session.say(f"  restored     {found['LAST_RESTORE']}")
+    session.say(f"  pg_dump      {found.get('DUMPS') or 'not listed'} (the releases' dumps on the server)")
+
+
+def backups(session: Session, action: str, check: bool) -> None:
+    """The stage's backups as `status` shows them; `action` runs a drill or a base backup first. With `check`, stale
+    backups or a failed drill are an error (what the drift check turns into an issue)."""
+    if not loaded_backups(session):
+        raise RunnerError("the stack declares no backup section: its only backups are the releases' pg_dump files")
+    status = server.backup_status(*_server_access(session), action)
+    _say_backups(session, status)
+    verdict = status.values.get("BACKUPS", "no answer from the server")
+    if check and verdict != "ok":
+        raise RunnerError(f"the backups of {session.workspace.stack_name} need attention: {verdict}")
+
+
+def restore(session: Session, target: list[str], confirm: Confirm | None) -> None:
+    """The break-glass restore (bin/restore.sh) through the stack's SSH access: its plan first, then, confirmed, the
+    restore itself. The server takes the release lock; the stack file is not changed."""
+    if not loaded_backups(session):
+        raise RunnerError("restore: the stack declares no backup section, so there is no repository to restore from")
+    access = _server_access(session)
+    if server.restore(*access, target, plan_only=True, echo=session.say) != 0:
+        raise RunnerError("restore: the server refused the plan (see above); nothing was changed")
+    if confirm is not None:
+        confirm()
+    if server.restore(*access, target, plan_only=False, echo=session.say) != 0:
+        raise RunnerError("restore: it did not finish (see above)")
 
 
 def history(session: Session, limit: int) -> None:

@@ -3,9 +3,12 @@ user and deploy key, and its pinned host key (nothing runs if the server answers
 
 from __future__ import annotations
 
+import contextlib
+import re
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +33,9 @@ class ServerUnreachableError(Exception):
     pass
 
 
-def ssh(server: ServerSettings, private_key: SecretStr, command: str, timeout: float = 60) -> str:
-    """Run `command` on the server; its stdout. The key is written to a private temporary file only."""
+@contextlib.contextmanager
+def _ssh_argv(server: ServerSettings, private_key: SecretStr, command: str) -> Iterator[list[str]]:
+    """The ssh command line that runs `command` on the server; the key lives in a private temporary file meanwhile."""
     with tempfile.TemporaryDirectory(prefix="kametrix-runner-") as folder:
         key = Path(folder, "key")
         key.touch(mode=0o600)
@@ -46,7 +50,13 @@ def ssh(server: ServerSettings, private_key: SecretStr, command: str, timeout: f
             "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR", server.host, "--", command,
         ]  # fmt: skip
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        yield argv
+
+
+def ssh(server: ServerSettings, private_key: SecretStr, command: str, timeout: float = 60) -> str:
+    """Run `command` on the server; its stdout."""
+    with _ssh_argv(server, private_key, command) as argv:
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
     if done.returncode == 255:
         raise ServerUnreachableError(
             f"{server.user}@{server.host}:{server.port} could not be reached over SSH: {done.stderr.strip()}"
@@ -101,3 +111,41 @@ def read_swarm(server: ServerSettings, private_key: SecretStr, project: str) -> 
         for row in rows
         if row[0] == "node" and len(row) == 7
     ]
+
+
+@dataclass(frozen=True)
+class BackupStatus:
+    values: dict[str, str]
+    """`bin/backup-status.sh`'s KEY=VALUE lines: BACKUPS, NEWEST_BACKUP, ARCHIVED_UNTIL, LAST_DRILL, ..."""
+    said: list[str]
+    """Its other lines: what a drill or a backup it ran said."""
+
+
+def backup_status(server: ServerSettings, private_key: SecretStr, action: str = "") -> BackupStatus:
+    """What `bin/backup-status.sh` says of the stage's backups (`action`: --drill, or --backup full|diff, first)."""
+    answer = ssh(server, private_key, f"bash {shlex.quote(server.app_dir)}/bin/backup-status.sh {action} 2>&1", 1800)
+    values, said = {}, []
+    for line in answer.splitlines():
+        key, equals, value = line.partition("=")
+        if equals and re.fullmatch(r"[A-Z_]+", key):
+            values[key] = value
+        elif line.strip():
+            said.append(line)
+    return BackupStatus(values, said)
+
+
+def restore(
+    server: ServerSettings, private_key: SecretStr, target: list[str], plan_only: bool, echo: Callable[[str], None]
+) -> int:
+    """Run the break-glass `bin/restore.sh` with `target` (e.g. ["--time", "2026-12-02T03:00:00Z"]); its output
+    goes to `echo` line by line as it comes. Its exit status."""
+    words = [*target, "--plan" if plan_only else "--yes"]
+    command = f"bash {shlex.quote(server.app_dir)}/bin/restore.sh {shlex.join(words)} 2>&1"
+    with _ssh_argv(server, private_key, command) as argv:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, errors="replace")
+        for line in process.stdout or ():
+            echo(line.rstrip("\n"))
+        returncode = process.wait()
+    if returncode == 255:
+        raise ServerUnreachableError(f"{server.user}@{server.host}:{server.port} could not be reached over SSH")
+    return returncode

@@ -137,7 +137,7 @@ class Server:
     def database(
         self, image: str = POSTGRES, release: str = release_of("v2.0.0", NEW)
     ) -> subprocess.CompletedProcess[str]:
-        return self.step("database.sh", release, postgres_image=image)
+        return self.step("database.sh", release, postgres_image=image, backups="none")
 
     def backup(
         self,
@@ -157,6 +157,7 @@ class Server:
             backups_to_keep=keep,
             backup=mode,
             backup_on_rollback=on_rollback,
+            backups="none",
         )
 
     def migrate(

@@ -241,9 +241,13 @@ def test_a_recorded_staging_version_is_never_built_again() -> None:
 @pytest.mark.parametrize(("stack", "mode"), [("production", "always"), ("staging", "before-migrations")])
 def test_the_backup_step_is_told_the_stages_backup_policy(stack: str, mode: str) -> None:
     command = steps(kit.run_stack(stack))["server-backup"].plain("create")
-    assert command.endswith(f" --backup {mode} --backup-on-rollback no"), command
+    assert command.endswith(f" --backup {mode} --backup-on-rollback no --backups none"), command
     asked = kit.run_stack(stack, overrides={"release.backupOnRollback": True})
-    assert steps(asked)["server-backup"].plain("create").endswith(f" --backup {mode} --backup-on-rollback yes")
+    assert (
+        steps(asked)["server-backup"]
+        .plain("create")
+        .endswith(f" --backup {mode} --backup-on-rollback yes --backups none")
+    )
 
 
 def test_staging_builds_once_and_pushes_both_stages_of_the_dockerfile() -> None:

@@ -147,7 +147,12 @@ def test_a_library_only_defines_functions_and_the_facts_when_sourced_and_is_not_
     assert BUNDLE[f"bin/{library}"][1] == 0o644 and not os.access(bin_dir / library, os.X_OK)
     facts = {line.split("=", 1)[0] for line in shared_facts.facts_sh().splitlines() if not line.startswith("#")}
     # lib/step.sh sources the facts; lib/dump.sh names the dump settings measured (README).
-    allowed = {"lib/step.sh": facts, server_files.FACTS: facts, "lib/dump.sh": {"DUMP_OPTIONS"}}.get(library, set())
+    allowed = {
+        "lib/step.sh": facts,
+        "lib/backup-job.sh": facts,
+        server_files.FACTS: facts,
+        "lib/dump.sh": {"DUMP_OPTIONS"},
+    }.get(library, set())
     compare = 'before="$(compgen -v)"; source "$1"; trap -p; comm -13 <(sort <<<"$before") <(compgen -v | sort)'
     sourced = subprocess.run(
         ["bash", "-c", compare, "bash", str(bin_dir / library)], capture_output=True, text=True, check=False
@@ -531,6 +536,7 @@ def test_a_switch_whose_proxy_reload_fails_is_undone_completely(server: Server) 
         "blue.conf",
         "green.conf",
         "live.conf",
+        "maintenance.conf",
         "nginx.conf",
     ]
     assert (server.record(), server.history()) == (record, history)

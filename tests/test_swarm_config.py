@@ -125,3 +125,13 @@ def test_swarm_tasks_are_counted_only_where_swarm_runs_them() -> None:
         "(server.hosts); one host runs the app in one colour at a time; allowed: absent; received 3"
     ]
     assert load(**{**SWARM, "server.replicas": 3}).plain.server.replicas == 3
+
+
+def test_a_stage_on_several_hosts_is_refused_off_site_backups_it_would_not_take() -> None:
+    backup = {"repository": {"endpoint": "s3.example.net", "bucket": "kametrix-backups"}}
+    found = problems(**SWARM, backup=backup)
+    assert [problem for problem in found if problem.startswith("kametrix-deploy:backup:")] == [
+        "kametrix-deploy:backup: off-site backups (pgBackRest) run on a stage on one host only; a stage on "
+        "server.hosts keeps the release's pg_dump on its database host (docs/swarm.md); allowed: absent with "
+        "server.hosts; received a backup section"
+    ]

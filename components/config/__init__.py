@@ -21,6 +21,8 @@ from components.config.fields import VERSION_FORMATS, VERSION_PATTERN
 from components.config.loading import StackConfig, Stage, load, load_from_engine
 from components.config.models import (
     AppSettings,
+    BackupRepositorySettings,
+    BackupSettings,
     BuildSettings,
     ClusterHost,
     GitHubApp,
@@ -64,6 +66,8 @@ __all__ = [
     "VERSION_FORMATS",
     "VERSION_PATTERN",
     "AppSettings",
+    "BackupRepositorySettings",
+    "BackupSettings",
     "BuildSettings",
     "ClusterHost",
     "ConfigError",

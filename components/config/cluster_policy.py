@@ -21,6 +21,7 @@ CLUSTER_RULES: Mapping[str, str] = {
     "server.hostKey": "every stage without server.hosts; absent with server.hosts",
     "server.hosts": "an odd number of managers; exactly one host with database, a manager; no host or address twice",
     "server.replicas": "only with server.hosts",
+    "backup": "only without server.hosts",
 }
 
 
@@ -45,6 +46,22 @@ def cluster_policy(server: Any) -> list[Problem]:
     problems += _repeated("host", "a host and port not listed before", entries)
     problems += _repeated("advertiseAddress", "an address no other host advertises", entries)
     return problems
+
+
+def backup_policy(server: Any, backup: Any) -> list[Problem]:
+    """Off-site backups run on a stage on one host: the Swarm's stack file has no scheduler service, and its database
+    host's PostgreSQL archives no WAL."""
+    hosts = server.get("hosts") if isinstance(server, dict) else None
+    if not hosts or backup is None:
+        return []
+    return [
+        Problem(
+            full_key("backup"),
+            "off-site backups (pgBackRest) run on a stage on one host only; a stage on server.hosts keeps the "
+            "release's pg_dump on its database host (docs/swarm.md); allowed: absent with server.hosts; received a "
+            "backup section",
+        )
+    ]
 
 
 def _one_host_policy(server: Mapping[str, Any]) -> list[Problem]:

@@ -92,6 +92,8 @@ Version = Annotated[str, Rule(_check_version, f"an exact version: {VERSION_FORMA
 # Each written in the subset both Python and bash's [[ =~ ]] read, like VERSION_PATTERN.
 COMMIT_PATTERN = r"[0-9a-f]{40}"
 DIGEST_PATTERN = r"sha256:[0-9a-f]{64}"
+HOST_NAME_PATTERN = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+IPV4_PATTERN = r"([0-9]{1,3}\.){3}[0-9]{1,3}"
 UTC_TIME_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"
 # A version's two images: the app as `<version>`, the migrations as `<version>-migrate`.
 MIGRATE_TAG_SUFFIX = "-migrate"

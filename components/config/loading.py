@@ -12,7 +12,7 @@ import pulumi
 import yaml
 from pydantic import SecretStr, ValidationError
 
-from components.config.cluster_policy import cluster_policy
+from components.config.cluster_policy import backup_policy, cluster_policy
 from components.config.models import GitHubSettings, PlainConfig
 from components.config.problems import NAMESPACE, ConfigError, Problem, dedupe, from_validation_error, full_key
 from components.config.secrets import (
@@ -34,7 +34,16 @@ from components.config.stage_policy import (
 
 Stage = Literal["staging", "production", "local"]
 # Keys the engine hands over as JSON text.
-_OBJECT_KEYS = {"server", "image", "app", "release", "github", ENVIRONMENT_SECRETS_KEY, STAGING_ENVIRONMENT_SECRETS_KEY}
+_OBJECT_KEYS = {
+    "server",
+    "image",
+    "app",
+    "release",
+    "backup",
+    "github",
+    ENVIRONMENT_SECRETS_KEY,
+    STAGING_ENVIRONMENT_SECRETS_KEY,
+}
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 # Keys of an earlier layout, with what took their place.
 _REPLACED_KEYS = {
@@ -95,6 +104,7 @@ def load(
     if stack in STAGES:
         problems.extend(stage_policy(stack, Sections.of(plain_values)))
     problems.extend(cluster_policy(plain_values.get("server")))
+    problems.extend(backup_policy(plain_values.get("server"), plain_values.get("backup")))
 
     github = plain_values.get("github")
     manages_github = bool(github) and stack == GITHUB_ADMINISTRATOR
@@ -113,9 +123,22 @@ def load(
     # From the raw section: a stack on App authentication is told about its App key even when another key of
     # the section is invalid.
     uses_github_app = isinstance(github, dict) and github.get("app") is not None
+    backups = isinstance(plain_values.get("backup"), dict)
     secrets, secret_problems = read_secrets(
-        stack, values, secret_keys, required_secrets(manages_github=manages_github, uses_github_app=uses_github_app)
+        stack,
+        values,
+        secret_keys,
+        required_secrets(manages_github=manages_github, uses_github_app=uses_github_app, backups=backups),
     )
+    release = plain_values.get("release")
+    if not backups and isinstance(release, dict) and release.get("backup") == "restore-point":
+        problems.append(
+            Problem(
+                full_key("release.backup"),
+                "restore-point needs a backup repository; allowed: always, before-migrations, or restore-point "
+                "with the backup section declared; received 'restore-point' without it",
+            )
+        )
     problems.extend(secret_problems)
     administered: list[AdministeredStage] = []
     if manages_github and plain is not None and plain.github is not None and secrets is not None:

@@ -12,6 +12,8 @@ from pydantic.alias_generators import to_camel
 
 from components.config.fields import (
     FITS_ENV_FILE,
+    HOST_NAME_PATTERN,
+    IPV4_PATTERN,
     REQUESTER_PATTERN,
     UTC_TIME_PATTERN,
     AbsolutePath,
@@ -33,6 +35,7 @@ from components.config.fields import (
 )
 
 MAX_REVIEWERS_PER_KIND = 6
+PEM_CERTIFICATE_PATTERN = r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*"
 MAX_WAIT_TIMER_MINUTES = 43200
 
 
@@ -262,9 +265,12 @@ class ReleaseSettings(Model):
     """A release lock older than this is taken over: a release that died between steps cannot block forever."""
     drain_seconds: Annotated[int, in_range(1, 3600, "seconds")] = 30
     """After a switch, how long requests still running on the old colour may take before it is stopped."""
-    backup: Literal["always", "before-migrations"] = "before-migrations"
-    """Whether a release whose migrations are all applied already backs up (always) or not (before-migrations).
-    A release with a pending migration always backs up first."""
+    backup: Literal["always", "before-migrations", "restore-point"] | None = None
+    """Whether a release takes a `pg_dump` before migrating: `always`; `before-migrations` (only when a migration
+    is pending); `restore-point` (never: the repository of `backup` holds the database, and the release only marks a
+    named restore point and makes sure the WAL up to it is archived). Where `backup` is declared, every release marks
+    that restore point whatever this says. Default: restore-point where `backup` is declared, before-migrations
+    otherwise."""
     backup_on_rollback: bool = False
     """A rollback to a version this server already ran takes no backup (its schema is already there) unless
     this is true."""
@@ -274,6 +280,57 @@ class ReleaseSettings(Model):
     ) = None
     """Who asked for the pinned version: the workflows write their run URL and actor here when they pin a new
     version; the server's release lock names it beside the login that runs the steps."""
+
+
+class BackupRepositorySettings(Model):
+    """An S3-compatible object store off the app server: PostgreSQL's WAL and base backups go there, encrypted."""
+
+    endpoint: Annotated[str, matching(HOST_NAME_PATTERN, "a host name, like s3.eu-central-1.amazonaws.com")]
+    """The store's host name, as its TLS certificate names it (pgBackRest checks host names, never addresses)."""
+    port: Port = 443
+    """Its HTTPS port."""
+    bucket: Annotated[str, matching(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", "an S3 bucket name")]
+    """The bucket, created beforehand (pgBackRest creates none)."""
+    region: Annotated[str, matching(r"[a-z0-9-]{1,40}", "an S3 region, like eu-central-1")] = "us-east-1"
+    """The bucket's region."""
+    path: Annotated[str, matching(r"/[A-Za-z0-9._/-]{0,200}", "an absolute path inside the bucket")] = "/kametrix"
+    """Where the stage's repository lies in the bucket: one stage, one path."""
+    uri_style: Literal["host", "path"] = "host"
+    """How a bucket is named in requests: `host` (bucket.endpoint, AWS) or `path` (endpoint/bucket)."""
+    ca_certificate: (
+        Annotated[str, matching(PEM_CERTIFICATE_PATTERN, "a PEM certificate (-----BEGIN CERTIFICATE----- …)")] | None
+    ) = None
+    """The CA that signed the store's certificate, as PEM, where it is not one the database image trusts (a
+    store of your own). pgBackRest speaks TLS only and always checks the certificate."""
+    host: Annotated[str, matching(IPV4_PATTERN, "an IPv4 address")] | None = None
+    """The address the endpoint's name stands for, where no DNS says it (the database container's /etc/hosts)."""
+    docker_network: Annotated[str, matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "a Docker network name")] | None = None
+    """An existing Docker network the database and its scheduler join to reach the store (the local target's);
+    absent: they reach it through the compose network's default route, as any container reaches the internet."""
+
+
+class BackupSettings(Model):
+    """Continuous, off-site, encrypted backups of the database with pgBackRest (docs: README, Backups)."""
+
+    repository: BackupRepositorySettings
+    """Where the backups go: never the app server."""
+    archive_timeout_seconds: Annotated[int, in_range(10, 3600, "seconds")] = 60
+    """PostgreSQL's archive_timeout: a WAL segment is archived at least this often while anything is written, so a
+    lost server loses at most about this much of committed writes (the RPO)."""
+    full_every_hours: Annotated[int, in_range(1, 2160, "hours")] = 168
+    """A full base backup at least this often."""
+    diff_every_hours: Annotated[int, in_range(1, 2160, "hours")] = 24
+    """A differential base backup (what changed since the last full) at least this often between full ones."""
+    drill_every_hours: Annotated[int, in_range(1, 2160, "hours")] = 24
+    """A restore drill at least this often: the latest backup restored into a scratch database on the server and
+    its tables and row counts compared with the live ones."""
+    retention_full: Annotated[int, in_range(1, 100, "full backups")] = 2
+    """Full backups kept, with the differential backups and WAL that depend on them; older ones expire."""
+    retention_diff: Annotated[int, in_range(1, 100, "differential backups")] = 7
+    """Differential backups kept."""
+    stale_after_hours: Annotated[int, in_range(1, 2160, "hours")] = 26
+    """`status` and the drift check call the backups stale when the newest base backup or the last good drill is
+    older than this."""
 
 
 class PlainConfig(Model):
@@ -295,5 +352,8 @@ class PlainConfig(Model):
     """The app's compose project, ports and plain settings."""
     release: ReleaseSettings = Field(default_factory=ReleaseSettings)
     """How a release gates, drains, locks and cleans up."""
+    backup: BackupSettings | None = None
+    """Continuous WAL archiving, scheduled base backups and restore drills to a repository off the server;
+    absent: only the release's `pg_dump` backups on the server itself."""
     github: GitHubSettings | None = None
     """The stage's GitHub environment; absent only where no GitHub repository is managed (local)."""

@@ -35,6 +35,11 @@ GITHUB_TOKEN_KEY = "githubToken"
 GITHUB_APP_KEY_KEY = "githubAppPrivateKey"
 ENVIRONMENT_SECRETS_KEY = "githubEnvironmentSecrets"
 STAGING_ENVIRONMENT_SECRETS_KEY = "stagingEnvironmentSecrets"
+# What the database's backups need where `backup` is declared: the repository's encryption key and its credentials.
+BACKUP_CIPHER_KEY = "backupCipherPass"
+BACKUP_ACCESS_KEY = "backupRepositoryKey"
+BACKUP_SECRET_KEY = "backupRepositorySecret"
+BACKUP_SECRET_KEYS = (BACKUP_CIPHER_KEY, BACKUP_ACCESS_KEY, BACKUP_SECRET_KEY)
 # What the deploy workflow needs in its GitHub environment to run `pulumi up` at all.
 REQUIRED_ENVIRONMENT_SECRETS = ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE")
 SECRET_KEYS = (
@@ -45,6 +50,7 @@ SECRET_KEYS = (
     GITHUB_APP_KEY_KEY,
     ENVIRONMENT_SECRETS_KEY,
     STAGING_ENVIRONMENT_SECRETS_KEY,
+    *BACKUP_SECRET_KEYS,
 )
 # What can change the repository's GitHub environments (the token or App key that administers it) or comes from
 # them: held by the stack that administers the repository only (stage_policy.GITHUB_ADMINISTRATOR).
@@ -59,6 +65,10 @@ SECRET_FORMATS: Mapping[str, tuple[re.Pattern[str], str]] = {
     "googleEncryptionKey": (re.compile(r"[0-9a-fA-F]{64}"), "64 hexadecimal characters"),
     SSH_KEY: (_PRIVATE_KEY, "a PEM/OpenSSH private key"),
     GITHUB_APP_KEY_KEY: (_PRIVATE_KEY, "a PEM private key"),
+    # pgBackRest reads them from its config file, one line each: printable, no line break.
+    BACKUP_CIPHER_KEY: (re.compile(r"[!-~]{32,1024}"), "32 or more printable characters without spaces"),
+    BACKUP_ACCESS_KEY: (re.compile(r"[!-~]{3,256}"), "printable characters without spaces"),
+    BACKUP_SECRET_KEY: (re.compile(r"[!-~]{3,256}"), "printable characters without spaces"),
 }
 # What each secret is for, beyond the `.env` variable an app secret fills (docs/configuration.md).
 SECRET_PURPOSES: Mapping[str, str] = {
@@ -77,6 +87,12 @@ SECRET_PURPOSES: Mapping[str, str] = {
         "environment of the stage) and, for Pulumi Cloud, PULUMI_ACCESS_TOKEN (deploys) and "
         "PULUMI_READ_ACCESS_TOKEN (previews and drift get it as their PULUMI_ACCESS_TOKEN)"
     ),
+    BACKUP_CIPHER_KEY: (
+        "the passphrase that encrypts the backup repository (aes-256-cbc), where `backup` is declared: generate it "
+        "with `openssl rand -base64 48` and keep a copy outside the stack; without it no backup can be restored"
+    ),
+    BACKUP_ACCESS_KEY: "the backup repository's access key ID (S3), where `backup` is declared",
+    BACKUP_SECRET_KEY: "the backup repository's secret access key (S3), where `backup` is declared",
     STAGING_ENVIRONMENT_SECRETS_KEY: (
         f"the staging environments' secrets, kept by production's stack, which declares them: the same names as "
         f"`{ENVIRONMENT_SECRETS_KEY}`, with staging's values (its backend, passphrase and release App key)"
@@ -96,11 +112,14 @@ class Secrets:
     """GitHub environment secret name -> value."""
     staging_environment: Mapping[str, SecretStr]
     """The same, for the staging environments the administering stack declares."""
+    backup: Mapping[str, SecretStr] | None = None
+    """The backup secrets by key (BACKUP_SECRET_KEYS), where `backup` is declared."""
 
 
-def required_secrets(manages_github: bool, uses_github_app: bool) -> list[str]:
-    """The secret keys a stack must hold: a stack that manages GitHub authenticates with a token or an App key."""
-    required = [*APP_SECRET_KEYS, SSH_KEY, REGISTRY_KEY]
+def required_secrets(manages_github: bool, uses_github_app: bool, backups: bool = False) -> list[str]:
+    """The secret keys a stack must hold: a stack that manages GitHub authenticates with a token or an App key; a
+    stack that declares backups holds their key and credentials."""
+    required = [*APP_SECRET_KEYS, SSH_KEY, REGISTRY_KEY, *(BACKUP_SECRET_KEYS if backups else ())]
     if manages_github:
         required += [
             GITHUB_APP_KEY_KEY if uses_github_app else GITHUB_TOKEN_KEY,
@@ -177,6 +196,7 @@ def read_secrets(
             github_app_private_key=found.get(GITHUB_APP_KEY_KEY),
             environment=environments[ENVIRONMENT_SECRETS_KEY],
             staging_environment=environments[STAGING_ENVIRONMENT_SECRETS_KEY],
+            backup={name: found[name] for name in BACKUP_SECRET_KEYS} if BACKUP_CIPHER_KEY in required else None,
         ),
         [],
     )

@@ -3,6 +3,10 @@
 # backup or a migration. Starts it when it does not run; when its image changed, backs the database up first,
 # replaces the container (the database is down while the new one starts: the step says for how long) and, if the
 # new one never turns healthy, puts the old one back. Then makes sure the app's login roles exist.
+# With --backups (how PostgreSQL reaches its repository; `none`: no repository): the image must hold pgBackRest;
+# pgBackRest's config arrives on stdin (it holds the repository's keys) and is installed for the database and its
+# scheduler (lib/pgbackrest.sh); PostgreSQL archives every WAL segment there, and is recreated (its downtime said)
+# when it does not yet reach the repository as declared.
 set -euo pipefail
 # shellcheck source=lib/step.sh
 source "$(dirname "$0")/lib/step.sh"
@@ -14,11 +18,19 @@ source "$(dirname "$0")/lib/live.sh"
 source "$(dirname "$0")/lib/compose.sh"
 # shellcheck source=lib/dump.sh
 source "$(dirname "$0")/lib/dump.sh"
+# shellcheck source=lib/pgbackrest.sh
+source "$(dirname "$0")/lib/pgbackrest.sh"
 parse_flags database.sh "$DATABASE_FLAGS" "$@"
 begin_step
 read_settings
-image="${FLAGS[postgres-image]}"
+image="${FLAGS[postgres-image]}" backups="${FLAGS[backups]}"
 [[ "$image" =~ ^[a-z0-9][a-z0-9._:/@-]*$ ]] || die "postgres-image: allowed an image reference; received '$image'"
+[[ "$backups" == none || "$backups" =~ ^[0-9a-f]{16}$ ]] || die "backups: allowed none or a fingerprint; received '$backups'"
+backup_config=""
+if [[ "$backups" != none ]]; then
+  backup_config="$(cat)"
+  [[ -n "$backup_config" ]] || die "backups are declared but no pgBackRest config came on stdin"
+fi
 
 # Recreates PostgreSQL with IMAGE and waits until it is healthy; fails if it does not turn healthy.
 start_postgres() {
@@ -36,6 +48,11 @@ container="$(database_container)"
 running="$([[ -z "$container" ]] || docker inspect --format '{{.Config.Image}}' "$container")"
 # An image change is other bytes, not another name for the same ones (a tag pinned by its digest, say).
 pull_missing "$image"
+if [[ "$backups" != none ]] && ! docker run --rm --entrypoint pgbackrest "$image" version >/dev/null 2>&1; then
+  die "the PostgreSQL image $image has no pgBackRest, which the stack's backup section needs; allowed: an image with pgbackrest on its PATH (postgres:16-alpine + apk add pgbackrest, or Debian's postgresql image + apt-get install pgbackrest as embedded_default/backups/postgres/Dockerfile does); nothing was changed"
+fi
+# How the running PostgreSQL reaches its repository ("" before backups, like none).
+reaches="$([[ -z "$container" ]] || docker inspect --format "{{index .Config.Labels \"$BACKUP_LABEL\"}}" "$container")"
 if [[ -z "$running" ]]; then
   POSTGRES_IMAGE="$image" compose up --detach --no-deps --wait --wait-timeout 120 postgres
   echo "PostgreSQL $image started"
@@ -48,10 +65,36 @@ elif [[ "$(docker inspect --format '{{.Image}}' "$container")" != "$(docker imag
   UNDO=""
   awk -v from="$started" -v to="$EPOCHREALTIME" -v image="$image" \
     'BEGIN { printf "PostgreSQL %s serves; the database was down for %.1f s\n", image, to - from }'
+elif [[ "${reaches:-none}" != "$backups" ]]; then
+  # archive_mode, the repository's network and name take a new container: the data stays in its volume.
+  [[ "$backups" == none ]] || echo "PostgreSQL restarts to archive its WAL to the backup repository as declared"
+  UNDO=put_back
+  started="$EPOCHREALTIME"
+  start_postgres "$image"
+  UNDO=""
+  awk -v from="$started" -v to="$EPOCHREALTIME" -v image="$image" \
+    'BEGIN { printf "PostgreSQL %s serves; the database was down for %.1f s\n", image, to - from }'
 else
   if [[ "$(docker inspect --format '{{.State.Health.Status}}' "$container")" != healthy ]]; then
     POSTGRES_IMAGE="$running" compose up --detach --no-deps --no-recreate --wait --wait-timeout 120 postgres >/dev/null
   fi
   echo "PostgreSQL $image runs"
 fi
+printf 'POSTGRES_IMAGE=%s\n' "$image" | replace_file "$APP_DIR/postgres.env" 644
 ensure_login_roles
+[[ "$backups" != none ]] || exit 0
+
+install_backup_config "$backup_config"
+sql -v seconds="$(schedule_value ARCHIVE_TIMEOUT_SECONDS)" >/dev/null <<'SQL'
+ALTER SYSTEM SET archive_timeout = :'seconds';
+SELECT pg_reload_conf();
+SQL
+# An unreachable repository never stops this step: a release without migrations goes on, the backup step decides.
+if created="$(pgbr --io-timeout=10 stanza-create 2>&1)" && checked="$(pgbr --io-timeout=10 --archive-timeout=30 check 2>&1)"; then
+  echo "backups: every WAL segment is archived to the backup repository (stanza $PROJECT checked)"
+else
+  echo "warning: the backup repository does not take this database's WAL yet: ${created:-} ${checked:-}" | tr '\n' ' ' >&2
+  echo >&2
+fi
+# The scheduler takes the first full backup at once, then keeps the schedule (bin/backup-scheduler.sh).
+POSTGRES_IMAGE="$image" compose up --detach --no-deps "$SCHEDULER_SERVICE" 2>&1 | grep -v '^ *Container .* Running$' >&2 || true
