@@ -226,9 +226,13 @@ class Stage:
         return self.run("release", version, "--yes", *extra)
 
     def up_interrupted(self, version: str, interrupt: Interruption, *extra: str) -> UpdateResult:
-        """`release VERSION` while `interrupt(process)` is polled; it returns True once it has interrupted the
+        """`release VERSION`, interrupted as `run_interrupted` says."""
+        return self.run_interrupted(interrupt, "release", version, "--yes", *extra)
+
+    def run_interrupted(self, interrupt: Interruption, *args: str) -> UpdateResult:
+        """A runner command while `interrupt(process)` is polled; it returns True once it has interrupted the
         update (killed the runner, dropped a connection, ...). The update then runs to its end or death."""
-        process = self.start("release", version, "--yes", *extra)
+        process = self.start(*args)
         interrupted = False
         while process.poll() is None and not interrupted:
             interrupted = interrupt(process)
