@@ -27,9 +27,11 @@ After the recovery the stage is judged by what it serves and records, never by h
 - the release lock is free, one colour runs and it is the one the proxy names, no process of a release step is
   left on the server, the stack records no pending operation;
 - every row a writer thread committed (the database acknowledged its id) is still there;
-- no request of the constant load on the proxy failed, except in the stated, measured windows: while dockerd
-  restarts (every container stops), and, with database changes, while PostgreSQL itself is replaced.
-Also, after the interrupted update: when it failed saying which version keeps serving, that version serves.
+- no request of the constant load on the proxy (`GET /api/version`) failed, except in the stated, measured window
+  of a dockerd restart (every container stops), and while the site stays down after one (item 9).
+Also, after the interrupted update: when it failed saying which version keeps serving, that version serves; and
+a dockerd restart brings back by itself what ran before it. The writes the database refused are counted per
+episode: they measure the window in which PostgreSQL itself is replaced (a dockerd restart, a database change).
 
 Every episode runs on a private target (`private_target`): a dockerd and an sshd of this harness's own, on their
 own data root, exec root, socket, port and cache folder (`/var/tmp/kametrix-kill-target`), so that restarting
@@ -60,7 +62,6 @@ from typing import Any
 
 from components import server_files
 from components.config import APP_SECRET_KEYS
-from components.server_release import STEP_ORDER
 from embedded_default.target import LocalTarget, TargetError, _connection_facts, registry_digest
 from embedded_default.target.daemons import _sshd_config, ensure_keys, start_dockerd, stop_dockerd
 from embedded_default.target.layout import SSH_PORT, Layout, locked, write_if_changed
@@ -92,8 +93,12 @@ STAGE_SETTINGS = {"release.healthAttempts": 8}
 GOOD_VERSIONS = ("v1.0.0", "v2.0.0")
 NEVER_HEALTHY = "v3.0.0"
 MIGRATION_FAILS = "v4.0.0"
-# The cutover: the step that switches colours (the proxy's reload happens there).
-CUTOVER_STEP = STEP_ORDER[-1]
+# The release steps the moments aim at, in the order an update runs them (README: files, env, backup, migrate, up),
+# by the engine's names for them without the component's (server-up: up). The last is the cutover, where the proxy
+# reloads. A step the program runs besides these is hit by a moment aimed at the step before it that ends first; a
+# step renamed is never aimed at, and the episodes aimed at it are "missed" (the CI sample fails on that).
+RELEASE_STEPS = ("files", "env", "backup", "migrate", "up")
+CUTOVER_STEP = RELEASE_STEPS[-1]
 LOAD_RATE = 40
 # How long the site may take to answer again by itself once dockerd is back.
 SITE_BACK_SECONDS = 20.0
@@ -102,6 +107,7 @@ WRITE_INTERVAL_SECONDS = 0.5
 CREATE_ROWS = "create table if not exists kill_anywhere_rows (id bigserial primary key, at timestamptz default now())"
 WRITE_ROW = "insert into kill_anywhere_rows default values returning id"
 ROWS_WRITTEN = "select id from kill_anywhere_rows"
+# A step's duration before this run has seen the step end.
 DEFAULT_STEP_SECONDS = 2.0
 # The moments of the CLI and dockerd kinds that are a time since the runner started, not a point in a step.
 TIMED_MOMENT_SHARE = 0.2
@@ -206,7 +212,7 @@ def plan(
     elif kind is Kind.PROXY_REFUSES_RELOAD:
         moment = Moment(CUTOVER_STEP, round(draw.random(), 2))
     else:
-        moment = Moment(draw.choice(STEP_ORDER), round(draw.random(), 2))
+        moment = Moment(draw.choice(RELEASE_STEPS), round(draw.random(), 2))
     recovery = Recovery.BACK if operation is Operation.FAILED_RELEASE else draw.choice(recoveries)
     return Episode(seed, number, operation, variant, kind, moment, recovery)
 
@@ -244,16 +250,16 @@ def private_target() -> Iterator[PrivateTarget]:
     """dockerd and sshd under KILL_TARGET_DIR, pulling from the shared target's registry (which must run); stopped
     afterwards by pid. What an earlier run left on this dockerd is removed first: nothing but this harness uses it."""
     layout = Layout(KILL_TARGET_DIR)
-    with locked(layout):
-        for folder in (layout.logs, layout.run):
-            folder.mkdir(parents=True, exist_ok=True)
-        ensure_keys(layout)
-        start_dockerd(layout)
-        # The shared target's connection facts (its registry and images too), with this folder's keys and socket.
-        facts = dataclasses.replace(_connection_facts(layout), ssh_port=KILL_SSH_PORT)
-        _start_sshd(layout, facts)
-        _remove_leftovers(facts)
     try:
+        with locked(layout):
+            for folder in (layout.logs, layout.run):
+                folder.mkdir(parents=True, exist_ok=True)
+            ensure_keys(layout)
+            start_dockerd(layout)
+            # The shared target's connection facts (its registry and images too), with this folder's keys and socket.
+            facts = dataclasses.replace(_connection_facts(layout), ssh_port=KILL_SSH_PORT)
+            _start_sshd(layout, facts)
+            _remove_leftovers(facts)
         yield PrivateTarget(layout, facts)
     finally:
         with locked(layout):
@@ -453,7 +459,8 @@ def stage_processes(stage: Stage) -> list[str]:
 
 
 def settings_served_apart(stage: Stage) -> list[str]:
-    """The app settings whose value the live colour holds differs from the stack's, by name (never a value)."""
+    """The app settings whose value the live colour holds differs from the stack's, by name (never a value): each
+    that the app reports and the stack's settings, rendered as the program renders the `.env`, name."""
     loaded = stage.stack_config()
     rendered = server_files.env_file(loaded.plain.app, loaded.secrets.app)
     expected: dict[str, str | None] = {}
@@ -462,7 +469,7 @@ def settings_served_apart(stage: Stage) -> list[str]:
         value = quoted[1:-1]
         expected[name] = hashlib.sha256(value.encode()).hexdigest() if value else None
     reported: dict[str, dict[str, Any]] = app_get(stage, "/api/env-check")
-    return sorted(name for name, seen in reported.items() if expected.get(name) != seen["sha256"])
+    return sorted(name for name, seen in reported.items() if name in expected and expected[name] != seen["sha256"])
 
 
 def pending_operations(stage: Stage) -> list[str]:
@@ -562,6 +569,7 @@ class KillAnywhere:
         self.private = private
         self.writer = RowWriter(stage)
         self.load = WindowedLoad(app_url(stage, "/api/version"), rate)
+        """The load of the episode that runs (each episode starts a new one)."""
         self.step_seconds: dict[tuple[Operation, str], float] = {}
 
     def begin(self) -> None:
@@ -743,8 +751,8 @@ class KillAnywhere:
     def repair(self, result: EpisodeResult, change: Change, before: str) -> None:
         """Back to rest as an operator would, so that the next episode starts from rest: the stack's change
         reverted, a release lock that no step holds freed (bin/release-lock.sh, README), the proxy started by hand
-        if nothing answers (item 9), then the other good version released and `before` again: two whole releases,
-        each with its cutover. Raises StuckError when the stage is still not at rest."""
+        if nothing answers (item 9), then the other good version released, and `before` again if that is not
+        enough. Raises StuckError when the stage is still not at rest."""
         stage, repaired = self.stage, result.repaired
         change.revert()
         if release_lock_held(stage):
@@ -838,7 +846,7 @@ class Interrupter:
         aimed = self.episode.moment
         if aimed.step is None:
             return self.stage.started_at + aimed.at
-        later = STEP_ORDER[STEP_ORDER.index(aimed.step) :]
+        later = RELEASE_STEPS[RELEASE_STEPS.index(aimed.step) :]
         step = next((name for name in later if name in self.started), None)
         if step is None:
             return None
