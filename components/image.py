@@ -15,8 +15,7 @@ import pulumi_docker as docker
 from pydantic import SecretStr
 
 from components.config import ImageSettings
-
-MIGRATE_TAG_SUFFIX = "-migrate"
+from components.config.fields import MIGRATE_TAG_SUFFIX
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,8 @@ a CI runner) and `runner/` (the Automation API's inline program, as on an operat
 
 import pulumi
 
-from components import config
-from components.github_environment import GitHubEnvironment, GitHubEnvironmentArgs
+from components import config, shared_facts
 from components.image import AppImage, AppImageArgs
-from components.release_record import ReleaseRecord, ReleaseRecordArgs
 from components.server_release import ServerRelease, ServerReleaseArgs
 
 
@@ -29,7 +27,7 @@ def program() -> None:
         ),
     )
     server = ServerRelease(
-        "server",
+        shared_facts.SERVER_RELEASE,
         ServerReleaseArgs(
             server=plain.server,
             app=plain.app,
@@ -44,38 +42,7 @@ def program() -> None:
 
     # Only the stack that administers the repository declares environments: its own, and each other stage's.
     if stack.github is not None:
-        environment = GitHubEnvironment(
-            "github",
-            GitHubEnvironmentArgs(
-                settings=stack.github,
-                token=secrets.github_token,
-                app_private_key=secrets.github_app_private_key,
-                secrets=secrets.environment,
-                variables={"APP_URL": plain.app.url, "PULUMI_STACK": stack.stage},
-            ),
-        )
-        for other in stack.administered:
-            GitHubEnvironment(
-                f"github-{other.stage}",
-                GitHubEnvironmentArgs(
-                    settings=other.github,
-                    token=secrets.github_token,
-                    app_private_key=secrets.github_app_private_key,
-                    secrets=other.secrets,
-                    variables={"APP_URL": other.app_url, "PULUMI_STACK": other.stage},
-                    provider=environment.provider,
-                ),
-            )
-        if stack.github.releases:
-            ReleaseRecord(
-                "release",
-                ReleaseRecordArgs(
-                    repository=stack.github.app_repository,
-                    releases=stack.github.releases,
-                    provider=environment.provider,
-                    released_after=server.steps["up"],
-                ),
-            )
+        _declare_github(stack, stack.github, server)
 
     pulumi.export("stage", stack.stage)
     pulumi.export("version", plain.version)
@@ -84,3 +51,45 @@ def program() -> None:
     pulumi.export("appUrl", plain.app.url)
     pulumi.export("latestBackup", server.latest_backup)
     pulumi.export("previousVersion", server.previous_version)
+
+
+def _declare_github(stack: config.StackConfig, github: config.GitHubSettings, server: ServerRelease) -> None:
+    """The stage's GitHub environment, the other stages' it administers, and the releases it publishes."""
+    # Imported only here: the GitHub provider's SDK is the largest import, and most updates (local, staging) never
+    # declare a GitHub resource.
+    from components.github_environment import GitHubEnvironment, GitHubEnvironmentArgs
+    from components.release_record import ReleaseRecord, ReleaseRecordArgs
+
+    plain, secrets = stack.plain, stack.secrets
+    environment = GitHubEnvironment(
+        "github",
+        GitHubEnvironmentArgs(
+            settings=github,
+            token=secrets.github_token,
+            app_private_key=secrets.github_app_private_key,
+            secrets=secrets.environment,
+            variables={"APP_URL": plain.app.url, "PULUMI_STACK": stack.stage},
+        ),
+    )
+    for other in stack.administered:
+        GitHubEnvironment(
+            f"github-{other.stage}",
+            GitHubEnvironmentArgs(
+                settings=other.github,
+                token=secrets.github_token,
+                app_private_key=secrets.github_app_private_key,
+                secrets=other.secrets,
+                variables={"APP_URL": other.app_url, "PULUMI_STACK": other.stage},
+                provider=environment.provider,
+            ),
+        )
+    if github.releases:
+        ReleaseRecord(
+            "release",
+            ReleaseRecordArgs(
+                repository=github.app_repository,
+                releases=github.releases,
+                provider=environment.provider,
+                released_after=server.steps["up"],
+            ),
+        )

@@ -15,15 +15,18 @@ from urllib.parse import quote
 import yaml
 from pydantic import SecretStr
 
+from components import shared_facts
 from components.config import AppSettings, ReleaseSettings
+from components.shared_facts import COLOURS
 
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
 # The files rendered for the server, with @{name} placeholders (render()).
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+# What a step runs, and the operator's commands on the server; bin/lib/ holds what they source, by concern.
 SCRIPTS = (
-    "lib.sh",
     "files.sh",
     "env.sh",
+    "database.sh",
     "backup.sh",
     "migrate.sh",
     "switch.sh",
@@ -31,19 +34,22 @@ SCRIPTS = (
     "release-lock.sh",
     "switch-back.sh",
 )
-# Sourced by the others, never run: it ships without the executable bit.
-LIBRARY = "lib.sh"
+LIBRARIES = ("lib/step.sh", "lib/lock.sh", "lib/live.sh", "lib/compose.sh", "lib/dump.sh")
+# Rendered from components/shared_facts.py into every bundle.
+FACTS = "lib/facts.sh"
 COMPOSE_FILE = "docker-compose.yml"
 # The app repository's migrate service (target-app.md): status, deploy, status again.
 MIGRATE_COMMAND = "npx prisma migrate status || true; npx prisma migrate deploy && npx prisma migrate status"
 CONTAINER_PORT = 3000
-COLOURS = ("blue", "green")
+POSTGRES_PORT = 5432
 # The proxy's folder under the app directory, and where its container sees it. The release steps copy
 # proxy/<colour>.conf to proxy/live.conf, which nginx.conf includes, to move traffic.
 PROXY_DIR = "proxy"
 PROXY_MOUNT = "/etc/kametrix-proxy"
 # Answered by the proxy itself, never by the app: the colour it sends traffic to.
 COLOUR_PATH = "/.kametrix/colour"
+# Who logs in to the database besides its owner: each colour of the app, and the migrations.
+LOGIN_ROLES = (*COLOURS, "migrate")
 
 
 def colour_port(app: AppSettings, colour: str) -> int:
@@ -60,25 +66,50 @@ def colour_url(app: AppSettings) -> str:
 
 
 def stage_files(app: AppSettings, release: ReleaseSettings) -> dict[str, str]:
-    """Everything rendered for the server, by its path under the app directory."""
+    """What `up` switches with, by its path under the app directory: a change here is a cutover."""
     return {COMPOSE_FILE: compose_file(app), **proxy_files(app, release)}
+
+
+def settings_file(app: AppSettings, release: ReleaseSettings) -> str:
+    """The settings the steps read when they run (shared_facts.SETTINGS): a change re-runs the files step alone."""
+    blue_health_url, green_health_url = health_urls(app)
+    values = {
+        "PROJECT": app.compose_project,
+        "LOCK_TIMEOUT_SECONDS": str(release.lock_timeout_minutes * 60),
+        "IMAGES_TO_KEEP": str(release.images_to_keep),
+        "HEALTH_ATTEMPTS": str(release.health_attempts),
+        "HEALTH_INTERVAL_SECONDS": str(release.health_interval_seconds),
+        "DRAIN_SECONDS": str(release.drain_seconds),
+        "COLOUR_URL": colour_url(app),
+        "BLUE_HEALTH_URL": blue_health_url,
+        "GREEN_HEALTH_URL": green_health_url,
+        "DATABASE_USER": app.postgres_user,
+        "DATABASE_NAME": app.postgres_db,
+        "REQUESTED_BY": release.requested_by or "",
+    }
+    if tuple(values) != tuple(shared_facts.SETTINGS):
+        raise RuntimeError(
+            f"the settings file has {tuple(values)}; shared_facts.SETTINGS names {tuple(shared_facts.SETTINGS)}"
+        )
+    return "".join(f"{key}={value}\n" for key, value in values.items())
 
 
 def compose_file(app: AppSettings) -> str:
     """The stage's compose project: PostgreSQL, the app in two colours, the proxy in front of them, migrate.
 
     Images come from APP_IMAGE / MIGRATE_IMAGE, which only the release steps set: they start one colour at a
-    time, by name, with APP_IMAGE pinned to the image that colour is to run.
+    time, by name, with APP_IMAGE pinned to the image that colour is to run. The database step alone starts or
+    replaces PostgreSQL, with POSTGRES_IMAGE: a new image of it changes no file `up` switches with. Each colour
+    reads its own copy of the settings, `.env.<colour>`, made when it starts.
     """
     postgres: dict[str, object] = {
-        "image": app.postgres_image,
+        "image": "${POSTGRES_IMAGE:?set by the database step}",
         "container_name": app.db_container,
         "restart": "unless-stopped",
         "environment": {
             "POSTGRES_USER": "${POSTGRES_USER:?}",
             "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?}",
             "POSTGRES_DB": "${POSTGRES_DB:?}",
-            "PGPORT": str(app.postgres_port),
         },
         "volumes": ["postgres-data:/var/lib/postgresql/data"],
         "healthcheck": {
@@ -95,10 +126,14 @@ def compose_file(app: AppSettings) -> str:
             "image": "${APP_IMAGE:?set by the release steps}",
             "container_name": f"{app.app_container}-{colour}",
             "restart": "unless-stopped",
-            "env_file": [".env"],
-            # As the app's standalone Next.js server is run: every interface of the container's own network
-            # namespace (only its compose network and the loopback-published port reach it), port 3000.
-            "environment": {"HOSTNAME": "0.0.0.0", "PORT": str(CONTAINER_PORT)},  # noqa: S104
+            "env_file": [{"path": f".env.{colour}", "required": False}],
+            "environment": {
+                # As the app's standalone Next.js server is run: every interface of the container's own network
+                # namespace (only its compose network and the loopback-published port reach it), port 3000.
+                "HOSTNAME": "0.0.0.0",  # noqa: S104
+                "PORT": str(CONTAINER_PORT),
+                "DATABASE_URL": f"${{{database_url_key(colour)}:?}}",
+            },
             "depends_on": depends_on,
             "healthcheck": {
                 "test": ["CMD", "wget", "-qO-", f"http://127.0.0.1:{CONTAINER_PORT}/api/health?quick=true"],
@@ -126,6 +161,7 @@ def compose_file(app: AppSettings) -> str:
         "image": "${MIGRATE_IMAGE:?set by the release steps}",
         "profiles": ["migrate"],
         "env_file": [".env"],
+        "environment": {"DATABASE_URL": f"${{{database_url_key('migrate')}:?}}"},
         "command": ["sh", "-c", MIGRATE_COMMAND],
         "depends_on": depends_on,
         "restart": "no",
@@ -135,6 +171,11 @@ def compose_file(app: AppSettings) -> str:
         "volumes": {"postgres-data": {}},
     }
     return yaml.safe_dump(document, sort_keys=False)
+
+
+def database_url_key(role: str) -> str:
+    """The variable of `.env` that holds the database URL a login role (a colour, the migrations) connects with."""
+    return f"DATABASE_URL_{role.upper()}"
 
 
 def proxy_files(app: AppSettings, release: ReleaseSettings) -> dict[str, str]:
@@ -170,17 +211,19 @@ def render(template: str, **values: object) -> str:
 
 def env_file(app: AppSettings, secrets: Mapping[str, SecretStr]) -> str:
     """The app's `.env`: its plain settings and secrets, one single-quoted KEY='value' a line."""
-    database_host = f"postgres:{app.postgres_port}"
     password = secrets["POSTGRES_PASSWORD"].get_secret_value()
     values = {
         "NODE_ENV": "production",
         "NEXT_PUBLIC_APP_URL": app.url,
         "POSTGRES_USER": app.postgres_user,
         "POSTGRES_DB": app.postgres_db,
-        "DATABASE_URL": (
-            f"postgresql://{quote(app.postgres_user, safe='')}:{quote(password, safe='')}"
-            f"@{database_host}/{quote(app.postgres_db, safe='')}"
-        ),
+        **{
+            database_url_key(role): (
+                f"postgresql://{quote(f'{app.postgres_user}_{role}', safe='')}:{quote(password, safe='')}"
+                f"@postgres:{POSTGRES_PORT}/{quote(app.postgres_db, safe='')}"
+            )
+            for role in LOGIN_ROLES
+        },
         "DATABASE_POOL_MIN": str(app.database_pool_min),
         "DATABASE_POOL_MAX": str(app.database_pool_max),
         "VAPI_PUBLIC_KEY": app.vapi_public_key,
@@ -195,15 +238,43 @@ def env_file(app: AppSettings, secrets: Mapping[str, SecretStr]) -> str:
     return "".join(f"{name}='{value}'\n" for name, value in values.items())
 
 
-def bundle(files: Mapping[str, str]) -> str:
-    """The rendered files and the scripts, as a reproducible tar in base64, for the files step's stdin."""
+ServerFiles = Mapping[str, tuple[bytes, int]]
+"""Each file of the bundle by its path under the app directory, with its content and mode."""
+
+
+def server_files(app: AppSettings, release: ReleaseSettings) -> ServerFiles:
+    """Everything the files step installs: what `up` switches with, the settings, the scripts and their libraries
+    (with the facts they share with the program, rendered)."""
+    files: dict[str, tuple[bytes, int]] = {
+        path: (content.encode(), 0o644) for path, content in stage_files(app, release).items()
+    }
+    files[shared_facts.SETTINGS_FILE] = (settings_file(app, release).encode(), 0o644)
+    files[f"bin/{FACTS}"] = (shared_facts.facts_sh().encode(), 0o644)
+    for library in LIBRARIES:
+        files[f"bin/{library}"] = ((SCRIPTS_DIR / library).read_bytes(), 0o644)
+    for script in SCRIPTS:
+        files[f"bin/{script}"] = ((SCRIPTS_DIR / script).read_bytes(), 0o755)
+    return files
+
+
+def bundle(files: ServerFiles) -> str:
+    """The files as a reproducible tar in base64, for the files step's stdin."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for path, content in files.items():
-            _add(tar, path, content.encode(), 0o644)
-        for name in SCRIPTS:
-            _add(tar, f"bin/{name}", (SCRIPTS_DIR / name).read_bytes(), 0o644 if name == LIBRARY else 0o755)
+        for path, (content, mode) in files.items():
+            _add(tar, path, content, mode)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def switched_with(files: ServerFiles) -> str:
+    """A fingerprint of what `up` switches with: every file but the settings, which the steps read when they run."""
+    return fingerprint(
+        *(
+            f"{path}\0{mode:o}\0{content.hex()}"
+            for path, (content, mode) in sorted(files.items())
+            if path != shared_facts.SETTINGS_FILE
+        )
+    )
 
 
 def fingerprint(*parts: str) -> str:

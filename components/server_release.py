@@ -1,11 +1,14 @@
-"""The release on the server: files, .env, then backup -> migrate -> up, each a command over SSH.
+"""The release on the server: files, .env, the database, then backup -> migrate -> up, each a command over SSH.
 
-The app runs in two colours behind a proxy: `up`, the last step of every update that changes anything on the
-server, starts the new version with the new settings on the idle colour, switches the proxy to it once it is
-healthy, drains and stops the old one: one cutover per update. `env` only stages new settings for it.
+The app runs in two colours behind a proxy: `up`, the last step of every update that changes what serves, starts
+the new version with the stage's current settings on the idle colour, switches the proxy to it once it is healthy,
+drains and stops the old one: one cutover per update. `env` only installs the settings for that cutover; `database`
+alone starts or replaces PostgreSQL.
 
-Each step is a `remote.Command` whose command line holds only plain values; the `.env` travels on
-stdin. No step has a `delete`: replacing a step runs the new one and never undoes a newer release.
+Each step is a `remote.Command` whose command line holds only plain values, built from the flags each script takes
+(`shared_facts.SCRIPT_FLAGS`); the `.env` travels on stdin. What a step reads when it runs (timeouts, the health
+gate, who asked) is in the settings file the files step installs, so changing it re-runs nothing else. No step has
+a `delete`: replacing a step runs the new one and never undoes a newer release.
 """
 
 from __future__ import annotations
@@ -18,10 +21,8 @@ import pulumi
 from pulumi_command import remote
 from pydantic import SecretStr
 
-from components import server_files
+from components import server_files, shared_facts
 from components.config import AppSettings, ReleaseSettings, ServerSettings
-
-STEP_ORDER = ("files", "env", "backup", "migrate", "up")
 
 
 @dataclass(frozen=True)
@@ -55,45 +56,38 @@ class ServerRelease(pulumi.ComponentResource):
         )
         app_dir = server.app_dir
         bin_dir = f"{app_dir}/bin"
-        bundle = server_files.bundle(server_files.stage_files(app, release))
-        files_fingerprint = server_files.fingerprint(bundle)
+        files = server_files.server_files(app, release)
         env_file = server_files.env_file(app, args.app_secrets)
-        # What the steps that move traffic need: where the proxy names its live colour, each colour's
-        # health endpoint, the health gate and the drain.
-        blue_health_url, green_health_url = server_files.health_urls(app)
-        cutover = {
-            "colour-url": server_files.colour_url(app),
-            "blue-health-url": blue_health_url,
-            "green-health-url": green_health_url,
-            "health-attempts": str(release.health_attempts),
-            "health-interval-seconds": str(release.health_interval_seconds),
-            "drain-seconds": str(release.drain_seconds),
-        }
 
-        def flags(values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[list[str]]:
+        def flags(script: str, values: Mapping[str, pulumi.Input[str]], last: str = "") -> pulumi.Output[str]:
+            """`--flag value ...` for exactly the flags the script takes, in its order (`last`, written by the
+            command itself, ends them)."""
+            names = (*values, *([last] if last else []))
+            if names != shared_facts.SCRIPT_FLAGS[script]:
+                raise RuntimeError(f"{script} takes {shared_facts.SCRIPT_FLAGS[script]}; the program gives {names}")
             return pulumi.Output.all(*values.values()).apply(
-                lambda resolved: [
+                lambda resolved: shlex.join(
                     part for name, value in zip(values, resolved, strict=True) for part in (f"--{name}", str(value))
-                ]
+                )
             )
 
-        def step(script: str, values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[str]:
-            return flags(values).apply(lambda parts: shlex.join(["bash", f"{bin_dir}/{script}", *parts]))
+        def command_line(script: str, values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[str]:
+            return flags(script, values).apply(lambda words: f"bash {shlex.quote(f'{bin_dir}/{script}')} {words}")
 
-        def release_of(app_ref: str) -> str:
-            return f"{args.version}@{app_ref.rpartition(':')[2][:12]}"
-
-        # Every step of an update names its release: the release lock passes from step to step of one
-        # release and refuses the steps of another until `up`, the last step of every update, ends it.
+        # Every step of an update names its release: the release lock passes from step to step of one release and
+        # refuses the steps of another until `up`, or the last step of an update with no `up`, ends it.
         common: dict[str, pulumi.Input[str]] = {
             "app-dir": app_dir,
             "project": app.compose_project,
-            "release": pulumi.Output.from_input(args.app_ref).apply(release_of),
-            "lock-timeout-seconds": str(release.lock_timeout_minutes * 60),
-            "requested-by": release.requested_by or "",
+            "release": pulumi.Output.from_input(args.app_ref).apply(
+                lambda ref: shared_facts.release_name(args.version, ref)
+            ),
         }
-        refs: dict[str, pulumi.Input[str]] = {"app-image": args.app_ref, "migrate-image": args.migrate_ref}
-        version = {"version": args.version}
+        refs: dict[str, pulumi.Input[str]] = {
+            "version": args.version,
+            "app-image": args.app_ref,
+            "migrate-image": args.migrate_ref,
+        }
 
         self.steps = {}
 
@@ -130,42 +124,50 @@ class ServerRelease(pulumi.ComponentResource):
         )
         command(
             "files",
-            create=flags(common).apply(
-                lambda parts: f'{unpack}bash "$staged/bin/files.sh" {shlex.join(parts)} --from "$staged"'
+            create=command_line("files.sh", {**common, "from": "STAGED"}).apply(
+                lambda line: (
+                    unpack
+                    + line.replace("--from STAGED", '--from "$staged"').replace(
+                        f"bash {shlex.quote(bin_dir + '/files.sh')}", 'bash "$staged/bin/files.sh"'
+                    )
+                )
             ),
-            stdin=bundle,
+            stdin=server_files.bundle(files),
         )
         command(
             "env",
-            create=step("env.sh", common),
+            create=command_line("env.sh", common),
             stdin=pulumi.Output.secret(env_file),
             prints_secrets=True,
         )
-        release_triggers: list[pulumi.Input[str]] = [args.app_ref, args.migrate_ref, files_fingerprint]
-        # The backup policy is only in the backup's flags: a changed policy re-runs the backup alone, which
-        # gives the release lock back when `up` has nothing to do (lib.sh, up_follows).
-        backup_policy = {
-            "backups-to-keep": str(release.backups_to_keep),
-            "backup": release.backup,
-            "backup-on-rollback": "yes" if release.backup_on_rollback else "no",
-        }
+        command("database", create=command_line("database.sh", {**common, "postgres-image": app.postgres_image}))
+        release_triggers: list[pulumi.Input[str]] = [args.app_ref, args.migrate_ref]
+        # The backup policy is only in the backup's flags: a changed policy re-runs the backup alone, which gives the
+        # release lock back when `up` has nothing to do (lib/lock.sh).
         backup = command(
             "backup",
-            create=step("backup.sh", {**common, **version, **backup_policy, **refs}),
+            create=command_line(
+                "backup.sh",
+                {
+                    **common,
+                    **refs,
+                    "backups-to-keep": str(release.backups_to_keep),
+                    "backup": release.backup,
+                    "backup-on-rollback": "yes" if release.backup_on_rollback else "no",
+                },
+            ),
             triggers=release_triggers,
         )
-        command(
-            "migrate",
-            create=step("migrate.sh", {**common, **version, **refs}),
-            triggers=release_triggers,
-        )
-        # New settings take effect here, at the update's one cutover, with whatever version it starts.
+        command("migrate", create=command_line("migrate.sh", {**common, **refs}), triggers=release_triggers)
+        # New settings and files take effect here, at the update's one cutover, with whatever version it starts.
         up = command(
             "up",
-            create=step(
-                "up.sh", {**common, **version, **refs, "images-to-keep": str(release.images_to_keep), **cutover}
-            ),
-            triggers=[*release_triggers, pulumi.Output.secret(server_files.fingerprint(env_file))],
+            create=command_line("up.sh", {**common, **refs}),
+            triggers=[
+                *release_triggers,
+                server_files.switched_with(files),
+                pulumi.Output.secret(server_files.fingerprint(env_file)),
+            ],
         )
         self.latest_backup = backup.stdout.apply(lambda out: _reported(out, "backup"))
         self.previous_version = up.stdout.apply(lambda out: _reported(out, "previous"))

@@ -24,7 +24,8 @@ from components.config import STAGES
 from components.program import program
 from embedded_default import workspace as local_workspace
 
-PROJECT = "kametrix-deploy"
+# How `pulumi stack output` prints a secret output without --show-secrets.
+SECRET_MASK = "[secret]"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 INSTALL_ENGINE = PROJECT_DIR / "scripts" / "install-engine"
 # Where a caller names the CLI to use instead of the one scripts/install-engine provides.
@@ -65,16 +66,17 @@ class Workspace:
     def stack(self) -> auto.Stack:
         """The stack with the program as its inline program. The local stack is created on first use; a real
         stage must exist already (`pulumi stack init`, README "One-time setup of a stage")."""
-        options = auto.LocalWorkspaceOptions(
+        workspace = _MaskedOutputsWorkspace(
             work_dir=str(self.work_dir),
+            program=program,
             pulumi_command=auto.PulumiCommand(root=str(self.cli.parent.parent), skip_version_check=True),
             env_vars=dict(self.env),
             secrets_provider="passphrase" if self.stack_name == LOCAL else None,
         )
         if self.stack_name == LOCAL:
-            return auto.create_or_select_stack(self.stack_name, project_name=PROJECT, program=program, opts=options)
+            return auto.Stack.create_or_select(self.stack_name, workspace)
         try:
-            return auto.select_stack(self.stack_name, project_name=PROJECT, program=program, opts=options)
+            return auto.Stack.select(self.stack_name, workspace)
         except auto.errors.StackNotFoundError:
             raise RunnerError(
                 f"stack {self.stack_name!r} does not exist in the backend {self.backend()!r}; create it once (README, "
@@ -92,6 +94,19 @@ class Workspace:
 
     def backend(self) -> str:
         return self.env.get("PULUMI_BACKEND_URL") or os.environ.get("PULUMI_BACKEND_URL") or "(the CLI's login)"
+
+
+class _MaskedOutputsWorkspace(auto.LocalWorkspace):
+    """The stack's outputs as `pulumi stack output` prints them, secret ones masked. `Stack.up` reads them after
+    every update; the runner uses only plain ones, so no secret output is decrypted into it (nor does it wait for
+    the passphrase's key derivation that decrypting costs)."""
+
+    def stack_outputs(self, stack_name: str) -> auto.OutputMap:
+        done = self.pulumi_command.run(
+            ["stack", "output", "--json", "--stack", stack_name], self.work_dir, dict(self.env_vars)
+        )
+        masked: dict[str, Any] = json.loads(done.stdout)
+        return {name: auto.OutputValue(value=value, secret=value == SECRET_MASK) for name, value in masked.items()}
 
 
 def open_workspace(stack_name: str, work_dir: Path | None = None) -> Workspace:

@@ -23,7 +23,7 @@ from embedded_default.target import running_target  # noqa: E402  - the project 
 from runner.workspace import pulumi_cli  # noqa: E402
 from tests.e2e.stage import Stage, UpdateResult, stages_on  # noqa: E402
 
-STEPS = ("server-files", "server-env", "server-backup", "server-migrate", "server-up")
+STEPS = ("server-files", "server-env", "server-database", "server-backup", "server-migrate", "server-up")
 SCENARIOS: tuple[tuple[str, Callable[[Stage], UpdateResult], bool], ...] = (
     ("first release", lambda stage: stage.up("v1.0.0"), True),
     ("no-op", lambda stage: stage.up(), True),
@@ -43,7 +43,7 @@ def row(name: str, result: UpdateResult) -> str:
 
 def main() -> None:
     with running_target() as target, stages_on(target, pulumi_cli()) as new_stage:
-        stage = new_stage(app_port=13100, postgres_port=15532)
+        stage = new_stage(app_port=13100)
         header = "".join(f"{s.removeprefix('server-'):>8}" for s in STEPS)
         print(f"{'':<20}{header}{'server s':>10}{'engine s':>10}{'total s':>9}")
         for name, update, expected_ok in SCENARIOS:

@@ -80,7 +80,7 @@ def measure_sizes(sizes_mb: list[int]) -> None:
     print(f"{'':<22}" + "".join(f"{s.removeprefix('server-'):>9}" for s in STEPS) + f"{'server s':>10}{'total s':>9}")
     with running_target() as target, stages_on(target, pulumi_cli()) as new_stage:
         for megabytes in sizes_mb:
-            stage = new_stage(app_port=13800, postgres_port=15732)
+            stage = new_stage(app_port=13800)
             try:
                 timed(stage, "v1.0.0")
                 size = fill(stage, megabytes)

@@ -129,7 +129,8 @@ def move_address(stage: Stage, colour: str) -> None:
             break
     compose = (
         f"cd {stage.app_dir} && APP_IMAGE=$(sed -n 's/^{colour.upper()}_IMAGE=//p' release.env) MIGRATE_IMAGE=none "
-        f"docker compose --project-name {stage.project} up --detach --no-deps app-{colour}"
+        f"POSTGRES_IMAGE=none docker compose --project-name {stage.project} --env-file .env.{colour} "
+        f"up --detach --no-deps app-{colour}"
     )
     done = stage.target.ssh(compose)
     if done.returncode != 0:
@@ -161,8 +162,8 @@ def main() -> None:
         try:
             compare(
                 target,
-                new_stage(app_port=13600, postgres_port=16000),
-                new_stage(app_port=13700, postgres_port=16100),
+                new_stage(app_port=13600),
+                new_stage(app_port=13700),
                 args.rate,
                 args.steady_seconds,
             )

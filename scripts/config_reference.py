@@ -1,8 +1,10 @@
 """Writes the configuration reference (docs/configuration.md) and the stack file's JSON schema
-(docs/stack-file.schema.json) from the config models in components/config/: nothing in them is written by hand.
+(docs/stack-file.schema.json) from the config models in components/config/, and the facts the workflows' scripts
+share with the program (.github/scripts/facts.sh, from components/shared_facts.py): nothing in them is written by
+hand.
 
-    .venv/bin/python scripts/config_reference.py           # write both
-    .venv/bin/python scripts/config_reference.py --check   # exit 1, naming the file, when either is stale
+    .venv/bin/python scripts/config_reference.py           # write them
+    .venv/bin/python scripts/config_reference.py --check   # exit 1, naming the file, when one is stale
 
 tests/test_config_reference.py fails when a committed file differs from what this writes.
 """
@@ -19,7 +21,8 @@ from typing import Any
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from components.config import NAMESPACE, SECRET_KEYS, PlainConfig  # noqa: E402  - the project root is on the path only now
+from components import shared_facts  # noqa: E402  - the project root is on the path only now
+from components.config import NAMESPACE, SECRET_KEYS, PlainConfig  # noqa: E402
 from components.config.fields import ALLOWED, ENV_FILE_RULE  # noqa: E402
 from components.config.secrets import (  # noqa: E402
     APP_SECRET_KEYS,
@@ -34,6 +37,7 @@ from components.config.stage_policy import GITHUB_ADMINISTRATOR, REQUIRED_SECTIO
 
 REFERENCE = PROJECT_DIR / "docs" / "configuration.md"
 SCHEMA = PROJECT_DIR / "docs" / "stack-file.schema.json"
+WORKFLOW_FACTS = PROJECT_DIR / ".github" / "scripts" / "facts.sh"
 EVERY_STAGE = "every stage"
 
 INTRO = f"""# Configuration reference
@@ -296,7 +300,11 @@ def _one_line(text: str) -> str:
 
 
 def rendered() -> dict[Path, str]:
-    return {REFERENCE: reference(), SCHEMA: json.dumps(stack_file_schema(), indent=2, ensure_ascii=False) + "\n"}
+    return {
+        REFERENCE: reference(),
+        SCHEMA: json.dumps(stack_file_schema(), indent=2, ensure_ascii=False) + "\n",
+        WORKFLOW_FACTS: shared_facts.workflow_facts_sh(),
+    }
 
 
 def main() -> int:

@@ -17,35 +17,15 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any
-
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.config import NAMESPACE
+from components.config.fields import COMMIT_PATTERN
 from components.recorded_versions import RecordError, record_commit, record_digests, version_digests
+from runner.stack_file import mapping_at, stack_yaml
 
-COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
-def stack_yaml() -> YAML:
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    return yaml
-
-
-def mapping_at(parent: Any, key: str, where: str, create: bool = False) -> CommentedMap:
-    """The mapping under `key`, made empty when `create` and it is absent."""
-    if create and isinstance(parent, dict) and parent.get(key) is None:
-        parent[key] = CommentedMap()
-    found = parent.get(key) if isinstance(parent, dict) else None
-    if not isinstance(found, dict):
-        raise RecordError(f"{where}: {key} is missing or not a mapping; allowed: a stack file with that section")
-    return found  # type: ignore[return-value]  # ruamel's mappings are dicts
+COMMIT = re.compile(COMMIT_PATTERN)
 
 
 def record(stack_file: Path, version: str, app: str, migrate: str, commit: str | None) -> str:

@@ -144,11 +144,27 @@ def test_a_port_outside_1_to_65535_is_refused(port: int) -> None:
     assert problems["kametrix-deploy:app.proxyPort"] == f"allowed: 1–65535 (TCP port); received {port}"
 
 
-def test_the_proxy_each_colour_and_postgres_need_a_port_of_their_own() -> None:
-    _, problems = problems_for("local", overrides={"app.greenPort": 13000, "app.postgresPort": 13001})
+def test_the_proxy_and_each_colour_need_a_port_of_their_own() -> None:
+    _, problems = problems_for("local", overrides={"app.greenPort": 13000, "app.bluePort": 13000})
     assert problems == {
+        "kametrix-deploy:app.bluePort": "allowed: a port that app.proxyPort does not use; received 13000",
         "kametrix-deploy:app.greenPort": "allowed: a port that app.proxyPort does not use; received 13000",
-        "kametrix-deploy:app.postgresPort": "allowed: a port that app.bluePort does not use; received 13001",
+    }
+
+
+def test_a_stack_file_that_sets_the_database_port_is_told_why_it_went() -> None:
+    _, problems = problems_for("production", overrides={"app.postgresPort": 15432})
+    message = problems["kametrix-deploy:app.postgresPort"]
+    assert "PostgreSQL listens on 5432 on the stage's compose network only" in message
+    assert "received 'postgresPort'" in message
+
+
+def test_a_database_name_is_one_the_server_can_quote() -> None:
+    _, problems = problems_for("staging", overrides={"app.postgresUser": "kametrix; drop", "app.postgresDb": "a\nb"})
+    rule = "allowed: a PostgreSQL name: letters, digits, _ (up to 50); received "
+    assert problems == {
+        "kametrix-deploy:app.postgresUser": rule + repr("kametrix; drop"),
+        "kametrix-deploy:app.postgresDb": rule + repr("a\nb"),
     }
 
 
@@ -222,13 +238,13 @@ def test_required_environment_secrets_for_the_deploy_workflow() -> None:
 def test_every_app_value_that_cannot_live_in_the_env_file_is_reported_on_its_own_key() -> None:
     _, problems = problems_for(
         "staging",
-        overrides={"app.smtpHost": "smtp'.example", "app.smtpFrom": "Kametrix\r\nBcc: x", "app.postgresDb": "a\nb"},
+        overrides={"app.smtpHost": "smtp'.example", "app.smtpFrom": "Kametrix\r\nBcc: x", "app.smtpUser": "a\nb"},
     )
     rule = "allowed: no single quote, carriage return or line break (the .env quotes values); received "
     assert problems == {
         "kametrix-deploy:app.smtpHost": rule + repr("smtp'.example"),
         "kametrix-deploy:app.smtpFrom": rule + repr("Kametrix\r\nBcc: x"),
-        "kametrix-deploy:app.postgresDb": rule + repr("a\nb"),
+        "kametrix-deploy:app.smtpUser": rule + repr("a\nb"),
     }
 
 

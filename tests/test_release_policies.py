@@ -14,13 +14,14 @@ import pytest
 import yaml
 from pydantic.alias_generators import to_snake
 
-from components import config
+from components import config, shared_facts
 from components.image import (
     DigestChangedError,
     RegistryAuthenticationError,
     RegistryUnreachableError,
     VersionNotInRegistryError,
 )
+from components.server_files import LIBRARIES
 from tests import kit
 from tests.kit import Deployment, Resource
 
@@ -28,7 +29,7 @@ COMMAND = "command:remote:Command"
 RELEASE = "github:index/release:Release"
 IMAGE_BUILD = "docker:index/image:Image"
 GOLDEN_PROXY = Path(__file__).parent / "golden" / "proxy"
-STEPS = ["server-files", "server-env", "server-backup", "server-migrate", "server-up"]
+STEPS = ["server-files", "server-env", "server-database", "server-backup", "server-migrate", "server-up"]
 REPOSITORY = "ghcr.io/kametrix-org/kametrix/kametrix"
 # What the registry answers: the digests Pulumi.production.yaml records for each tag.
 REGISTRY = {
@@ -62,7 +63,7 @@ def changed_between(before: Deployment, after: Deployment) -> set[str]:
     return {urn.rpartition("::")[2] for urn in old.keys() | new.keys() if old.get(urn) != new.get(urn)}
 
 
-def test_release_steps_run_in_order_files_env_backup_migrate_up() -> None:
+def test_release_steps_run_in_order_files_env_database_backup_migrate_up() -> None:
     deployment = production("v1.4.2")
     declared = steps(deployment)
     assert list(declared) == STEPS, list(declared)
@@ -85,15 +86,39 @@ def test_every_step_of_a_release_runs_under_that_releases_lock_and_nothing_else_
     changed = changed_between(production("v1.4.1"), production("v1.4.2"))
     assert changed == set(STEPS), changed
     for step in steps(production("v1.4.2")).values():
-        assert f"--release v1.4.2@{V142[7:19]} " in step.plain("create"), f"{step.urn} does not name its release"
+        flags = shlex.split(step.plain("create").rpartition("bash ")[2])
+        assert flags[flags.index("--release") + 1] == f"v1.4.2@{V142[7:19]}", f"{step.urn} does not name its release"
 
 
-def test_every_step_names_who_asked_for_the_release_as_the_stack_records_it() -> None:
+def settings_of(deployment: Deployment) -> dict[str, str]:
+    """The settings file the files step installs: what the steps read when they run."""
+    lines = server_files(deployment)[shared_facts.SETTINGS_FILE].splitlines()
+    return dict(line.split("=", 1) for line in lines)
+
+
+def test_who_asked_for_the_release_reaches_the_server_in_its_settings() -> None:
     requester = "https://github.com/kametrix/kametrix-deploy/actions/runs/42 (alice)"
-    for step in steps(production("v1.4.2", **{"release.requestedBy": requester})).values():
-        assert f"--requested-by {shlex.quote(requester)}" in step.plain("create"), step.urn
-    for step in steps(production("v1.4.2")).values():
-        assert "--requested-by ''" in step.plain("create"), f"{step.urn}: no requester is said as none"
+    assert settings_of(production("v1.4.2", **{"release.requestedBy": requester}))["REQUESTED_BY"] == requester
+    assert settings_of(production("v1.4.2"))["REQUESTED_BY"] == "", "no requester is said as none"
+
+
+@pytest.mark.parametrize(
+    ("override", "setting", "value"),
+    [
+        ({"release.lockTimeoutMinutes": 45}, "LOCK_TIMEOUT_SECONDS", "2700"),
+        ({"release.requestedBy": "incident 42 (alice)"}, "REQUESTED_BY", "incident 42 (alice)"),
+        ({"release.imagesToKeep": 7}, "IMAGES_TO_KEEP", "7"),
+        ({"release.healthAttempts": 12}, "HEALTH_ATTEMPTS", "12"),
+        ({"release.healthIntervalSeconds": 3}, "HEALTH_INTERVAL_SECONDS", "3"),
+    ],
+)
+def test_a_setting_the_steps_read_when_they_run_reruns_the_files_step_alone(
+    override: dict[str, Any], setting: str, value: str
+) -> None:
+    """Nothing restarts the app, nor re-runs a backup, for a setting that changes no file `up` switches with."""
+    changed = production("v1.4.2", **override)
+    assert changed_between(production("v1.4.2"), changed) == {"server-files"}
+    assert settings_of(changed)[setting] == value
 
 
 def test_a_rollback_runs_exactly_the_server_commands_of_the_original_release() -> None:
@@ -216,9 +241,9 @@ def test_a_recorded_staging_version_is_never_built_again() -> None:
 @pytest.mark.parametrize(("stack", "mode"), [("production", "always"), ("staging", "before-migrations")])
 def test_the_backup_step_is_told_the_stages_backup_policy(stack: str, mode: str) -> None:
     command = steps(kit.run_stack(stack))["server-backup"].plain("create")
-    assert f" --backup {mode} --backup-on-rollback no " in command, command
+    assert command.endswith(f" --backup {mode} --backup-on-rollback no"), command
     asked = kit.run_stack(stack, overrides={"release.backupOnRollback": True})
-    assert f" --backup {mode} --backup-on-rollback yes " in steps(asked)["server-backup"].plain("create")
+    assert steps(asked)["server-backup"].plain("create").endswith(f" --backup {mode} --backup-on-rollback yes")
 
 
 def test_staging_builds_once_and_pushes_both_stages_of_the_dockerfile() -> None:
@@ -306,10 +331,12 @@ def server_files_with_modes(deployment: Deployment) -> dict[str, tuple[str, int]
     return files
 
 
-def test_the_server_scripts_are_executable_and_their_library_is_not() -> None:
+def test_the_server_scripts_are_executable_and_their_libraries_are_not() -> None:
     modes = {name: mode for name, (_, mode) in server_files_with_modes(production("v1.4.2")).items()}
-    scripts = {name: mode for name, mode in modes.items() if name.startswith("bin/")}
-    assert scripts.pop("bin/lib.sh") == 0o644
+    libraries = {name: mode for name, mode in modes.items() if name.startswith("bin/lib/")}
+    scripts = {name: mode for name, mode in modes.items() if name.startswith("bin/") and name not in libraries}
+    assert set(libraries) == {"bin/lib/facts.sh", *(f"bin/{name}" for name in LIBRARIES)}
+    assert set(libraries.values()) == {0o644}, libraries
     assert scripts and set(scripts.values()) == {0o755}, scripts
 
 
@@ -358,7 +385,6 @@ STAGE_VALUES = (
     "proxyPort",
     "bluePort",
     "greenPort",
-    "postgresPort",
 )
 
 
@@ -389,12 +415,12 @@ def test_the_single_container_layouts_project_and_database_volume_stay() -> None
         assert "--app-dir /opt/kametrix --project kametrix " in command, f"{name}: the project changed"
 
 
-def test_the_drain_time_bounds_the_proxy_and_reaches_the_one_step_that_moves_traffic() -> None:
+def test_the_drain_time_bounds_the_proxy_and_reaches_the_switch_at_the_next_cutover() -> None:
     deployment = production("v1.4.2", **{"release.drainSeconds": 45})
     assert "worker_shutdown_timeout 45s;" in server_files(deployment)["proxy/nginx.conf"]
-    command = steps(deployment)["server-up"].plain("create").split()
-    assert command[command.index("--drain-seconds") + 1] == "45", command
-    assert "--drain-seconds" not in steps(deployment)["server-env"].plain("create"), "env must not move traffic"
+    assert settings_of(deployment)["DRAIN_SECONDS"] == "45"
+    # The proxy's config changed: `up` reloads it with the files it switches with, and nothing else runs.
+    assert changed_between(production("v1.4.2"), deployment) == {"server-files", "server-up"}
 
 
 @pytest.mark.parametrize(

@@ -1,254 +1,189 @@
-"""The server scripts' own logic, run for real by bash against a stand-in docker and curl."""
+"""The server scripts' own logic, run for real by bash against a stand-in docker, curl and sleep (tests/fake_server).
+
+Each test installs the bundle the program renders into a fresh app dir (tests/server_bundle.py), arranges the fake
+server's state and runs steps with exactly the flags the program gives them. Each test reads as the policy it keeps.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-import signal
+import shlex
 import stat
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from components.config import VERSION_PATTERN
+from components import server_files, shared_facts
+from components.config import VERSION_PATTERN, ReleaseSettings
 from components.config.fields import REQUESTER_PATTERN
-from components.server_files import COLOURS, LIBRARY, SCRIPTS, SCRIPTS_DIR
+from components.shared_facts import SCRIPT_FLAGS, SETTINGS_FILE
+from tests import kit
+from tests.server_bundle import (
+    BUNDLE,
+    MIGRATE,
+    NEW,
+    NEWER,
+    OLD,
+    PASSWORD,
+    POSTGRES,
+    REQUESTER,
+    ROLES,
+    ROTATED_PASSWORD,
+    Server,
+    dot_env,
+    index_of,
+    install,
+    last_index_of,
+    release_of,
+    wait_for,
+)
 
-FAKES = Path(__file__).parent / "fake_server"
-OLD = "registry.example/kametrix@sha256:" + "a" * 64
-NEW = "registry.example/kametrix@sha256:" + "b" * 64
-MIGRATE = "registry.example/kametrix@sha256:" + "c" * 64
-# Where the proxy names its colour, each colour's health endpoint (the fake curl's ports), the gate, the drain.
-CUTOVER = [
-    *("--colour-url", "http://127.0.0.1:3000/.kametrix/colour"),
-    *("--blue-health-url", "http://127.0.0.1:3001/api/health?build=true"),
-    *("--green-health-url", "http://127.0.0.1:3002/api/health?build=true"),
-    *("--health-attempts", "5"),
-    *("--health-interval-seconds", "1"),
-    *("--drain-seconds", "3"),
-]
-
-
-# Who asked for the release, as a workflow records it in the stack.
-REQUESTER = "https://github.com/kametrix/kametrix-deploy/actions/runs/42 (alice)"
-
-
-def release_of(version: str, image: str) -> str:
-    """The release a step names, as the program does: the version and the start of the image's digest."""
-    return f"{version}@{image.rpartition(':')[2][:12]}"
-
-
-@dataclass
-class Server:
-    app_dir: Path
-    state: Path
-    requested_by: str = REQUESTER
-
-    def run(self, script: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        env = {
-            "PATH": f"{FAKES}:{os.environ['PATH']}",
-            "FAKE_SERVER": str(self.state),
-            "LOCK_WAIT_SECONDS": "2",
-        }
-        return subprocess.run(
-            ["bash", str(self.app_dir / "bin" / script), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
-
-    def common(self, release: str) -> list[str]:
-        """The flags every step takes: where, which stage, and the release lock's."""
-        return [
-            *("--app-dir", str(self.app_dir), "--project", "kametrix", "--release", release),
-            *("--lock-timeout-seconds", "1800", "--requested-by", self.requested_by),
-        ]
-
-    def step(self, script: str, release: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        """A release step, with the flags every step takes."""
-        return self.run(script, *self.common(release), *args, stdin=stdin)
-
-    def fact(self, name: str, value: str) -> None:
-        (self.state / name).write_text(value)
-
-    def read(self, name: str) -> str:
-        path = self.state / name
-        return path.read_text() if path.exists() else ""
-
-    def calls(self) -> list[str]:
-        return self.read("calls.log").splitlines()
-
-    def live(
-        self, version: str, image: str, previous: str = "", previous_image: str = "", colour: str = "blue"
-    ) -> None:
-        """A live release: `image` serves on `colour` behind the proxy."""
-        (self.app_dir / "release.env").write_text(
-            f"VERSION={version}\nAPP_IMAGE={image}\nMIGRATE_IMAGE={MIGRATE}\n"
-            f"PREVIOUS_VERSION={previous}\nPREVIOUS_IMAGE={previous_image}\n"
-            f"LIVE_COLOUR={colour}\n{colour.upper()}_IMAGE={image}\n"
-        )
-        (self.app_dir / "proxy" / "live.conf").write_text(f"# traffic goes to {colour}\n")
-        self.fact(f"colour_{colour}", image)
-        self.fact(f"env_{colour}", (self.app_dir / ".env").read_text())
-        self.fact("proxy_colour", colour)
-
-    def record(self) -> dict[str, str]:
-        lines = (self.app_dir / "release.env").read_text().splitlines()
-        return dict(line.split("=", 1) for line in lines)
-
-    def file(self, name: str) -> str:
-        path = self.app_dir / name
-        return path.read_text() if path.exists() else ""
-
-    def up(
-        self, version: str, image: str, keep: str = "3", release: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return self.step(
-            "up.sh",
-            release or release_of(version, image),
-            *("--version", version, "--app-image", image, "--migrate-image", MIGRATE),
-            *("--images-to-keep", keep),
-            *CUTOVER,
-        )
-
-    def env(self, stdin: str, release: str = release_of("v2.0.0", OLD)) -> subprocess.CompletedProcess[str]:
-        return self.step("env.sh", release, stdin=stdin)
-
-    def backup(
-        self,
-        version: str = "v2.0.0",
-        keep: str = "2",
-        release: str = release_of("v2.0.0", NEW),
-        mode: str = "always",
-        on_rollback: str = "no",
-    ) -> subprocess.CompletedProcess[str]:
-        return self.step(
-            "backup.sh",
-            release,
-            *("--version", version, "--backups-to-keep", keep, "--backup", mode, "--backup-on-rollback", on_rollback),
-            *("--app-image", NEW, "--migrate-image", MIGRATE),
-        )
-
-    def migrate(
-        self, version: str = "v2.0.0", image: str = NEW, migrate_image: str = MIGRATE
-    ) -> subprocess.CompletedProcess[str]:
-        return self.step(
-            "migrate.sh",
-            release_of(version, image),
-            *("--version", version, "--app-image", image, "--migrate-image", migrate_image),
-        )
-
-    def ran_before(self, migrate_image: str = MIGRATE, version: str = "v2.0.0") -> None:
-        """This server applied `migrate_image`'s migrations when it released `version` earlier."""
-        with (self.app_dir / "migrations.log").open("a") as log:
-            log.write(f"{migrate_image} {version} 2026-11-01T10:00:00Z\n")
-
-    def lock(self) -> dict[str, str]:
-        lines = (self.app_dir / ".release-lock").read_text().splitlines()
-        return dict(line.split("=", 1) for line in lines)
-
-    @contextmanager
-    def step_running(self) -> Iterator[None]:
-        """A step of a release runs meanwhile: it holds the lock's mutex, as every step does."""
-        holder = subprocess.Popen(
-            ["flock", str(self.app_dir / ".release-lock.mutex"), "sleep", "30"], start_new_session=True
-        )
-        try:
-            time.sleep(0.3)
-            yield
-        finally:
-            os.killpg(holder.pid, signal.SIGTERM)
-            holder.wait()
+SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 
 
-def index_of(calls: list[str], *words: str) -> int:
-    """Where the first call holding all `words` is in the call log."""
-    return next(i for i, call in enumerate(calls) if all(word in call.split() for word in words))
+@pytest.fixture(scope="module")
+def bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundle's scripts and libraries, installed as the files step installs them."""
+    folder = tmp_path_factory.mktemp("bundle")
+    install(folder, BUNDLE)
+    return folder / "bin"
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Server:
     app_dir, state = tmp_path / "opt" / "kametrix", tmp_path / "state"
-    (app_dir / "bin").mkdir(parents=True)
-    (app_dir / "proxy").mkdir()
+    install(app_dir, BUNDLE)
+    (app_dir / ".env").write_text(dot_env())
+    (app_dir / ".env").chmod(0o600)
     state.mkdir()
-    for name in SCRIPTS:
-        target = app_dir / "bin" / name
-        target.write_bytes((SCRIPTS_DIR / name).read_bytes())
-        target.chmod(0o644 if name == LIBRARY else 0o755)
-    for colour in COLOURS:
-        (app_dir / "proxy" / f"{colour}.conf").write_text(f"# traffic goes to {colour}\n")
-    (app_dir / ".env").write_text("POSTGRES_USER='kametrix'\n")
-    return Server(app_dir, state)
+    server = Server(app_dir, state)
+    # The database step ran: PostgreSQL runs the declared image, with the login roles, none able to log in yet.
+    server.fact("postgres_image", POSTGRES)
+    server.fact("roles", "".join(f"{role}\n" for role in ROLES.values()))
+    return server
 
 
-STEP_SCRIPTS = ["files.sh", "env.sh", "backup.sh", "migrate.sh", "up.sh", "switch.sh"]
+def bash(bin_dir: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`script` run by bash with the bundle's step library sourced, `$1`... being `args`."""
+    return subprocess.run(
+        ["bash", "-c", f"source {bin_dir}/lib/step.sh; {script}", "bash", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 # --- scripts an operator can read -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", STEP_SCRIPTS)
-def test_every_step_takes_named_flags_and_refuses_anything_else_with_its_usage(server: Server, script: str) -> None:
+@pytest.mark.parametrize("script", list(SCRIPT_FLAGS))
+def test_every_step_takes_exactly_its_flags_and_refuses_anything_else_with_its_usage(
+    server: Server, script: str
+) -> None:
+    names = SCRIPT_FLAGS[script]
+    usage = f"usage: {script} " + " ".join(f"--{name} VALUE" for name in names)
     result = server.run(script, "only-one")
     assert result.returncode == 1
-    assert f"usage: {script} --app-dir VALUE --project VALUE" in result.stderr
-    assert "unknown argument 'only-one'" in result.stderr
-    missing = server.run(script, "--app-dir", str(server.app_dir))
-    assert missing.returncode == 1 and "(missing --project)" in missing.stderr
-    assert server.read("calls.log") == "", "docker was called before the flags were checked"
+    assert f"{usage} (unknown argument 'only-one')" in result.stderr, result.stderr
+    given = [part for name in names[:-1] for part in (f"--{name}", "x")]
+    missing = server.run(script, *given)
+    assert missing.returncode == 1 and f"(missing --{names[-1]})" in missing.stderr, missing.stderr
+    # What moved to the settings file is refused as a flag.
+    moved = server.run(script, *given, f"--{names[-1]}", "x", "--lock-timeout-seconds", "1800")
+    assert moved.returncode == 1 and "(unknown argument '--lock-timeout-seconds')" in moved.stderr, moved.stderr
+    assert server.calls() == [], "docker was called before the flags were checked"
+    assert not server.locked()
 
 
-def test_the_library_does_nothing_when_sourced_and_is_not_executable() -> None:
-    assert not os.access(SCRIPTS_DIR / LIBRARY, os.X_OK), "lib.sh is executable"
-    variables = "compgen -v | grep -vxE 'PIPESTATUS|_|BASH_.*|before|after'"
-    compare = f'before="$({variables})"; source "$1"; after="$({variables})"; trap -p; diff <(echo "$before") -'
-    compare += f' <<<"$({variables})"'
+def test_the_programs_command_lines_give_each_script_exactly_its_flags_and_release_a_fresh_server(
+    tmp_path: Path,
+) -> None:
+    """Production's steps as the program declares them (`create`, `stdin`), run in order on a server that has
+    nothing yet: each command line gives its script exactly the flags it takes, in their order (parse_flags accepts
+    it), and the release serves."""
+    app_dir, state = tmp_path / "opt" / "kametrix", tmp_path / "state"
+    state.mkdir()
+    deployment = kit.run_stack("production", overrides={"server.appDir": str(app_dir)})
+    steps = {step.name.removeprefix("server-"): step for step in deployment.of_type("command:remote:Command")}
+    assert list(steps) == ["files", "env", "database", "backup", "migrate", "up"]
+    server = Server(app_dir, state)
+    flags = {}
+    for name, step in steps.items():
+        line = step.plain("create")
+        # `bash <appDir>/bin/<script> --flag value ...`; the files step runs the script it has just unpacked.
+        found = re.search(r'bash "?(?:\$staged|[^ "]+)/bin/([a-z]+\.sh)"? (.*)$', line)
+        assert found and found[1] == f"{name}.sh", line
+        words = shlex.split(found[2])
+        assert [word.removeprefix("--") for word in words[::2]] == list(SCRIPT_FLAGS[found[1]]), line
+        flags[name] = dict(zip(words[::2], words[1::2], strict=True))
+    server.fact("healthy_after", f"{flags['up']['--app-image']} 1\n")
+    for name, step in steps.items():
+        ran = subprocess.run(
+            ["bash", "-c", step.plain("create")],
+            input=step.plain("stdin") or "",
+            capture_output=True,
+            text=True,
+            env=server.environment(),
+            timeout=60,
+            check=False,
+        )
+        assert ran.returncode == 0, f"{name}: {ran.stderr}"
+    record = server.record()
+    assert (record["VERSION"], record["APP_IMAGE"]) == (flags["up"]["--version"], flags["up"]["--app-image"])
+    assert server.read("proxy_colour") == record["LIVE_COLOUR"] == "blue" and not server.locked()
+    assert server.read("postgres_image") == flags["database"]["--postgres-image"]
+    assert server.logins() == {"kametrix_blue": kit.TEST_SECRETS["postgresPassword"]}
+    assert len(list((app_dir / "backups").glob("*.dump"))) == 1 and (app_dir / "migrations.log").exists()
+
+
+@pytest.mark.parametrize("library", [*server_files.LIBRARIES, server_files.FACTS])
+def test_a_library_only_defines_functions_and_the_facts_when_sourced_and_is_not_executable(
+    bin_dir: Path, library: str
+) -> None:
+    assert BUNDLE[f"bin/{library}"][1] == 0o644 and not os.access(bin_dir / library, os.X_OK)
+    facts = {line.split("=", 1)[0] for line in shared_facts.facts_sh().splitlines() if not line.startswith("#")}
+    # lib/step.sh sources the facts; lib/dump.sh names the dump settings measured (README).
+    allowed = {"lib/step.sh": facts, server_files.FACTS: facts, "lib/dump.sh": {"DUMP_OPTIONS"}}.get(library, set())
+    compare = 'before="$(compgen -v)"; source "$1"; trap -p; comm -13 <(sort <<<"$before") <(compgen -v | sort)'
     sourced = subprocess.run(
-        ["bash", "-c", compare, "bash", str(SCRIPTS_DIR / LIBRARY)],
-        capture_output=True,
-        text=True,
-        check=False,
+        ["bash", "-c", compare, "bash", str(bin_dir / library)], capture_output=True, text=True, check=False
     )
-    assert (sourced.returncode, sourced.stdout, sourced.stderr) == (0, "", ""), (
-        "sourcing lib.sh set, trapped or printed"
-    )
+    assert (sourced.returncode, sourced.stderr) == (0, ""), sourced.stderr
+    # What bash itself sets as it runs: the exit statuses of the last pipeline, and its own BASH_ variables.
+    defined = {name for name in sourced.stdout.split() if name not in {"before", "PIPESTATUS", "_"}}
+    defined -= {name for name in defined if name.startswith("BASH_")}
+    assert defined == allowed, f"sourcing {library} set, trapped or printed: {defined ^ allowed}"
+
+
+def test_the_rendered_facts_pass_shellcheck_and_are_what_the_bundle_installs(tmp_path: Path) -> None:
+    facts = tmp_path / "facts.sh"
+    facts.write_text(shared_facts.facts_sh())
+    assert BUNDLE[f"bin/{server_files.FACTS}"][0].decode() == facts.read_text()
+    checked = subprocess.run([str(SHELLCHECK), str(facts)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 @pytest.mark.parametrize(
     "version",
     ["v1.2.3", "v2026.11.28-3f9c2a1", "staging-3f9c2a1", "latest", "v1.2", "v1.2.3; rm -rf /", "staging-XYZ1234"],
 )
-def test_the_server_accepts_exactly_the_versions_the_stack_accepts(version: str) -> None:
-    checked = subprocess.run(
-        ["bash", "-c", f'source {SCRIPTS_DIR / LIBRARY}; require_version VERSION "$1"', "bash", version],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def test_the_server_accepts_exactly_the_versions_the_stack_accepts(bin_dir: Path, version: str) -> None:
+    checked = bash(bin_dir, 'require_version VERSION "$1"', version)
     assert (checked.returncode == 0) == bool(VERSION_PATTERN.fullmatch(version)), checked.stderr
 
 
 @pytest.mark.parametrize(
     "requester",
-    [REQUESTER, "dependabot[bot]", "alice, incident 123", "x" * 300, "x" * 301, "a\nb", "alice'; rm -rf /", "$(id)"],
+    [REQUESTER, "", "dependabot[bot]", "alice, incident 123", "x" * 300, "x" * 301, "a\nb", "alice'; rm", "$(id)"],
 )
-def test_the_server_accepts_exactly_the_requesters_the_stack_accepts(requester: str) -> None:
-    checked = subprocess.run(
-        ["bash", "-c", f'source {SCRIPTS_DIR / LIBRARY}; require_requester "$1"', "bash", requester],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert (checked.returncode == 0) == bool(re.fullmatch(REQUESTER_PATTERN, requester)), checked.stderr
+def test_the_server_accepts_exactly_the_requesters_the_stack_accepts(bin_dir: Path, requester: str) -> None:
+    checked = bash(bin_dir, 'require_setting REQUESTED_BY "$1"', requester)
+    accepted = requester == "" or bool(re.fullmatch(REQUESTER_PATTERN, requester))
+    assert (checked.returncode == 0) == accepted, checked.stderr
 
 
 @pytest.mark.parametrize(
@@ -256,27 +191,60 @@ def test_the_server_accepts_exactly_the_requesters_the_stack_accepts(requester: 
     [
         ("VERSION=latest", "VERSION: allowed v1.2.3"),
         (f"APP_IMAGE={NEW[:-1]}", "APP_IMAGE: allowed an image pinned by digest"),
-        ("LIVE_COLOUR=red", "LIVE_COLOUR: allowed blue or green"),
+        ("LIVE_COLOUR=red", "LIVE_COLOUR: allowed blue, green; received 'red'"),
         ("PREVIOUS_MIGRATE_IMAGE=kametrix:latest", "PREVIOUS_MIGRATE_IMAGE: allowed an image pinned by digest"),
-        ("PROJECT=Kametrix;rm", "project: allowed a compose project name"),
-        ("LOCK_TIMEOUT_SECONDS=5", "LOCK_TIMEOUT_SECONDS: allowed 60-86400"),
-        ("COLOUR_URL=http://203.0.113.9/x", "COLOUR_URL: allowed an http URL on 127.0.0.1"),
-        ("DRAIN_SECONDS=0", "DRAIN_SECONDS: allowed 1-3600"),
-        ("SOMETHING=else", "unknown key 'SOMETHING'"),
+        ("FILES_DIGEST=123", "FILES_DIGEST: allowed a sha256 digest"),
+        ("PROJECT=kametrix", "live release: unknown key 'PROJECT'"),
     ],
 )
-def test_nothing_unchecked_is_written_to_the_release_record(server: Server, pair: str, message: str) -> None:
+def test_nothing_unchecked_is_written_to_the_live_release(
+    server: Server, bin_dir: Path, pair: str, message: str
+) -> None:
     server.live("v1.0.0", OLD)
     before = server.file("release.env")
-    write = f'source {SCRIPTS_DIR / LIBRARY}; LIVE_RELEASE="$1/release.env"; record "$2"'
-    recorded = subprocess.run(
-        ["bash", "-c", write, "bash", str(server.app_dir), pair],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert recorded.returncode == 1 and message in recorded.stderr, recorded.stderr
+    written = bash(bin_dir, f'source {bin_dir}/lib/live.sh; use_app_dir "$1"; set_live "$2"', str(server.app_dir), pair)
+    assert written.returncode == 1 and message in written.stderr, written.stderr
     assert server.file("release.env") == before
+
+
+def lock_timeout_range() -> str:
+    low, high = shared_facts.range_of(ReleaseSettings, "lock_timeout_minutes")
+    return f"{low * 60}-{high * 60}"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("LOCK_TIMEOUT_SECONDS", "5", f"LOCK_TIMEOUT_SECONDS: allowed {lock_timeout_range()}; received '5'"),
+        ("IMAGES_TO_KEEP", "all", "IMAGES_TO_KEEP: allowed {}-{}; received 'all'"),
+        ("HEALTH_ATTEMPTS", "", "HEALTH_ATTEMPTS: allowed {}-{}; received ''"),
+        ("DRAIN_SECONDS", "0", "DRAIN_SECONDS: allowed {}-{}; received '0'"),
+        ("COLOUR_URL", "http://203.0.113.9/x", "COLOUR_URL: allowed an http URL on 127.0.0.1"),
+        ("PROJECT", "Kametrix;rm", "PROJECT: allowed a compose project name"),
+        ("DATABASE_USER", "kametrix; DROP", "DATABASE_USER: allowed a PostgreSQL name"),
+        ("REQUESTED_BY", "alice'; rm -rf /", "REQUESTED_BY: allowed a run URL and who started it"),
+    ],
+)
+def test_every_setting_a_step_reads_is_checked_before_anything_is_touched(
+    server: Server, key: str, value: str, message: str
+) -> None:
+    field_name = shared_facts.SETTINGS[key][0]
+    if field_name:
+        message = message.format(*shared_facts.range_of(ReleaseSettings, field_name))
+    server.live("v1.0.0", OLD)
+    before = server.file("release.env")
+    server.setting(key, value)
+    result = server.up("v2.0.0", NEW)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert server.calls() == [] and server.file("release.env") == before and not server.locked()
+
+
+def test_a_step_without_the_settings_file_says_which_step_installs_it(server: Server) -> None:
+    (server.app_dir / SETTINGS_FILE).unlink()
+    result = server.backup()
+    assert result.returncode == 1
+    assert f"{server.app_dir}/{SETTINGS_FILE} is missing: the files step installs it" in result.stderr
+    assert server.calls() == [] and not server.locked()
 
 
 def test_up_refuses_an_unchecked_version_before_touching_anything(server: Server) -> None:
@@ -285,8 +253,7 @@ def test_up_refuses_an_unchecked_version_before_touching_anything(server: Server
     result = server.up("v2.0.0;reboot", NEW, release=release_of("v2.0.0", NEW))
     assert result.returncode == 1 and "VERSION: allowed v1.2.3" in result.stderr
     assert "received 'v2.0.0;reboot'" in result.stderr
-    assert server.read("calls.log") == "" and server.file("release.env") == before
-    assert not (server.app_dir / ".release-lock").exists()
+    assert server.calls() == [] and server.file("release.env") == before and not server.locked()
 
 
 def test_up_refuses_an_image_that_is_not_pinned_by_digest(server: Server) -> None:
@@ -294,12 +261,138 @@ def test_up_refuses_an_image_that_is_not_pinned_by_digest(server: Server) -> Non
     assert result.returncode == 1
     assert "APP_IMAGE: allowed an image pinned by digest" in result.stderr
     assert "received 'registry.example/kametrix:latest'" in result.stderr
-    assert server.read("calls.log") == "", "docker was called before the arguments were checked"
+    assert server.calls() == [], "docker was called before the arguments were checked"
 
 
-def test_up_refuses_a_non_numeric_retention(server: Server) -> None:
-    result = server.up("v2.0.0", NEW, keep="all")
-    assert result.returncode == 1 and "IMAGES_TO_KEEP: allowed 2-100; received 'all'" in result.stderr
+def test_the_database_step_refuses_an_image_reference_it_could_not_pass_on_safely(server: Server) -> None:
+    result = server.database("postgres:16; rm -rf /")
+    assert result.returncode == 1 and "postgres-image: allowed an image reference" in result.stderr
+    assert server.calls() == [] and not server.locked()
+
+
+# --- the database step --------------------------------------------------------------------------------------
+
+
+def test_the_database_step_starts_postgresql_when_there_is_none_and_creates_login_roles_that_cannot_log_in(
+    server: Server,
+) -> None:
+    server.forget("postgres_image")
+    server.forget("roles")
+    result = server.database()
+    assert result.returncode == 0, result.stderr
+    assert f"PostgreSQL {POSTGRES} started" in result.stdout
+    calls = server.calls()
+    started = index_of(calls, "up", "--wait", "postgres", f"[POSTGRES_IMAGE={POSTGRES}]")
+    assert "--force-recreate" not in calls[started] and not any("pg_dump" in call for call in calls), calls
+    assert server.read("postgres_image") == POSTGRES
+    assert server.read("roles").split() == list(ROLES.values())
+    assert all(index_of(calls, "psql:", "create", role) > started for role in ROLES.values())
+    assert server.logins() == {}, "a login role was created able to log in"
+
+
+def test_the_database_step_leaves_a_running_postgresql_of_the_declared_image_and_the_live_login_alone(
+    server: Server,
+) -> None:
+    server.live("v1.0.0", OLD)
+    result = server.database()
+    assert result.returncode == 0, result.stderr
+    assert f"PostgreSQL {POSTGRES} runs" in result.stdout
+    calls = server.calls()
+    assert not any(" up " in call and "--no-recreate" not in call.split() for call in calls), calls
+    assert not any("pg_dump" in call for call in calls), calls
+    assert server.read("roles").split() == list(ROLES.values()), "a login role was created twice"
+    assert server.logins() == {ROLES["blue"]: PASSWORD}, "the live colour can no longer log in"
+
+
+def test_the_database_step_starts_a_stopped_postgresql_as_it_was_without_recreating_it(server: Server) -> None:
+    server.fact("postgres_stopped", "")
+    result = server.database()
+    assert result.returncode == 0, result.stderr
+    calls = server.calls()
+    started = index_of(calls, "up", "--no-recreate", "postgres", f"[POSTGRES_IMAGE={POSTGRES}]")
+    assert started < index_of(calls, "psql:", "create"), calls
+    assert not any("--force-recreate" in call or "pg_dump" in call for call in calls), calls
+    assert not (server.state / "postgres_stopped").exists()
+
+
+def test_the_same_postgresql_bytes_under_another_name_are_no_change(server: Server) -> None:
+    pinned = f"{POSTGRES}@sha256:{'f' * 64}"
+    server.fact("image_ids", f"{POSTGRES} sha256:{'1' * 64}\n{pinned} sha256:{'1' * 64}\n")
+    result = server.database(pinned)
+    assert result.returncode == 0, result.stderr
+    assert f"PostgreSQL {pinned} runs" in result.stdout
+    assert not any("--force-recreate" in call or "pg_dump" in call for call in server.calls()), server.calls()
+
+
+def test_other_postgresql_bytes_under_the_same_name_are_a_change(server: Server) -> None:
+    # The tag was pulled again and names other bytes than those the container runs.
+    server.fact("image_ids", f"{POSTGRES} sha256:{'2' * 64}\n")
+    server.fact("postgres_image_id", f"sha256:{'1' * 64}")
+    result = server.database()
+    assert result.returncode == 0, result.stderr
+    assert f"PostgreSQL changes from {POSTGRES} to {POSTGRES}: backing up first" in result.stdout
+    assert server.read("postgres_image_id") == f"sha256:{'2' * 64}"
+
+
+def test_a_new_postgresql_image_replaces_the_old_one_only_after_a_backup_and_the_step_says_how_long_it_was_down(
+    server: Server,
+) -> None:
+    server.fact("postgres_image", "postgres:15-alpine")
+    result = server.database()
+    assert result.returncode == 0, result.stderr
+    assert f"PostgreSQL changes from postgres:15-alpine to {POSTGRES}: backing up first" in result.stdout
+    assert re.search(rf"PostgreSQL {POSTGRES} serves; the database was down for \d+\.\d s", result.stdout)
+    backup = Path(result.stdout.split("backup=")[1].split()[0])
+    assert backup.name.endswith("-before-postgres-change.dump") and backup.read_text() == "PGDMP-custom-format-dump"
+    calls = server.calls()
+    replaced = index_of(calls, "up", "--force-recreate", "postgres", f"[POSTGRES_IMAGE={POSTGRES}]")
+    assert index_of(calls, "pg_restore") < replaced < index_of(calls, "psql:", "create"), calls
+    assert server.read("postgres_image") == POSTGRES
+
+
+def test_a_new_postgresql_image_that_never_turns_healthy_is_replaced_by_the_old_one_again(server: Server) -> None:
+    server.fact("postgres_unhealthy", "postgres:17-alpine\n")
+    result = server.database("postgres:17-alpine")
+    assert result.returncode == 1
+    assert f"PostgreSQL postgres:17-alpine did not turn healthy; putting {POSTGRES} back" in result.stderr
+    assert f"PostgreSQL {POSTGRES} serves again; postgres:17-alpine was not installed" in result.stderr
+    assert server.read("postgres_image") == POSTGRES
+    calls = server.calls()
+    put_back = last_index_of(calls, "up", "--force-recreate", "postgres", f"[POSTGRES_IMAGE={POSTGRES}]")
+    assert index_of(calls, "up", "postgres", "[POSTGRES_IMAGE=postgres:17-alpine]") < put_back, calls
+    assert list((server.app_dir / "backups").glob("*-before-postgres-change.dump")), "no backup was taken first"
+    assert not server.locked(), "a failed database step kept the release lock"
+
+
+def test_a_postgresql_change_whose_backup_fails_changes_nothing(server: Server) -> None:
+    server.fact("dump", "")
+    result = server.database("postgres:17-alpine")
+    assert result.returncode == 1 and "pg_dump wrote an empty backup" in result.stderr
+    assert not any(" up " in call for call in server.calls()), server.calls()
+    assert server.read("postgres_image") == POSTGRES and not server.locked()
+
+
+@pytest.mark.parametrize("step", ["backup", "migrate"])
+def test_backup_and_migrate_wait_for_postgresql_and_never_start_or_recreate_it(server: Server, step: str) -> None:
+    server.fact("postgres_ready_after", "3")
+    server.fact("pending_status", "0")
+    result = server.backup(mode="before-migrations") if step == "backup" else server.migrate()
+    assert result.returncode == 0, result.stderr
+    calls = server.calls()
+    assert sum("pg_isready" in call for call in calls) == 4, calls
+    assert not any(" up " in call or " stop " in call for call in calls), calls
+
+
+def test_migrations_never_run_while_postgresql_is_not_there_and_the_step_says_which_step_starts_it(
+    server: Server,
+) -> None:
+    server.forget("postgres_image")
+    result = server.migrate()
+    assert result.returncode == 1
+    assert "PostgreSQL of kametrix does not accept connections (the database step starts it" in result.stderr
+    calls = server.calls()
+    assert not any(" up " in call or " run " in call for call in calls), calls
+    assert not (server.app_dir / "migrations.log").exists() and not server.locked()
 
 
 # --- releases and the switch ------------------------------------------------------------------------------
@@ -317,25 +410,31 @@ def test_a_release_starts_on_the_idle_colour_and_takes_traffic_only_once_healthy
     assert started < reloaded < stopped, calls
     assert "app-blue" in calls[stopped], "the old colour was not the one stopped"
     assert (server.read("proxy_colour"), server.read("colour_green"), server.read("colour_blue")) == ("green", NEW, "")
-    assert server.file("proxy/live.conf") == "# traffic goes to green\n"
+    assert server.file("proxy/live.conf") == server.file("proxy/green.conf")
+    assert server.mode("proxy/live.conf") == 0o644, "nginx cannot read it"
     record = server.record()
     assert record["VERSION"] == "v2.0.0" and record["APP_IMAGE"] == NEW and record["PREVIOUS_IMAGE"] == OLD
     assert (record["LIVE_COLOUR"], record["GREEN_IMAGE"], record["BLUE_IMAGE"]) == ("green", NEW, OLD)
-    assert not (server.app_dir / ".release-lock").exists(), "a finished release kept the lock"
+    assert server.history() == ["v1.0.0", "v2.0.0"]
+    assert not server.locked(), "a finished release kept the lock"
 
 
-def test_a_release_that_never_turns_healthy_is_never_switched_to(server: Server) -> None:
-    server.live("v2.0.0", OLD, previous="v1.0.0")
-    record = server.record()
+def test_a_release_that_never_turns_healthy_is_never_switched_to_and_its_colour_cannot_log_in(server: Server) -> None:
+    server.live("v2.0.0", OLD, previous="v1.0.0", previous_image=NEWER)
+    record, history = server.record(), server.history()
     result = server.up("v3.0.0", NEW)
     assert result.returncode == 1
     assert "not healthy on green after 5 attempts" in result.stderr
     assert f"release v3.0.0 was not switched to (see above); v2.0.0 ({OLD}) keeps serving" in result.stderr
-    assert not any(call.startswith("compose") and " kill " in call for call in server.calls()), "the proxy reloaded"
+    calls = server.calls()
+    assert "proxy: names green" not in calls, "the proxy sent traffic to the unhealthy colour"
     assert server.read("proxy_colour") == "blue" and server.read("colour_blue") == OLD, "the live colour moved"
+    assert server.file("proxy/live.conf") == server.file("proxy/blue.conf")
     assert server.read("colour_green") == "", "the unhealthy colour was left running"
-    assert server.record() == record, "the failed release was recorded"
-    assert not (server.app_dir / ".release-lock").exists(), "a failed release kept the lock"
+    assert index_of(calls, "stop", "app-green") < index_of(calls, "psql:", "nologin", ROLES["green"]), calls
+    assert server.logins() == {ROLES["blue"]: PASSWORD}
+    assert (server.record(), server.history()) == (record, history), "the failed release was recorded"
+    assert not server.locked(), "a failed release kept the lock"
 
 
 def test_a_failed_first_release_says_nothing_serves_and_starts_no_proxy(server: Server) -> None:
@@ -343,6 +442,8 @@ def test_a_failed_first_release_says_nothing_serves_and_starts_no_proxy(server: 
     assert result.returncode == 1
     assert "no earlier version is recorded, so nothing serves yet" in result.stderr
     assert server.read("colour_blue") == "" and server.read("proxy_colour") == ""
+    assert not any("proxy" in call.split() for call in server.calls() if " up " in call), server.calls()
+    assert server.logins() == {} and not server.locked()
 
 
 def test_the_first_release_on_the_single_container_layout_replaces_its_app_once_the_new_colour_is_healthy(
@@ -357,16 +458,31 @@ def test_the_first_release_on_the_single_container_layout_replaces_its_app_once_
     assert index_of(calls, "up", "app-blue") < index_of(calls, "up", "--remove-orphans", "proxy"), calls
     assert server.read("single_container_app") == "", "the single-container app was left behind"
     assert (server.read("proxy_colour"), server.read("colour_blue")) == ("blue", NEW)
-    assert server.record()["PREVIOUS_VERSION"] == "v1.0.0"
+    assert server.record()["PREVIOUS_VERSION"] == "v1.0.0" and server.history() == ["v1.0.0", "v2.0.0"]
 
 
-def test_a_proxy_that_does_not_answer_leaves_the_recorded_live_colour_alone(server: Server) -> None:
+def switch_behind_a_proxy_that_does_not_answer(server: Server) -> subprocess.CompletedProcess[str]:
     server.live("v1.0.0", OLD)
     server.fact("proxy_slow", "yes")
     server.fact("healthy_after", f"{NEW} 1\n")
-    server.up("v2.0.0", NEW)
-    assert server.read("colour_blue") == OLD, server.calls()
-    assert index_of(server.calls(), "up", "app-green") < index_of(server.calls(), "stop", "app-green")
+    return server.up("v2.0.0", NEW)
+
+
+def test_a_proxy_that_does_not_answer_leaves_the_recorded_live_colour_running_and_live(server: Server) -> None:
+    result = switch_behind_a_proxy_that_does_not_answer(server)
+    assert result.returncode == 1, result.stdout
+    assert "the proxy did not switch to green within 10s; the switch is undone" in result.stderr
+    calls = server.calls()
+    assert server.read("colour_blue") == OLD, calls
+    assert (server.record()["VERSION"], server.record()["LIVE_COLOUR"]) == ("v1.0.0", "blue")
+    assert index_of(calls, "up", "app-green") < index_of(calls, "stop", "app-green")
+    assert server.logins() == {ROLES["blue"]: PASSWORD} and not server.locked()
+
+
+def test_a_proxy_that_does_not_answer_keeps_sending_traffic_to_the_recorded_live_colour(server: Server) -> None:
+    assert switch_behind_a_proxy_that_does_not_answer(server).returncode == 1
+    assert server.file("proxy/live.conf") == server.file("proxy/blue.conf"), "live.conf no longer names blue"
+    assert server.read("proxy_colour") == "blue", "the proxy in front of the live colour was stopped"
 
 
 @pytest.mark.parametrize(("draining", "checks"), [(2, 3), (99, 3)])
@@ -384,10 +500,23 @@ def test_the_old_colour_stops_once_the_proxy_has_drained_it_or_the_drain_time_is
     assert drain_checks[-1] < index_of(calls, "stop", "app-blue"), "the old colour stopped before the drain"
 
 
+def test_a_proxy_slow_to_answer_as_a_switch_starts_still_lets_the_old_colour_drain(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    server.fact("healthy_after", f"{NEW} 1\n")
+    server.fact("proxy_slow", "1")
+    server.fact("draining", "1")
+    result = server.up("v2.0.0", NEW)
+    assert result.returncode == 0, result.stderr
+    calls = server.calls()
+    drain_checks = [i for i, call in enumerate(calls) if "shutting" in call]
+    assert drain_checks and drain_checks[-1] < index_of(calls, "stop", "app-blue"), "the old colour was not drained"
+    assert "did not finish" not in result.stderr, result.stderr
+
+
 def test_a_switch_whose_proxy_reload_fails_is_undone_completely(server: Server) -> None:
     server.live("v1.0.0", OLD)
-    (server.app_dir / ".env.next").write_text("A='new'\n")
-    record = server.record()
+    (server.app_dir / ".env").write_text(dot_env(FEATURE="on"))
+    record, history = server.record(), server.history()
     server.fact("healthy_after", f"{NEW} 1\n")
     server.fact("reload_ignored", "yes")
     result = server.up("v2.0.0", NEW)
@@ -395,29 +524,41 @@ def test_a_switch_whose_proxy_reload_fails_is_undone_completely(server: Server) 
     assert "the proxy did not switch to green within 10s; the switch is undone" in result.stderr
     assert "a reason the proxy logged" in result.stderr
     assert f"release v2.0.0 was not switched to (see above); v1.0.0 ({OLD}) keeps serving" in result.stderr
-    # Proxy config, record and running colours all name the version that kept serving: a restart of the
+    # Proxy config, live release and running colours all name the version that kept serving: a restart of the
     # proxy, which reads live.conf, still sends traffic to it.
-    assert server.file("proxy/live.conf") == "# traffic goes to blue\n"
-    assert not (server.app_dir / "proxy" / "live.conf.previous").exists()
-    assert server.record() == record
+    assert server.file("proxy/live.conf") == server.file("proxy/blue.conf")
+    assert sorted(path.name for path in (server.app_dir / "proxy").iterdir()) == [
+        "blue.conf",
+        "green.conf",
+        "live.conf",
+        "nginx.conf",
+    ]
+    assert (server.record(), server.history()) == (record, history)
     assert (server.read("proxy_colour"), server.read("colour_blue"), server.read("colour_green")) == ("blue", OLD, "")
-    assert server.file(".env") == "POSTGRES_USER='kametrix'\n", "the live colour's settings were not put back"
-    assert server.file(".env.next") == "A='new'\n", "the declared settings are no longer staged for the next run"
-    assert not (server.app_dir / ".release-lock").exists()
+    assert server.logins() == {ROLES["blue"]: PASSWORD}, "the new colour may still log in"
+    assert server.file(".env.blue") == dot_env(), "the live colour's settings changed"
+    assert server.file(".env") == dot_env(FEATURE="on"), "the declared settings are lost for the next run"
+    assert not server.locked()
 
 
-def test_a_switch_cut_off_midway_is_put_back_in_line_with_the_proxy_by_the_next_run(server: Server) -> None:
+def test_a_switch_killed_outright_is_put_back_in_line_with_the_proxy_before_the_next_one_starts_a_colour(
+    server: Server,
+) -> None:
     server.live("v1.0.0", OLD)
-    # What a switch killed outright (no undo) between installing live.conf and reloading leaves behind.
-    (server.app_dir / "proxy" / "live.conf").write_text("# traffic goes to green\n")
-    (server.app_dir / ".env.previous").write_text("POSTGRES_USER='kametrix'\n")
-    (server.app_dir / ".env").write_text("A='new'\n")
-    server.fact("reload_ignored", "yes")
-    result = server.up("v2.0.0", NEW)
-    assert result.returncode == 1, result.stderr
-    assert server.file("proxy/live.conf") == "# traffic goes to blue\n"
-    assert server.file(".env") == "POSTGRES_USER='kametrix'\n" and server.file(".env.next") == "A='new'\n"
-    assert server.read("env_green") == "A='new'\n", "the next run did not start with the staged settings"
+    # What a switch killed outright (no undo ran) between installing live.conf and reloading leaves behind.
+    (server.app_dir / "proxy" / "live.conf").write_text(server.file("proxy/green.conf"))
+    server.fact("healthy_after", f"{NEW} 1\n")
+    server.fact("hold_start", "yes")
+    step = server.start_up("v2.0.0", NEW, subprocess.DEVNULL, subprocess.DEVNULL)
+    try:
+        wait_for(server.state / "held")
+        assert server.file("proxy/live.conf") == server.file("proxy/blue.conf"), (
+            "a proxy restarted now would send traffic to a colour that is not healthy yet"
+        )
+    finally:
+        server.fact("resume", "")
+        assert step.wait(timeout=60) == 0
+    assert server.read("proxy_colour") == "green"
 
 
 def test_a_rollback_to_an_image_still_on_the_host_pulls_nothing(server: Server) -> None:
@@ -439,21 +580,12 @@ def test_an_image_missing_from_the_host_is_pulled_before_anything_starts(server:
     assert index_of(calls, "pull", NEW) < index_of(calls, "up", "app-green"), calls
 
 
-def test_rerunning_a_live_release_converges_and_keeps_its_previous_version(server: Server) -> None:
-    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
-    server.fact("healthy_after", f"{NEW} 1\n")
-    result = server.up("v2.0.0", NEW)
-    assert result.returncode == 0, result.stderr
-    assert "previous=v1.0.0" in result.stdout
-    assert server.read("proxy_colour") == "green" and server.read("colour_green") == NEW
-
-
 def test_pruning_keeps_the_newest_images_and_never_the_live_or_previous_one(server: Server) -> None:
     server.live("v5.0.0", OLD)
     server.fact("healthy_after", f"{NEW} 1\n")
     listed = [NEW, MIGRATE, *(f"registry.example/kametrix@sha256:{str(i) * 64}" for i in range(1, 6)), OLD]
     server.fact("images", "".join(f"{image}\n" for image in listed))
-    result = server.up("v6.0.0", NEW, keep="3")
+    result = server.up("v6.0.0", NEW)
     assert result.returncode == 0, result.stderr
     removed = server.read("removed_images").split()
     assert removed == [f"registry.example/kametrix@sha256:{str(i) * 64}" for i in range(2, 6)]
@@ -462,52 +594,204 @@ def test_pruning_keeps_the_newest_images_and_never_the_live_or_previous_one(serv
 
 def test_pruning_never_removes_the_previous_versions_migrate_image(server: Server) -> None:
     previous_migrate = "registry.example/kametrix@sha256:" + "d" * 64
-    server.live("v5.0.0", OLD)
-    with (server.app_dir / "release.env").open("a") as record:
-        record.write(f"MIGRATE_IMAGE={previous_migrate}\n")
+    server.live("v5.0.0", OLD, migrate=previous_migrate)
+    server.setting("IMAGES_TO_KEEP", "2")
     server.fact("healthy_after", f"{NEW} 1\n")
     server.fact("images", "".join(f"{image}\n" for image in (NEW, MIGRATE, OLD, previous_migrate)))
-    result = server.up("v6.0.0", NEW, keep="2")
+    result = server.up("v6.0.0", NEW)
     assert result.returncode == 0, result.stderr
     assert server.read("removed_images") == "", "an image of the previous version was pruned"
     assert server.record()["PREVIOUS_MIGRATE_IMAGE"] == previous_migrate
 
 
-# --- settings: one cutover per update ---------------------------------------------------------------------
+# --- the point of no return, and an update run again ----------------------------------------------------------
 
 
-def test_new_settings_are_staged_and_never_move_traffic_by_themselves(server: Server) -> None:
-    server.live("v2.0.0", OLD)
-    result = server.env("A='2'\n")
+def test_a_switch_that_fails_after_the_proxy_named_the_new_colour_leaves_it_live_and_says_so(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    server.fact("healthy_after", f"{NEW} 1\n")
+    server.fact("fail_stop", "app-blue\n")
+    result = server.up("v2.0.0", NEW)
+    assert result.returncode == 1
+    assert f"release v2.0.0 serves, but its switch did not finish (see above): v2.0.0 ({NEW}) is live" in result.stderr
+    assert "keeps serving" not in result.stderr and "undoing" not in result.stderr
+    record = server.record()
+    assert (record["VERSION"], record["LIVE_COLOUR"], record["PREVIOUS_VERSION"]) == ("v2.0.0", "green", "v1.0.0")
+    assert server.history() == ["v1.0.0", "v2.0.0"]
+    assert server.file("proxy/live.conf") == server.file("proxy/green.conf")
+    assert (server.read("proxy_colour"), server.read("colour_green")) == ("green", NEW)
+    assert ROLES["green"] in server.logins(), "the colour that serves cannot log in"
+    assert not server.locked()
+    # Run again, the update has nothing to switch: it stops what the switch left running.
+    server.forget("fail_stop")
+    again = server.up("v2.0.0", NEW)
+    assert again.returncode == 0 and "nothing to switch" in again.stdout, again.stderr
+    assert server.read("colour_blue") == "" and server.logins() == {ROLES["green"]: PASSWORD}
+
+
+def test_an_update_run_again_after_its_switch_has_nothing_to_switch_and_only_ends_the_release(server: Server) -> None:
+    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
+    # A colour a killed switch left running, able to log in.
+    server.fact("colour_green", OLD)
+    server.fact(f"login_{ROLES['green']}", PASSWORD)
+    result = server.up("v2.0.0", NEW)
     assert result.returncode == 0, result.stderr
-    assert "new settings staged" in result.stdout
-    staged = server.app_dir / ".env.next"
-    assert staged.read_text() == "A='2'\n" and stat.S_IMODE(staged.stat().st_mode) == 0o600
-    assert server.file(".env") == "POSTGRES_USER='kametrix'\n", "the live colour's settings changed under it"
-    assert server.read("calls.log") == "", "env.sh moved traffic"
+    assert "v2.0.0 is live on blue with the current settings and files: nothing to switch" in result.stdout
+    calls = server.calls()
+    assert not any(" kill " in call or re.search(r" up .*app-", call) for call in calls), calls
+    assert "stopping app-green: a switch that did not finish left it running" in result.stderr
+    assert server.read("colour_green") == "" and server.logins() == {ROLES["blue"]: PASSWORD}
+    assert "previous=v1.0.0" in result.stdout and server.history() == ["v1.0.0", "v2.0.0"]
+    assert not server.locked()
+
+
+@pytest.mark.parametrize("change", ["settings", "files", "its colour stopped", "the proxy names the other colour"])
+def test_a_live_release_is_switched_again_unless_it_runs_as_declared(server: Server, change: str) -> None:
+    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
+    server.fact("healthy_after", f"{NEW} 1\n")
+    if change == "settings":
+        (server.app_dir / ".env").write_text(dot_env(FEATURE="on"))
+    elif change == "files":
+        (server.app_dir / ".files-digest").write_text("d" * 64 + "\n")
+    elif change == "its colour stopped":
+        server.fact("colour_blue", "")
+    else:
+        server.fact("proxy_colour", "green")
+        server.fact("colour_green", OLD)
+    result = server.up("v2.0.0", NEW)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to switch" not in result.stdout and "switched to" in result.stdout, result.stdout
+    live = server.record()["LIVE_COLOUR"]
+    assert server.read("proxy_colour") == live and server.read(f"colour_{live}") == NEW
+    assert server.record().get("FILES_DIGEST", "") == server.file(".files-digest").strip()
+    assert server.history() == ["v1.0.0", "v2.0.0"]
+    assert "nothing to switch" in server.up("v2.0.0", NEW).stdout, "the update does not converge"
+
+
+# --- what served before: the history ------------------------------------------------------------------------
+
+
+def test_a_rollback_leaves_no_previous_version_so_previous_never_toggles(server: Server) -> None:
+    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
+    server.fact("healthy_after", f"{OLD} 1\n")
+    result = server.up("v1.0.0", OLD)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("previous=\n"), result.stdout
+    assert "PREVIOUS_VERSION" not in server.record() and server.history() == ["v1.0.0"]
+    back = server.switch_back()
+    assert back.returncode == 1 and "no previous version with both its images is recorded" in back.stderr
+    assert server.record()["VERSION"] == "v1.0.0", "switching back after a rollback went forward again"
+
+
+def test_switch_back_run_again_goes_further_back_and_never_forward(server: Server) -> None:
+    server.live("v3.0.0", NEWER, previous="v2.0.0", previous_image=NEW)
+    (server.app_dir / "releases.log").write_text(
+        "".join(
+            f"{version} {image} {MIGRATE}\n" for version, image in (("v1.0.0", OLD), ("v2.0.0", NEW), ("v3.0.0", NEWER))
+        )
+    )
+    server.fact("images_present", f"{OLD}\n{NEW}\n{NEWER}\n")
+    server.fact("healthy_after", f"{OLD} 1\n{NEW} 1\n")
+    first = server.switch_back()
+    assert first.returncode == 0, first.stderr
+    assert (server.record()["VERSION"], server.record()["PREVIOUS_VERSION"]) == ("v2.0.0", "v1.0.0")
+    assert server.history() == ["v1.0.0", "v2.0.0"]
+    second = server.switch_back()
+    assert second.returncode == 0, second.stderr
+    assert server.record()["VERSION"] == "v1.0.0" and "PREVIOUS_VERSION" not in server.record()
+    assert server.history() == ["v1.0.0"] and server.read(f"colour_{server.record()['LIVE_COLOUR']}") == OLD
+    third = server.switch_back()
+    assert third.returncode == 1 and "v1.0.0 keeps serving" in third.stderr
+
+
+def test_a_server_released_before_the_history_existed_starts_it_from_its_live_release(server: Server) -> None:
+    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
+    (server.app_dir / "releases.log").unlink()
+    server.fact("healthy_after", f"{NEWER} 1\n")
+    result = server.up("v3.0.0", NEWER)
+    assert result.returncode == 0, result.stderr
+    assert server.history() == ["v1.0.0", "v2.0.0", "v3.0.0"] and "previous=v2.0.0" in result.stdout
+
+
+# --- login roles ----------------------------------------------------------------------------------------------
+
+
+def test_a_colour_may_log_in_only_while_it_runs_and_with_the_password_of_its_own_settings(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    (server.app_dir / ".env").write_text(dot_env(ROTATED_PASSWORD))
+    server.fact("healthy_after", f"{NEW} 1\n")
+    result = server.up("v2.0.0", NEW)
+    assert result.returncode == 0, result.stderr
+    calls = server.calls()
+    assert index_of(calls, "psql:", "login", ROLES["green"]) < index_of(calls, "up", "app-green"), calls
+    assert index_of(calls, "stop", "app-blue") < index_of(calls, "psql:", "nologin", ROLES["blue"]), calls
+    assert server.logins() == {ROLES["green"]: ROTATED_PASSWORD}
+    assert server.file(".env.green") == dot_env(ROTATED_PASSWORD) and server.mode(".env.green") == 0o600
+    assert server.read("env_green") == dot_env(ROTATED_PASSWORD), "green did not start with its own copy"
+
+
+def test_a_login_password_never_appears_on_a_command_line_or_in_a_steps_output(server: Server) -> None:
+    server.fact("healthy_after", f"{NEW} 1\n")
+    steps = [server.backup(mode="before-migrations"), server.migrate(), server.up("v2.0.0", NEW)]
+    assert [step.returncode for step in steps] == [0, 0, 0], [step.stderr for step in steps]
+    assert server.logins() == {ROLES["blue"]: PASSWORD}, "the password did not reach the database"
+    calls = server.read("calls.log")
+    assert PASSWORD not in calls, "a password was on docker's command line"
+    passed = re.findall(r" --env (\S+) ", calls)
+    assert passed == ["KAMETRIX_LOGIN_PASSWORD"] * 3, passed
+    assert not any(PASSWORD in step.stdout + step.stderr for step in steps), "a step printed the password"
+
+
+@pytest.mark.parametrize("run", ["migrations applied", "migrations failed", "the backup's migrate status"])
+def test_the_migrations_role_may_log_in_only_while_migrations_run(server: Server, run: str) -> None:
+    server.fact("migrate_status", "1" if run == "migrations failed" else "0")
+    result = server.backup(mode="before-migrations") if "backup" in run else server.migrate()
+    assert result.returncode == (1 if run == "migrations failed" else 0), result.stderr
+    calls = server.calls()
+    allowed, retired = (
+        index_of(calls, "psql:", "login", ROLES["migrate"]),
+        index_of(calls, "psql:", "nologin", ROLES["migrate"]),
+    )
+    assert allowed < index_of(calls, "run", "migrate") < retired, calls
+    assert server.logins() == {}, "the migrations' role may still log in"
+
+
+# --- settings: one cutover per update, each colour with its own copy ---------------------------------------
+
+
+def test_env_installs_the_settings_whole_while_the_live_colour_keeps_its_own_copy_and_nothing_moves(
+    server: Server,
+) -> None:
+    server.live("v2.0.0", OLD)
+    result = server.env(dot_env(FEATURE="on"))
+    assert result.returncode == 0, result.stderr
+    assert ".env installed: the next cutover starts the app with it" in result.stdout
+    assert server.file(".env") == dot_env(FEATURE="on") and server.mode(".env") == 0o600
+    assert server.file(".env.blue") == dot_env() and server.mode(".env.blue") == 0o600
+    assert sorted(path.name for path in server.app_dir.glob(".env*")) == [".env", ".env.blue"]
+    assert server.calls() == [], "env.sh moved traffic"
     assert server.lock()["RELEASE"] == release_of("v2.0.0", OLD), "the lock does not pass on to the update's up"
 
 
 def test_a_settings_only_change_moves_colours_behind_the_gate_once(server: Server) -> None:
     server.live("v2.0.0", OLD)
     server.fact("healthy_after", f"{OLD} 1\n")
-    assert server.env("A='2'\n").returncode == 0
+    assert server.env(dot_env(FEATURE="on")).returncode == 0
     result = server.up("v2.0.0", OLD)
     assert result.returncode == 0, result.stderr
-    assert server.read("env_green") == "A='2'\n", "the idle colour did not start with the new settings"
+    assert server.read("env_green") == dot_env(FEATURE="on"), "the idle colour did not start with the new settings"
+    assert server.file(".env.green") == dot_env(FEATURE="on") and server.mode(".env.green") == 0o600
     assert (server.read("proxy_colour"), server.read("colour_green"), server.read("colour_blue")) == ("green", OLD, "")
-    env = server.app_dir / ".env"
-    assert env.read_text() == "A='2'\n" and stat.S_IMODE(env.stat().st_mode) == 0o600
-    assert not (server.app_dir / ".env.next").exists() and not (server.app_dir / ".env.previous").exists()
-    assert stat.S_IMODE((server.app_dir / "proxy" / "live.conf").stat().st_mode) == 0o644, "nginx cannot read it"
-    assert not (server.app_dir / ".release-lock").exists()
+    assert server.file(".env") == dot_env(FEATURE="on") and server.mode(".env") == 0o600
+    assert not any(path.name.startswith((".env.next", ".env.previous")) for path in server.app_dir.iterdir())
+    assert not server.locked()
 
 
 def test_settings_only_the_new_version_accepts_start_with_it_in_one_cutover(server: Server) -> None:
     server.live("v1.0.0", OLD)
     server.fact("healthy_after", f"{OLD} 1\n{NEW} 1\n")
     server.fact("rejects", f"{OLD} FEATURE=\n")
-    assert server.env("FEATURE='on'\n", release=release_of("v2.0.0", NEW)).returncode == 0
+    assert server.env(dot_env(FEATURE="on"), release=release_of("v2.0.0", NEW)).returncode == 0
     result = server.up("v2.0.0", NEW)
     assert result.returncode == 0, result.stderr
     calls = server.calls()
@@ -515,36 +799,55 @@ def test_settings_only_the_new_version_accepts_start_with_it_in_one_cutover(serv
     reloads = [call for call in calls if " kill " in call]
     drains = [call for call in calls if " stop " in call]
     assert (len(starts), len(reloads), len(drains)) == (1, 1, 1), calls
-    assert (server.read("colour_green"), server.read("env_green")) == (NEW, "FEATURE='on'\n")
-    assert server.file(".env") == "FEATURE='on'\n"
+    assert (server.read("colour_green"), server.read("env_green")) == (NEW, dot_env(FEATURE="on"))
 
 
-def test_settings_that_break_the_live_version_switch_nothing_and_the_previous_env_stays(server: Server) -> None:
+def test_settings_that_break_the_live_version_switch_nothing_and_the_live_colour_keeps_its_own(server: Server) -> None:
     server.live("v2.0.0", OLD)
     server.fact("healthy_after", f"{OLD} 1\n")
     server.fact("rejects", f"{OLD} broken\n")
-    assert server.env("B='broken'\n").returncode == 0
+    assert server.env(dot_env(B="broken")).returncode == 0
     result = server.up("v2.0.0", OLD)
     assert result.returncode == 1
-    assert f"v2.0.0 ({OLD}) keeps serving" in result.stderr
-    assert server.file(".env") == "POSTGRES_USER='kametrix'\n", "the broken .env stayed"
+    assert (
+        "not healthy on green" in result.stderr and "undoing the switch to green: blue keeps serving" in result.stderr
+    )
     assert (server.read("proxy_colour"), server.read("colour_blue"), server.read("colour_green")) == ("blue", OLD, "")
-    assert not any(" kill " in call for call in server.calls()), "the proxy was reloaded"
+    assert server.file(".env.blue") == dot_env() and server.read("env_blue") == dot_env()
+    assert "proxy: names green" not in server.calls(), "the proxy sent traffic to the broken settings"
+    assert server.logins() == {ROLES["blue"]: PASSWORD} and not server.locked()
+    # The stack still declares the new settings: the update's next run tries them again.
+    assert server.file(".env") == dot_env(B="broken")
 
 
-def test_an_unchanged_env_restarts_nothing_and_drops_settings_staged_earlier(server: Server) -> None:
+def test_a_failed_switch_of_the_live_release_for_new_settings_says_the_live_colour_keeps_serving(
+    server: Server,
+) -> None:
     server.live("v2.0.0", OLD)
-    (server.app_dir / ".env.next").write_text("A='reverted since'\n")
-    result = server.env("POSTGRES_USER='kametrix'\n")
+    (server.app_dir / ".env").write_text(dot_env(FEATURE="on"))
+    result = server.up("v2.0.0", OLD)
+    assert result.returncode == 1 and "undoing the switch to green: blue keeps serving" in result.stderr
+    assert "serves, but its switch did not finish" not in result.stderr, result.stderr
+    assert f"v2.0.0 ({OLD}) keeps serving" in result.stderr
+
+
+def test_an_unchanged_env_restarts_nothing_and_removes_what_the_staging_steps_left(server: Server) -> None:
+    server.live("v2.0.0", OLD)
+    for leftover in (".env.next", ".env.previous", ".env.next.held"):
+        (server.app_dir / leftover).write_text("A='left by the steps before each colour had its own copy'\n")
+    result = server.env(dot_env())
     assert result.returncode == 0 and ".env unchanged" in result.stdout
-    assert server.read("calls.log") == "" and not (server.app_dir / ".env.next").exists()
+    # Up has nothing to do: the step ends the update, and finds no colour to stop.
+    assert [call.split()[9:11] for call in server.calls()] == [["ps", "--quiet"]], server.calls()
+    assert not server.locked()
+    assert sorted(path.name for path in server.app_dir.glob(".env*")) == [".env", ".env.blue"]
 
 
 def test_before_the_first_release_the_env_is_installed_at_once(server: Server) -> None:
     (server.app_dir / ".env").unlink()
-    result = server.env("A='1'\n", release=release_of("v1.0.0", NEW))
+    result = server.env(dot_env(), release=release_of("v1.0.0", NEW))
     assert result.returncode == 0 and ".env installed" in result.stdout
-    assert stat.S_IMODE((server.app_dir / ".env").stat().st_mode) == 0o600
+    assert server.file(".env") == dot_env() and server.mode(".env") == 0o600
 
 
 @pytest.mark.parametrize("stdin", ["", "A='1'\nnot a setting TESTSECRET-x\nB=unquoted\n"])
@@ -553,8 +856,86 @@ def test_an_empty_or_malformed_env_changes_nothing_and_is_never_echoed(server: S
     assert result.returncode == 1
     assert ("empty .env" if not stdin else "received other lines (2,3)") in result.stderr
     assert "TESTSECRET" not in result.stderr + result.stdout
-    assert server.file(".env") == "POSTGRES_USER='kametrix'\n"
-    assert [p.name for p in server.app_dir.iterdir() if p.name.startswith(".env.")] == []
+    assert server.file(".env") == dot_env()
+    assert [path.name for path in server.app_dir.glob(".env*")] == [".env"]
+    assert not server.locked()
+
+
+# --- the end of an update: stray colours, the handover, a dropped connection ----------------------------------
+
+
+def test_a_step_that_ends_an_update_without_up_stops_a_colour_a_killed_switch_left_running(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    server.fact("colour_green", NEW)
+    server.fact(f"login_{ROLES['green']}", PASSWORD)
+    # The update back to the live release after one killed mid-switch: up has nothing to do, backup ends it.
+    result = server.backup(version="v1.0.0", image=OLD, release=release_of("v1.0.0", OLD))
+    assert result.returncode == 0, result.stderr
+    assert "stopping app-green: a switch that did not finish left it running" in result.stderr
+    assert server.read("colour_green") == "" and server.logins() == {ROLES["blue"]: PASSWORD}
+    assert (server.read("proxy_colour"), server.read("colour_blue")) == ("blue", OLD)
+    assert not server.locked()
+
+
+def test_a_handover_that_fails_gives_the_lock_back_and_fails_the_step(server: Server, tmp_path: Path) -> None:
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    (failing / "touch").write_text("#!/bin/sh\necho 'touch: cannot touch: Read-only file system' >&2\nexit 1\n")
+    (failing / "touch").chmod(0o755)
+    server.path.append(failing)
+    result = server.backup()
+    assert result.returncode == 1, "a step whose lock could not pass on to up passed for a success"
+    assert not server.locked(), "a failed handover kept the lock"
+
+
+def test_a_step_that_cannot_stop_a_stray_colour_fails_and_gives_the_lock_back(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    server.fact("colour_green", NEW)
+    server.fact("fail_stop", "app-green\n")
+    result = server.backup(version="v1.0.0", image=OLD, release=release_of("v1.0.0", OLD))
+    assert not server.locked()
+    assert result.returncode == 1, "the update ended as a success with a colour of an unfinished switch running"
+
+
+def test_a_step_whose_connection_drops_while_the_new_colour_starts_undoes_the_switch_and_fails(
+    server: Server, tmp_path: Path
+) -> None:
+    """Issue 22, item 1: a dropped SSH session sends no signal; a step only learns of it when it next writes. Were
+    SIGPIPE not ignored, that write would kill bash outright: no exit trap, so no undo (the new colour left running,
+    able to log in). Now the write fails (EPIPE), `set -e` ends the step, and its exit trap undoes."""
+    server.live("v1.0.0", OLD)
+    record = server.record()
+    server.fact("healthy_after", f"{NEW} 1\n")
+    server.fact("hold_start", "yes")
+    with (tmp_path / "stderr").open("w") as stderr:
+        step = server.start_up("v2.0.0", NEW, subprocess.PIPE, stderr.fileno())
+        assert step.stdout is not None
+        wait_for(server.state / "held")
+        step.stdout.close()  # the session drops: nothing reads what the step writes any more
+        server.fact("resume", "")
+        status = step.wait(timeout=60)
+    errors = (tmp_path / "stderr").read_text()
+    assert status == 1, f"exit status {status}: {errors}"
+    assert "Broken pipe" in errors and "undoing the switch to green: blue keeps serving" in errors, errors
+    assert (server.read("colour_green"), server.read("colour_blue"), server.read("proxy_colour")) == ("", OLD, "blue")
+    assert server.logins() == {ROLES["blue"]: PASSWORD}, "the undone colour may still log in"
+    assert server.record() == record and not server.locked()
+
+
+def test_a_step_whose_connection_dropped_before_it_wrote_anything_fails_and_gives_the_lock_back(
+    server: Server,
+) -> None:
+    server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nothing reads the step's output: the session is gone
+    try:
+        step = server.start_up("v2.0.0", NEW, write_end, subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    _, errors = step.communicate(timeout=60)
+    assert step.returncode == 1, f"exit status {step.returncode} (141: killed by SIGPIPE, no exit trap ran)"
+    assert b"Broken pipe" in errors, errors
+    assert not server.locked(), "the release lock outlived the step"
 
 
 # --- backup and migrate -----------------------------------------------------------------------------------
@@ -569,10 +950,19 @@ def test_backup_dumps_verifies_and_keeps_the_newest(server: Server) -> None:
     assert result.returncode == 0, result.stderr
     kept = sorted(p.name for p in backups.glob("*.dump"))
     assert len(kept) == 2 and kept[0] == "20260103T000000Z-v1.0.0.dump" and kept[1].endswith("-v2.0.0.dump")
-    path = result.stdout.split("backup=")[1].strip()
-    assert Path(path).read_text() == "PGDMP-custom-format-dump"
-    assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
+    path = Path(result.stdout.split("backup=")[1].strip())
+    assert path.read_text() == "PGDMP-custom-format-dump"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(backups.stat().st_mode) == 0o700
     assert server.lock()["RELEASE"] == release_of("v2.0.0", NEW), "backup must hold the release lock"
+
+
+def test_a_partial_dump_a_killed_backup_left_is_never_kept_as_a_backup(server: Server) -> None:
+    backups = server.app_dir / "backups"
+    backups.mkdir()
+    (backups / "20260101T000000Z-v1.0.0.dump.partial").write_text("PGDMP-cut-off")
+    result = server.backup(keep="5")
+    assert result.returncode == 0, result.stderr
+    assert [path.suffix for path in backups.iterdir()] == [".dump"], list(backups.iterdir())
 
 
 def test_an_empty_database_has_nothing_to_back_up(server: Server) -> None:
@@ -593,7 +983,7 @@ def test_a_failed_backup_stops_the_release_and_leaves_no_partial_file(
     result = server.backup()
     assert result.returncode == 1 and message in result.stderr
     assert list((server.app_dir / "backups").iterdir()) == []
-    assert not (server.app_dir / ".release-lock").exists(), "a failed step kept the release lock"
+    assert not server.locked(), "a failed step kept the release lock"
 
 
 def test_a_failed_migration_stops_the_release_with_the_live_version_serving(server: Server) -> None:
@@ -603,6 +993,7 @@ def test_a_failed_migration_stops_the_release_with_the_live_version_serving(serv
     assert result.returncode == 1
     assert "migrations of v4.0.0 failed; the live version (v2.0.0) keeps serving" in result.stderr
     assert server.read("colour_blue") == OLD and server.read("proxy_colour") == "blue"
+    assert server.logins() == {ROLES["blue"]: PASSWORD}
     assert not (server.app_dir / "migrations.log").exists(), "a failed migration was recorded as applied"
 
 
@@ -630,7 +1021,7 @@ def test_a_rollback_to_a_version_that_ran_here_takes_no_backup_unless_asked(serv
     assert result.returncode == 0, result.stderr
     assert "no backup: v2.0.0 already ran on this server" in result.stdout and "backup=\n" in result.stdout
     assert "release.backupOnRollback" in result.stdout
-    assert not any("pg_dump" in call for call in server.calls()), server.calls()
+    assert server.calls() == [], server.calls()
     asked = server.backup(mode="before-migrations", on_rollback="yes")
     assert asked.returncode == 0, asked.stderr
     assert "backing up: release.backupOnRollback asks for one" in asked.stdout
@@ -660,7 +1051,7 @@ def test_a_release_backs_up_before_migrations_or_always_as_the_stage_chooses(
 def test_a_backup_says_how_big_and_how_fast_it_was_and_uses_the_measured_dump_settings(server: Server) -> None:
     result = server.backup()
     assert result.returncode == 0, result.stderr
-    assert " MB/s)" in result.stdout, result.stdout
+    assert re.search(r"backed up 1 tables: 52 MB database, 0 MB dump in \d+\.\d s \(\d+ MB/s\)", result.stdout)
     dump = next(call for call in server.calls() if "pg_dump" in call)
     assert "--format=custom" in dump.split() and "--compress=1" in dump.split(), dump
 
@@ -669,20 +1060,10 @@ def test_a_backup_says_how_big_and_how_fast_it_was_and_uses_the_measured_dump_se
 def test_backup_refuses_an_unknown_policy(server: Server, mode: str, on_rollback: str) -> None:
     result = server.backup(mode=mode, on_rollback=on_rollback)
     assert result.returncode == 1 and "allowed" in result.stderr and "received" in result.stderr
-    assert server.calls() == []
+    assert server.calls() == [] and not server.locked()
 
 
 # --- the release lock -------------------------------------------------------------------------------------
-
-
-def files_step(server: Server, release: str) -> subprocess.CompletedProcess[str]:
-    """The files step as the program runs it: the bundle unpacked into a folder of its own, then files.sh."""
-    staged = server.app_dir / ".files.test"
-    (staged / "bin").mkdir(parents=True, exist_ok=True)
-    for name in SCRIPTS:
-        (staged / "bin" / name).write_bytes((SCRIPTS_DIR / name).read_bytes())
-    (staged / "docker-compose.yml").write_text(f"# rendered for {release}\n")
-    return server.run("files.sh", *server.common(release), "--from", str(staged))
 
 
 def test_the_lock_passes_through_every_step_of_one_update_and_ends_with_up(server: Server) -> None:
@@ -690,21 +1071,65 @@ def test_the_lock_passes_through_every_step_of_one_update_and_ends_with_up(serve
     server.live("v1.0.0", OLD)
     server.fact("healthy_after", f"{NEW} 1\n")
     holders = []
-    assert files_step(server, release).returncode == 0
-    holders.append(server.lock())
-    assert server.env("A='2'\n", release=release).returncode == 0
-    holders.append(server.lock())
-    assert server.backup(release=release).returncode == 0
-    holders.append(server.lock())
-    assert server.migrate("v2.0.0", NEW).returncode == 0
-    holders.append(server.lock())
-    assert [holder["STEP"] for holder in holders] == ["files", "env", "backup", "migrate"]
+    for step in (
+        lambda: server.files(release, note=f"rendered for {release}"),
+        lambda: server.env(dot_env(FEATURE="on"), release=release),
+        lambda: server.database(release=release),
+        lambda: server.backup(release=release),
+        lambda: server.migrate("v2.0.0", NEW),
+    ):
+        result = step()
+        assert result.returncode == 0, result.stderr
+        holders.append(server.lock())
+    assert [holder["STEP"] for holder in holders] == ["files", "env", "database", "backup", "migrate"]
     assert {holder["RELEASE"] for holder in holders} == {release}
     assert len({holder["SINCE"] for holder in holders}) == 1, "the lock's start moved between steps"
-    assert server.up("v2.0.0", NEW).returncode == 0
-    assert not (server.app_dir / ".release-lock").exists()
-    assert server.file("docker-compose.yml") == f"# rendered for {release}\n"
+    up = server.up("v2.0.0", NEW)
+    assert up.returncode == 0, up.stderr
+    assert not server.locked()
+    assert server.file("docker-compose.yml").endswith(f"# rendered for {release}\n")
     assert not (server.app_dir / ".files.test").exists(), "the unpacked bundle was left behind"
+    assert server.record()["FILES_DIGEST"] == server.file(".files-digest").strip(), "up did not record its files"
+
+
+def test_the_files_step_installs_each_file_whole_with_its_mode_and_removes_what_killed_steps_left(
+    server: Server,
+) -> None:
+    leftovers = ["release.env.partial.a1B2c3", ".env.partial.d4E5f6", "proxy/live.conf.partial.g7H8i9"]
+    for leftover in leftovers:
+        (server.app_dir / leftover).write_text("half-written by a step killed outright\n")
+    unpacked = server.app_dir / ".files.k1LLed"
+    unpacked.mkdir()
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(unpacked, (two_days_ago, two_days_ago))
+    result = server.files(release_of("v2.0.0", NEW), note="new")
+    assert result.returncode == 0, result.stderr
+    assert f"installed {len(BUNDLE)} files" in result.stdout
+    for path, (content, mode) in BUNDLE.items():
+        if path != server_files.COMPOSE_FILE:
+            assert (server.app_dir / path).read_bytes() == content, path
+        assert server.mode(path) == mode, path
+    assert not any((server.app_dir / leftover).exists() for leftover in leftovers), "a partial file was left"
+    assert not unpacked.exists() and not (server.app_dir / ".files.test").exists()
+
+
+def test_run_time_settings_alone_change_nothing_up_switches_with(server: Server) -> None:
+    release = release_of("v1.0.0", OLD)
+    server.live("v1.0.0", OLD)
+    assert server.files(release).returncode == 0
+    digest = server.file(".files-digest").strip()
+    assert server.locked(), "the live release never switched with these files, yet the lock did not wait for up"
+    # What up then records, as it gives the lock back.
+    with (server.app_dir / "release.env").open("a") as record:
+        record.write(f"FILES_DIGEST={digest}\n")
+    (server.app_dir / ".release-lock").unlink()
+    settings = server.files(release, DRAIN_SECONDS="60", HEALTH_ATTEMPTS="9")
+    assert settings.returncode == 0, settings.stderr
+    assert "DRAIN_SECONDS=60\n" in server.file(SETTINGS_FILE) and server.file(".files-digest").strip() == digest
+    assert not server.locked(), "a change of the run-time settings alone waits for a cutover"
+    files = server.files(release, note="a new compose file")
+    assert files.returncode == 0 and server.file(".files-digest").strip() != digest
+    assert server.locked(), "new files do not wait for up's cutover"
 
 
 def test_the_lock_says_which_release_holds_it_which_step_who_runs_it_and_since_when(server: Server) -> None:
@@ -716,32 +1141,34 @@ def test_the_lock_says_which_release_holds_it_which_step_who_runs_it_and_since_w
     assert holder["REQUESTED_BY"] == REQUESTER
 
 
-def test_who_asked_for_a_release_is_checked_before_the_lock_is_touched(server: Server) -> None:
-    server.requested_by = "alice'; rm -rf /"
-    result = server.backup()
-    assert result.returncode == 1 and "requested-by: allowed a run URL" in result.stderr
-    assert not (server.app_dir / ".release-lock").exists()
+def test_who_asked_for_a_release_is_checked_before_the_lock_is_touched_even_by_the_files_step(server: Server) -> None:
+    compose = server.file("docker-compose.yml")
+    result = server.files(release_of("v2.0.0", NEW), note="not to be installed", REQUESTED_BY="alice'; rm -rf /")
+    assert result.returncode == 1 and "REQUESTED_BY: allowed a run URL" in result.stderr, result.stderr
+    assert not server.locked() and server.file("docker-compose.yml") == compose
 
 
 @pytest.mark.parametrize("script", ["files", "backup"])
 def test_another_release_in_progress_is_refused_even_by_the_files_step(server: Server, script: str) -> None:
     assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
+    compose = server.file("docker-compose.yml")
     mine = release_of("v8.0.0", NEW)
-    result = files_step(server, mine) if script == "files" else server.backup(release=mine)
+    result = server.files(mine, note="not to be installed") if script == "files" else server.backup(release=mine)
     assert result.returncode == 1
     assert f"release {release_of('v7.0.0', OLD)} requested by {REQUESTER}, step backup (pid " in result.stderr
     assert f"of kametrix is in progress; refusing to start {mine}" in result.stderr
     assert "bin/release-lock.sh" in result.stderr, "the message does not say how to see or free the lock"
     assert server.lock()["RELEASE"] == release_of("v7.0.0", OLD), "the other release lost its lock"
-    assert server.file("docker-compose.yml") == "", "files were installed under another release's lock"
+    assert server.file("docker-compose.yml") == compose, "files were installed under another release's lock"
 
 
 def test_a_step_of_another_release_waits_for_a_running_step_and_is_refused(server: Server) -> None:
     assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
+    compose = server.file("docker-compose.yml")
     with server.step_running():
-        result = files_step(server, release_of("v8.0.0", NEW))
-    assert result.returncode == 1 and "another step has been running for over 2s" in result.stderr
-    assert server.file("docker-compose.yml") == ""
+        result = server.files(release_of("v8.0.0", NEW), note="not to be installed")
+    assert result.returncode == 1 and "another step has been running for over 1s" in result.stderr
+    assert server.file("docker-compose.yml") == compose
 
 
 def test_a_stale_lock_is_taken_over_and_the_same_release_may_continue(server: Server) -> None:
@@ -759,98 +1186,87 @@ def test_the_lock_command_shows_the_holder_and_frees_it_only_once_no_step_runs(s
     shown = server.run("release-lock.sh")
     assert shown.returncode == 0 and "no step of that release runs" in shown.stdout
     assert f"held by release {release_of('v7.0.0', OLD)} requested by {REQUESTER}, step backup" in shown.stdout
-    assert (server.app_dir / ".release-lock").exists(), "showing the lock freed it"
+    assert server.locked(), "showing the lock freed it"
     with server.step_running():
         refused = server.run("release-lock.sh", "--free")
     assert refused.returncode == 1 and "a step runs now (backup" in refused.stderr
-    assert (server.app_dir / ".release-lock").exists(), "a lock was freed while a step ran"
+    assert server.locked(), "a lock was freed while a step ran"
     freed = server.run("release-lock.sh", "--free")
     assert freed.returncode == 0 and "freed" in freed.stdout
-    assert not (server.app_dir / ".release-lock").exists()
+    assert not server.locked()
     assert server.backup().returncode == 0, "another release cannot start after the lock was freed"
 
 
 @pytest.mark.parametrize(
-    ("release", "staged_settings", "held"),
+    ("update", "held"),
     [
-        (release_of("v1.0.0", OLD), False, False),
-        (release_of("v1.0.0", OLD), True, True),
-        (release_of("v2.0.0", NEW), False, True),
+        ("the live release, as it runs", False),
+        ("the live release with new settings", True),
+        ("the live release with new files", True),
+        ("another release", True),
     ],
 )
-def test_a_step_keeps_the_lock_for_up_only_when_up_has_something_to_do(
-    server: Server, release: str, staged_settings: bool, held: bool
-) -> None:
-    """Going back to the live release after an update that stopped before `up` runs every step but `up`,
-    which has nothing to do: the last step that runs gives the lock back."""
+def test_a_step_keeps_the_lock_for_up_only_when_up_has_something_to_do(server: Server, update: str, held: bool) -> None:
+    """Going back to the live release after an update that stopped before `up` runs every step but `up`, which has
+    nothing to do: the last step that runs gives the lock back."""
     server.live("v1.0.0", OLD)
-    if staged_settings:
-        (server.app_dir / ".env.next").write_text("A='2'\n")
-    assert server.backup(release=release).returncode == 0
-    assert (server.app_dir / ".release-lock").exists() == held
+    if update.endswith("new settings"):
+        (server.app_dir / ".env").write_text(dot_env(FEATURE="on"))
+    if update.endswith("new files"):
+        (server.app_dir / ".files-digest").write_text("d" * 64 + "\n")
+    version, image = ("v2.0.0", NEW) if update == "another release" else ("v1.0.0", OLD)
+    assert server.backup(version=version, image=image, release=release_of(version, image)).returncode == 0
+    assert server.locked() == held
 
 
 # --- break-glass switch-back -------------------------------------------------------------------------
 
 
-def recorded_for_switch_back(server: Server, previous_migrate: str = MIGRATE) -> None:
-    """What up.sh records beside the release: the stage's project, cutover and lock settings."""
-    settings = dict(zip(CUTOVER[::2], CUTOVER[1::2], strict=True))
-    with (server.app_dir / "release.env").open("a") as record:
-        record.write(f"PREVIOUS_MIGRATE_IMAGE={previous_migrate}\nPROJECT=kametrix\nLOCK_TIMEOUT_SECONDS=1800\n")
-        record.writelines(f"{flag[2:].replace('-', '_').upper()}={value}\n" for flag, value in settings.items())
-
-
 def test_break_glass_switches_back_to_the_previous_version_through_the_health_gate(server: Server) -> None:
     server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
-    recorded_for_switch_back(server)
     server.fact("images_present", f"{OLD}\n{NEW}\n")
     server.fact("healthy_after", f"{OLD} 1\n")
-    result = server.run("switch-back.sh")
+    result = server.switch_back()
     assert result.returncode == 0, result.stderr
     assert (server.read("proxy_colour"), server.read("colour_green"), server.read("colour_blue")) == ("green", OLD, "")
     record = server.record()
-    assert (record["VERSION"], record["APP_IMAGE"], record["PREVIOUS_VERSION"]) == ("v1.0.0", OLD, "v2.0.0")
+    assert (record["VERSION"], record["APP_IMAGE"], record["MIGRATE_IMAGE"]) == ("v1.0.0", OLD, MIGRATE)
+    assert f"switched back to v1.0.0 ({OLD}); v2.0.0 no longer serves" in result.stdout
     assert "pulumi config set version v1.0.0" in result.stdout
     assert not any(call.startswith("pull") for call in server.calls()), "break-glass pulled an image"
-    assert not (server.app_dir / ".release-lock").exists()
+    assert not server.locked()
 
 
 def test_break_glass_never_switches_to_a_previous_version_that_does_not_turn_healthy(server: Server) -> None:
     server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
-    recorded_for_switch_back(server)
     server.fact("images_present", f"{OLD}\n{NEW}\n")
-    (server.app_dir / ".env.next").write_text("A='2'\n")
-    before = (server.app_dir / "release.env").read_text()
-    result = server.run("switch-back.sh")
+    (server.app_dir / ".env").write_text(dot_env(FEATURE="on"))
+    before = server.file("release.env")
+    result = server.switch_back()
     assert result.returncode == 1
-    assert "v1.0.0 was not switched back to (see above); v2.0.0" in result.stderr and "keeps serving" in result.stderr
-    assert (server.read("proxy_colour"), server.read("colour_blue")) == ("blue", NEW)
-    assert (server.app_dir / "release.env").read_text() == before
-    assert server.file(".env.next") == "A='2'\n", "settings staged for the next update were lost"
-    assert not (server.app_dir / ".release-lock").exists(), "a failed switch-back kept the release lock"
+    assert f"v1.0.0 was not switched back to (see above); v2.0.0 ({NEW}) keeps serving" in result.stderr
+    assert (server.read("proxy_colour"), server.read("colour_blue"), server.read("colour_green")) == ("blue", NEW, "")
+    assert server.file("release.env") == before and server.logins() == {ROLES["blue"]: PASSWORD}
+    assert server.file(".env") == dot_env(FEATURE="on"), "the declared settings were lost"
+    assert not server.locked(), "a failed switch-back kept the release lock"
 
 
 def test_break_glass_after_a_release_switches_back_with_what_up_recorded(server: Server) -> None:
     server.live("v1.0.0", OLD)
     server.fact("healthy_after", f"{NEW} 1\n{OLD} 1\n")
     assert server.up("v2.0.0", NEW).returncode == 0
-    result = server.run("switch-back.sh")
+    result = server.switch_back()
     assert result.returncode == 0, result.stderr
     record = server.record()
     assert (record["VERSION"], record["APP_IMAGE"], record["MIGRATE_IMAGE"]) == ("v1.0.0", OLD, MIGRATE)
-    assert (record["PREVIOUS_VERSION"], record["PREVIOUS_IMAGE"]) == ("v2.0.0", NEW)
     assert (server.read("proxy_colour"), server.read("colour_blue")) == ("blue", OLD), "v1.0.0 does not serve"
-    again = server.run("switch-back.sh")
-    assert again.returncode == 0 and server.record()["VERSION"] == "v2.0.0", "switching back again goes forward"
 
 
 def test_break_glass_waits_for_no_release_and_is_refused_while_another_holds_the_lock(server: Server) -> None:
     server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
-    recorded_for_switch_back(server)
     server.fact("healthy_after", f"{OLD} 1\n")
     assert server.backup(release=release_of("v3.0.0", NEW)).returncode == 0
-    result = server.run("switch-back.sh")
+    result = server.switch_back()
     assert result.returncode == 1
     assert f"release {release_of('v3.0.0', NEW)} requested by {REQUESTER}, step backup" in result.stderr, result.stderr
     assert f"refusing to start {release_of('v1.0.0', OLD)}" in result.stderr
@@ -858,18 +1274,19 @@ def test_break_glass_waits_for_no_release_and_is_refused_while_another_holds_the
     assert server.lock()["RELEASE"] == release_of("v3.0.0", NEW), "the other release lost its lock"
 
 
-def test_break_glass_starts_the_previous_version_with_the_live_settings_and_keeps_staged_ones_staged(
+def test_break_glass_starts_the_previous_version_with_the_live_colours_settings_and_leaves_the_declared_ones(
     server: Server,
 ) -> None:
     server.live("v2.0.0", NEW, previous="v1.0.0", previous_image=OLD)
-    recorded_for_switch_back(server)
+    declared = dot_env(ROTATED_PASSWORD, FEATURE="declared by an update that stopped before up")
+    (server.app_dir / ".env").write_text(declared)
     server.fact("healthy_after", f"{OLD} 1\n")
-    (server.app_dir / ".env.next").write_text("A='staged by an update that stopped before up'\n")
-    result = server.run("switch-back.sh")
+    result = server.switch_back()
     assert result.returncode == 0, result.stderr
-    assert server.read("env_green") == "POSTGRES_USER='kametrix'\n", "the previous version started with new settings"
-    assert server.file(".env.next") == "A='staged by an update that stopped before up'\n", "staged settings lost"
-    assert not (server.app_dir / ".env.next.held").exists()
+    assert server.read("env_green") == dot_env(), "the previous version started with settings that never served"
+    assert server.file(".env.green") == dot_env() and server.mode(".env.green") == 0o600
+    assert server.logins() == {ROLES["green"]: PASSWORD}
+    assert server.file(".env") == declared, "the declared settings were lost"
 
 
 def test_break_glass_takes_no_arguments(server: Server) -> None:
@@ -880,7 +1297,7 @@ def test_break_glass_takes_no_arguments(server: Server) -> None:
 
 def test_break_glass_without_a_recorded_previous_version_changes_nothing(server: Server) -> None:
     server.live("v1.0.0", OLD)
-    recorded_for_switch_back(server, previous_migrate="")
-    result = server.run("switch-back.sh")
+    before = server.file("release.env")
+    result = server.switch_back()
     assert result.returncode == 1 and "no previous version with both its images is recorded" in result.stderr
-    assert server.calls() == []
+    assert server.calls() == [] and server.file("release.env") == before and not server.locked()

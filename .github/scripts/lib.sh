@@ -2,10 +2,10 @@
 # Shared by the workflow scripts in .github/scripts: arguments, step outputs, the version grammar
 # and the release bot's git. Sourced, never run: it only defines functions and constants.
 
-# The versions the registry holds; the same grammar as components/config/fields.py VERSION_PATTERN.
-# shellcheck disable=SC2034  # used by the scripts that source this file
-VERSION_PATTERN='^(v[0-9]+\.[0-9]+\.[0-9]+|v[0-9]{4}\.[0-9]{2}\.[0-9]{2}-[0-9a-f]{7,40}|staging-[0-9a-f]{7,40})$'
-VERSION_FORMATS='v1.2.3, vYYYY.MM.DD-<sha7> or staging-<sha7>'
+# What these scripts share with the program (the version, commit and digest grammars, the stages' branches),
+# rendered from components/shared_facts.py by scripts/config_reference.py.
+# shellcheck source=facts.sh
+source "$(dirname "${BASH_SOURCE[0]}")/facts.sh"
 
 # fail MESSAGE: an error annotation on the run, then stop.
 fail() {
@@ -25,11 +25,15 @@ output() {
 
 # branch_of_stage STAGE: the branch a stage deploys from.
 branch_of_stage() {
-  case "$1" in
-    staging) echo develop ;;
-    production) echo main ;;
-    *) fail "stage: allowed staging, production; received '$1'" ;;
-  esac
+  local pair stages=()
+  for pair in $STAGE_BRANCHES; do
+    if [[ "${pair%%=*}" == "$1" ]]; then
+      echo "${pair#*=}"
+      return 0
+    fi
+    stages+=("${pair%%=*}")
+  done
+  fail "stage: allowed ${stages[*]}; received '$1'"
 }
 
 # bot_git ARGS...: git as the release bot, authenticated with PUSH_TOKEN (the release App's

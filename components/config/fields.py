@@ -11,7 +11,11 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 # Versions the image registry holds: release tags and staging builds. Never a moving tag.
-VERSION_PATTERN = re.compile(r"^(v\d+\.\d+\.\d+|v\d{4}\.\d{2}\.\d{2}-[0-9a-f]{7,40}|staging-[0-9a-f]{7,40})$")
+# Written in the subset of regular expressions that Python and bash's [[ =~ ]] read alike: the server's scripts and
+# the workflows' scripts use this very string (components/shared_facts.py, .github/scripts/lib.sh).
+VERSION_PATTERN = re.compile(
+    r"^(v[0-9]+\.[0-9]+\.[0-9]+|v[0-9]{4}\.[0-9]{2}\.[0-9]{2}-[0-9a-f]{7,40}|staging-[0-9a-f]{7,40})$"
+)
 VERSION_FORMATS = "v1.2.3, vYYYY.MM.DD-<short sha> or staging-<short sha>"
 # The server's `.env` holds KEY='value' lines: a value cannot close its quotes or start another line.
 ENV_FILE_FORBIDDEN = ("'", "\n", "\r")
@@ -81,19 +85,30 @@ def _check_env_value(value: str) -> str:
 
 
 Port = Annotated[int, in_range(1, 65535, "(TCP port)")]
-# What the server's release lock accepts too (components/scripts/lib.sh, require_requester).
-REQUESTER_PATTERN = r"[A-Za-z0-9 ._:/@()#+,=\[\]-]{1,300}"
+# What the server's release lock accepts too (components/shared_facts.py hands it to the scripts). `]` first and `[`
+# last in the set: read alike by Python and by bash's [[ =~ ]].
+REQUESTER_PATTERN = r"[]A-Za-z0-9 ._:/@()#+,=[-]{1,300}"
 Version = Annotated[str, Rule(_check_version, f"an exact version: {VERSION_FORMATS}", pattern=VERSION_PATTERN.pattern)]
-CommitSha = Annotated[str, matching(r"[0-9a-f]{40}", "a full 40-character lowercase git SHA")]
+# Each written in the subset both Python and bash's [[ =~ ]] read, like VERSION_PATTERN.
+COMMIT_PATTERN = r"[0-9a-f]{40}"
+DIGEST_PATTERN = r"sha256:[0-9a-f]{64}"
+UTC_TIME_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"
+# A version's two images: the app as `<version>`, the migrations as `<version>-migrate`.
+MIGRATE_TAG_SUFFIX = "-migrate"
+CommitSha = Annotated[str, matching(COMMIT_PATTERN, "a full 40-character lowercase git SHA")]
 GitHubLogin = Annotated[str, matching(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})", "a GitHub login")]
 TeamSlug = Annotated[str, matching(r"[a-z0-9][a-z0-9._-]*", "a GitHub team slug")]
 BranchPattern = Annotated[str, matching(r"[A-Za-z0-9._/*-]+", "a branch name or pattern")]
+# A PostgreSQL user or database name the scripts can quote alike: the login roles add a suffix of up to 8 characters
+# and stay within PostgreSQL's 63.
+DATABASE_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,49}"
+DatabaseName = Annotated[str, matching(DATABASE_NAME_PATTERN, "a PostgreSQL name: letters, digits, _ (up to 50)")]
 ENV_NAME_PATTERN = r"(?!GITHUB_)[A-Z_][A-Z0-9_]*"
 ENV_NAME_RULE = "an upper-case name not starting with GITHUB_"
 EnvName = Annotated[str, matching(ENV_NAME_PATTERN, ENV_NAME_RULE)]
 AbsolutePath = Annotated[str, matching(r"/[A-Za-z0-9._/-]*", "an absolute path")]
 HttpsUrl = Annotated[str, matching(r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")]
-Digest = Annotated[str, matching(r"sha256:[0-9a-f]{64}", "an image digest sha256:<64 lower-case hex>")]
+Digest = Annotated[str, matching(DIGEST_PATTERN, "an image digest sha256:<64 lower-case hex>")]
 FITS_ENV_FILE = Rule(_check_env_value, ENV_FILE_RULE, pattern="^[^'\\r\\n]*$")
 EnvValue = Annotated[str, FITS_ENV_FILE]
 """A plain value the server's `.env` carries."""

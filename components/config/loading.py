@@ -41,6 +41,8 @@ _REPLACED_KEYS = {
     "front proxy points), app.bluePort and app.greenPort (see docs/zero-downtime.md)",
     "app.hostNetwork": "every stage runs the same topology now: a compose network, containers found by service "
     "name, ports published on 127.0.0.1 only; remove the key",
+    "app.postgresPort": "PostgreSQL listens on 5432 on the stage's compose network only, where no port can clash "
+    "and the live app never loses it; remove the key",
 }
 
 

@@ -13,9 +13,11 @@ from pydantic.alias_generators import to_camel
 from components.config.fields import (
     FITS_ENV_FILE,
     REQUESTER_PATTERN,
+    UTC_TIME_PATTERN,
     AbsolutePath,
     BranchPattern,
     CommitSha,
+    DatabaseName,
     Digest,
     EnvName,
     EnvValue,
@@ -180,11 +182,10 @@ class AppSettings(Model):
     """The proxy in front of the colours: an nginx image (the release steps reload and drain it as nginx)."""
     postgres_image: EnvValue = "postgres:16-alpine"
     """The PostgreSQL image."""
-    postgres_port: Port = 5432
-    """PostgreSQL's port on the stage's compose network (`postgres:<port>`); never published on the host."""
-    postgres_user: EnvValue
-    """POSTGRES_USER."""
-    postgres_db: EnvValue
+    postgres_user: DatabaseName
+    """POSTGRES_USER: the database's owner. The app's colours and its migrations log in as roles of their own,
+    `<user>_blue`, `<user>_green` and `<user>_migrate`, each acting as the owner."""
+    postgres_db: DatabaseName
     """POSTGRES_DB."""
     database_pool_min: Annotated[int, in_range(0, 1000, "connections")] = 2
     """DATABASE_POOL_MIN: at most databasePoolMax."""
@@ -242,12 +243,9 @@ class PlainConfig(Model):
     """The version the stage runs: an exact version, never `latest` or a branch."""
     commit: CommitSha | None = None
     """The commit a building stage builds (GIT_SHA)."""
-    commit_time: (
-        Annotated[
-            str, matching(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", "an ISO 8601 UTC time like 2026-11-28T12:00:00Z")
-        ]
-        | None
-    ) = None
+    commit_time: Annotated[str, matching(UTC_TIME_PATTERN, "an ISO 8601 UTC time like 2026-11-28T12:00:00Z")] | None = (
+        None
+    )
     """When that commit was made (BUILD_TIMESTAMP); a build stays reproducible, so no clock is read."""
     server: ServerSettings
     """The Docker host, reached over SSH."""

@@ -32,6 +32,8 @@ REQUIRED_SECTIONS: Mapping[str, tuple[tuple[str, ...], str]] = {
 # wildcard) would let a deployment the workflow refuses pass GitHub's gate. The workflow's trigger is read
 # before any stack is, so the stack cannot move it; tests/workflows/test_deployment_branches.py keeps the two equal.
 PRODUCTION_BRANCH = "main"
+# The branch each deploying stage deploys from (the workflow scripts get it from .github/scripts/facts.sh).
+STAGE_BRANCHES: Mapping[str, str] = {"production": PRODUCTION_BRANCH, "staging": "develop"}
 # The one stage whose stack administers the GitHub repository: it holds the only credential that can change the
 # environments, and declares every stage's (each from its own stack file's `github` section). Staging's jobs run
 # without anyone's approval: a GitHub token in staging's stack could delete production's reviewers.
@@ -58,10 +60,9 @@ STAGE_RULES: Mapping[str, str] = {
     "app.proxyPort": "a port of its own",
     "app.bluePort": "a port of its own",
     "app.greenPort": "a port of its own",
-    "app.postgresPort": "a port of its own",
 }
 # The host ports of the stage, each needing a port of its own.
-_HOST_PORTS = ("proxy_port", "blue_port", "green_port", "postgres_port")
+_HOST_PORTS = ("proxy_port", "blue_port", "green_port")
 
 _SectionModel = TypeVar("_SectionModel", bound=BaseModel)
 

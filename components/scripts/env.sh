@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Receives the app's .env on stdin (mode 600, never on a command line) under the release lock, and never
-# moves traffic itself: while a release is live, changed settings are staged as .env.next and take effect
-# at the update's one cutover (up.sh, which runs after every change of settings), with whatever version it
-# starts. Before the first release they are installed as .env at once: nothing serves yet.
+# Receives the stage's settings on stdin (never on a command line) and installs them as .env (mode 600), whole,
+# under the release lock. A running colour keeps the settings it was started with (its own .env.<colour>): new
+# settings take effect at the update's one cutover (up.sh), with whatever version it starts.
 set -euo pipefail
-# shellcheck source=lib.sh
-source "$(dirname "$0")/lib.sh"
-parse_flags env.sh "app-dir project $(release_lock_flag_names)" "$@"
+# shellcheck source=lib/step.sh
+source "$(dirname "$0")/lib/step.sh"
+# shellcheck source=lib/lock.sh
+source "$(dirname "$0")/lib/lock.sh"
+# shellcheck source=lib/live.sh
+source "$(dirname "$0")/lib/live.sh"
+# shellcheck source=lib/compose.sh
+source "$(dirname "$0")/lib/compose.sh"
+parse_flags env.sh "$ENV_FLAGS" "$@"
 begin_step
+read_settings
 
 umask 077
-mkdir -p "$APP_DIR"
-candidate="$(mktemp "$APP_DIR/.env.XXXXXX")"
+candidate="$(mktemp "$APP_DIR/.env.partial.XXXXXX")"
 PARTIAL_FILE="$candidate"
 cat >"$candidate"
 [[ -s "$candidate" ]] || die "received an empty .env on stdin; nothing was changed"
@@ -19,14 +24,14 @@ cat >"$candidate"
 malformed="$(grep -nvE "^[A-Z_][A-Z0-9_]*='[^']*'$" "$candidate" | cut -d: -f1 | paste -sd, || true)"
 [[ -z "$malformed" ]] || die ".env on stdin: allowed KEY='value' lines; received other lines ($malformed); nothing was changed"
 
-acquire_release_lock "${FLAGS[release]}" "${FLAGS[lock-timeout-seconds]}" env
+acquire_release_lock "${FLAGS[release]}" env
 if [[ -f "$APP_DIR/.env" ]] && cmp -s "$candidate" "$APP_DIR/.env"; then
-  rm -f "$APP_DIR/.env.next"
   echo ".env unchanged"
-elif [[ -n "$(live APP_IMAGE)" ]]; then
-  mv -f "$candidate" "$APP_DIR/.env.next"
-  echo "new settings staged: they take effect when the release switches colours"
 else
   mv -f "$candidate" "$APP_DIR/.env"
-  echo ".env installed"
+  echo ".env installed: the next cutover starts the app with it"
 fi
+PARTIAL_FILE=""
+rm -f "$candidate"
+# Left by the steps before each colour had its own copy of the settings, which staged them instead.
+rm -f "$APP_DIR/.env.next" "$APP_DIR/.env.previous" "$APP_DIR/.env.next.held"

@@ -5,14 +5,17 @@
 # that a running step holds is never freed.
 #   bash <appDir>/bin/release-lock.sh [--free]
 set -euo pipefail
-# shellcheck source=lib.sh
-source "$(dirname "$0")/lib.sh"
+# shellcheck source=lib/step.sh
+source "$(dirname "$0")/lib/step.sh"
+# shellcheck source=lib/lock.sh
+source "$(dirname "$0")/lib/lock.sh"
 case "${1:-}" in
   "") free=no ;;
   --free) free=yes ;;
   *) die "usage: release-lock.sh [--free] (received '$*')" ;;
 esac
 use_app_dir "$(cd "$(dirname "$0")/.." && pwd)"
+lock_files
 
 if [[ ! -f "$LOCK_HOLDER" ]]; then
   echo "the release lock of $APP_DIR is free"
@@ -22,7 +25,7 @@ echo "the release lock of $APP_DIR is held by $(describe_lock_holder)"
 # Every step, and any process it started, holds the mutex while it runs: taking it proves that none does.
 exec 8>"$LOCK_MUTEX"
 if ! flock -n 8; then
-  die "a step runs now ($(live STEP "$LOCK_HOLDER"), pid $(live PID "$LOCK_HOLDER")); the lock is not freed"
+  die "a step runs now ($(value_of STEP "$LOCK_HOLDER"), pid $(value_of PID "$LOCK_HOLDER")); the lock is not freed"
 fi
 echo "no step of that release runs"
 if [[ "$free" == yes ]]; then

@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# Moves traffic to APP_IMAGE without a gap; the one place that decides how traffic moves.
-# Starts the image on the idle colour beside the live one, with the settings env.sh staged (.env.next) if
-# any, waits until that colour reports a healthy, valid build, points the proxy at it (live.conf, then a
-# graceful reload), lets the old colour finish its requests (at most DRAIN_SECONDS) and stops it.
-# A switch that fails at any point is undone: the new colour is stopped, live.conf and .env are put back
-# and the proxy reloaded, so the proxy, its config, the record and the running colours all name the
-# version that kept serving, also after a restart of the proxy.
+# Moves traffic to APP_IMAGE (VERSION) without a gap; the one place that decides how traffic moves. Run by up.sh
+# and switch-back.sh under their release lock.
+# Starts the image on the idle colour beside the live one, with a copy of the settings (--settings current: .env,
+# what the stack declares; live: the live colour's own copy), waits until that colour reports a healthy, valid
+# build, points the proxy at it (live.conf, then a graceful reload) and, the moment the proxy names it, makes it the
+# live release (lib/live.sh). Then lets the old colour finish its requests (at most DRAIN_SECONDS) and stops it.
+# A switch that fails before the proxy names the new colour is undone: the new colour is stopped and live.conf put
+# back, so the proxy, its config, the live release and the running colours all name what kept serving. A failure
+# after that point leaves the new release live, as the live release says.
 set -euo pipefail
-# shellcheck source=lib.sh
-source "$(dirname "$0")/lib.sh"
-parse_flags switch.sh "app-dir project app-image migrate-image $(cutover_flag_names)" "$@"
+# shellcheck source=lib/step.sh
+source "$(dirname "$0")/lib/step.sh"
+# shellcheck source=lib/lock.sh
+source "$(dirname "$0")/lib/lock.sh"
+# shellcheck source=lib/live.sh
+source "$(dirname "$0")/lib/live.sh"
+# shellcheck source=lib/compose.sh
+source "$(dirname "$0")/lib/compose.sh"
+parse_flags switch.sh "$SWITCH_FLAGS" "$@"
 begin_step
+read_settings
+version="${FLAGS[version]}" settings="${FLAGS[settings]}"
 export APP_IMAGE="${FLAGS[app-image]}" MIGRATE_IMAGE="${FLAGS[migrate-image]}"
-colour_url="${FLAGS[colour-url]}" attempts="${FLAGS[health-attempts]}"
-interval="${FLAGS[health-interval-seconds]}" drain="${FLAGS[drain-seconds]}"
-declare -A health_url=([blue]="${FLAGS[blue-health-url]}" [green]="${FLAGS[green-health-url]}")
+require_version VERSION "$version"
 require_digest_ref APP_IMAGE "$APP_IMAGE"
 require_digest_ref MIGRATE_IMAGE "$MIGRATE_IMAGE"
-require_cutover_flags
-proxy_dir="$APP_DIR/proxy" env_file="$APP_DIR/.env"
+[[ "$settings" == current || "$settings" == live ]] || die "settings: allowed current, live; received '$settings'"
+proxy_dir="$APP_DIR/proxy"
+declare -A health_url=([blue]="$BLUE_HEALTH_URL" [green]="$GREEN_HEALTH_URL")
 
 # The colour the proxy sends traffic to; nothing while no proxy runs (first release, old layout).
 serving() {
-  curl --silent --fail --max-time 2 "$colour_url" || true
+  curl --silent --fail --max-time 2 "$COLOUR_URL" || true
 }
 
 # Whether the proxy names COLOUR within 10 s.
@@ -35,70 +44,58 @@ proxy_names() {
   return 1
 }
 
-# Puts back what this switch changed, newest first. The live colour served throughout.
+# Puts back what this switch changed: the live colour served throughout.
 undo_switch() {
-  echo "undoing the switch to $new: $old keeps serving" >&2
-  if [[ -f "$proxy_dir/live.conf.previous" ]]; then
-    mv -f "$proxy_dir/live.conf.previous" "$proxy_dir/live.conf"
+  echo "undoing the switch to $new: ${old:-nothing} keeps serving" >&2
+  if [[ -n "$old" ]]; then
+    install -m 644 "$proxy_dir/$old.conf" "$proxy_dir/live.conf"
     compose kill --signal HUP proxy
-    proxy_names "$old" || echo "warning: the proxy does not name $old; check: compose logs proxy" >&2
-  elif [[ -f "$proxy_dir/live.conf" && "$proxy_took_new" == yes ]]; then
+    proxy_names "$old" || echo "warning: the proxy does not name $old; check: docker compose logs proxy" >&2
+  else
     # The first switch: no proxy ran before it, and none is left pointing at a colour that is stopped.
     compose stop proxy
     rm -f "$proxy_dir/live.conf"
   fi
   compose stop "app-$new"
-  restore_settings
+  retire_login "$new"
 }
 
-# Puts the live colour's settings back as .env. The new ones stay staged: the stack still declares them, so
-# the update's next run tries them again.
-restore_settings() {
-  if [[ -f "$env_file.previous" ]]; then
-    [[ ! -f "$env_file" ]] || mv -f "$env_file" "$env_file.next"
-    mv -f "$env_file.previous" "$env_file"
-  fi
-}
-
-# The colour taking traffic: as the proxy answers, else as recorded (neither before the first switch).
+# The colour taking traffic: as the proxy answers, else as recorded, since a proxy slow to answer still sends
+# traffic to the live colour (neither before the first switch).
 current="$(serving)"
-[[ "$current" == blue || "$current" == green ]] || current=""
-new=blue old=green
-if [[ "${current:-$(live LIVE_COLOUR)}" == blue ]]; then
-  new=green old=blue
-fi
-# A switch killed outright (no undo ran) may have left live.conf or .env ahead of what serves: both are put
-# back in line with the proxy before anything else.
+[[ " $COLOURS " == *" $current "* ]] || current=""
+old="${current:-$(live LIVE_COLOUR)}"
+new=blue
+[[ "$old" != blue ]] || new=green
+# A switch killed outright (no undo ran) may have left live.conf ahead of what serves: put back in line first.
 if [[ -n "$current" ]] && ! cmp -s "$proxy_dir/$current.conf" "$proxy_dir/live.conf"; then
   install -m 644 "$proxy_dir/$current.conf" "$proxy_dir/live.conf"
 fi
-rm -f "$proxy_dir/live.conf.previous"
-restore_settings
-proxy_took_new=no
 UNDO=undo_switch
 
-if [[ -f "$env_file.next" ]]; then
-  mv -f "$env_file" "$env_file.previous"
-  mv -f "$env_file.next" "$env_file"
-  echo "starting $new with the new settings"
+# The new colour's own copy of its settings: what it was started with, whatever .env says later.
+source_settings="$APP_DIR/.env"
+[[ "$settings" == current ]] || source_settings="$APP_DIR/.env.$old"
+[[ -f "$source_settings" ]] || die "$source_settings is missing: no settings to start $new with"
+replace_file "$APP_DIR/.env.$new" 600 <"$source_settings"
+if [[ -n "$old" ]] && ! cmp -s "$APP_DIR/.env.$new" "$APP_DIR/.env.$old"; then
+  echo "starting $new with settings that differ from those $old runs with"
 fi
-compose up --detach --no-deps --force-recreate "app-$new"
+allow_login "$new" "$APP_DIR/.env.$new"
+COMPOSE_ENV_FILE="$APP_DIR/.env.$new" compose up --detach --no-deps --force-recreate "app-$new"
 for ((attempt = 1; ; attempt++)); do
   if body="$(curl --silent --fail --max-time 5 "${health_url[$new]}")" &&
     grep -Eq '"valid"[[:space:]]*:[[:space:]]*true' <<<"$body"; then
     echo "healthy on $new after $attempt attempt(s): $APP_IMAGE"
     break
   fi
-  if ((attempt >= attempts)); then
-    die "not healthy on $new after $attempts attempts every ${interval}s: $APP_IMAGE (last answer: ${body:-none}); $new is stopped and never received a request"
+  if ((attempt >= HEALTH_ATTEMPTS)); then
+    die "not healthy on $new after $HEALTH_ATTEMPTS attempts every ${HEALTH_INTERVAL_SECONDS}s: $APP_IMAGE (last answer: ${body:-none}); $new is stopped and never received a request"
   fi
-  sleep "$interval"
+  sleep "$HEALTH_INTERVAL_SECONDS"
 done
 
-[[ ! -f "$proxy_dir/live.conf" ]] || cp -p "$proxy_dir/live.conf" "$proxy_dir/live.conf.previous"
-install -m 644 "$proxy_dir/$new.conf" "$proxy_dir/live.conf.next"
-mv -f "$proxy_dir/live.conf.next" "$proxy_dir/live.conf"
-proxy_took_new=yes
+install -m 644 "$proxy_dir/$new.conf" "$proxy_dir/live.conf"
 # Starts the proxy on the first switch; the single-container layout's app, an orphan now, leaves it its port.
 compose up --detach --no-deps --remove-orphans proxy
 compose kill --signal HUP proxy
@@ -106,14 +103,16 @@ if ! proxy_names "$new"; then
   compose logs --no-log-prefix --tail 5 proxy >&2 || true
   die "the proxy did not switch to $new within 10s; the switch is undone"
 fi
+# The point of no return: traffic goes to the new colour, and the live release says so at once.
 UNDO=""
-rm -f "$proxy_dir/live.conf.previous" "$env_file.previous"
-record "LIVE_COLOUR=$new" "${new^^}_IMAGE=$APP_IMAGE"
+make_live "$version" "$APP_IMAGE" "$MIGRATE_IMAGE" "$new"
+echo "switched to $new: $version ($APP_IMAGE)"
 
+[[ -n "$old" ]] || exit 0
 # After the reload, nginx renames each old worker "... is shutting down" until its last request ends.
-for ((waited = 0; waited < drain; waited++)); do
+for ((waited = 0; waited < DRAIN_SECONDS; waited++)); do
   compose exec -T proxy sh -c 'grep -qs "^nginx: worker process is shutting down" /proc/[0-9]*/cmdline' || break
   sleep 1
 done
 compose stop "app-$old"
-echo "switched to $new: $APP_IMAGE"
+retire_login "$old"

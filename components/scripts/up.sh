@@ -1,59 +1,64 @@
 #!/usr/bin/env bash
-# Releases the new image, with the new settings if env.sh staged any: switch.sh starts it beside the live
-# version and moves traffic to it once it is healthy. If it never turns healthy, nothing was switched: the
-# live version kept serving, and the step fails naming both versions. Then records the release, prunes old
-# images and ends the release. Every update that changes anything on the server ends with this step.
+# Makes the release live, with the stage's current settings and files: switch.sh starts it beside the live version
+# and moves traffic to it once it is healthy. Already live as declared (an update run again after it switched),
+# there is nothing to switch. Then prunes old images and ends the release. Every update that changes what serves
+# ends with this step.
 set -euo pipefail
-# shellcheck source=lib.sh
-source "$(dirname "$0")/lib.sh"
-read -r -a cutover_flags <<<"$(cutover_flag_names)"
-parse_flags up.sh "app-dir project $(release_lock_flag_names) version app-image migrate-image images-to-keep \
-  ${cutover_flags[*]}" "$@"
+# shellcheck source=lib/step.sh
+source "$(dirname "$0")/lib/step.sh"
+# shellcheck source=lib/lock.sh
+source "$(dirname "$0")/lib/lock.sh"
+# shellcheck source=lib/live.sh
+source "$(dirname "$0")/lib/live.sh"
+# shellcheck source=lib/compose.sh
+source "$(dirname "$0")/lib/compose.sh"
+parse_flags up.sh "$UP_FLAGS" "$@"
 begin_step
-version="${FLAGS[version]}" app_image="${FLAGS[app-image]}" migrate_image="${FLAGS[migrate-image]}"
-keep="${FLAGS[images-to-keep]}"
+read_settings
+release="${FLAGS[release]}" version="${FLAGS[version]}"
+app_image="${FLAGS[app-image]}" migrate_image="${FLAGS[migrate-image]}"
 require_version VERSION "$version"
 require_digest_ref APP_IMAGE "$app_image"
 require_digest_ref MIGRATE_IMAGE "$migrate_image"
-require_number IMAGES_TO_KEEP "$keep" 2 100
-require_cutover_flags
 
-acquire_release_lock "${FLAGS[release]}" "${FLAGS[lock-timeout-seconds]}" up
+acquire_release_lock "$release" up
 pull_missing "$app_image"
-live_image="$(live APP_IMAGE)" live_version="$(live VERSION)"
-
-if [[ "$live_image" == "$app_image" ]]; then
-  previous_version="$(live PREVIOUS_VERSION)" previous_image="$(live PREVIOUS_IMAGE)"
-  previous_migrate_image="$(live PREVIOUS_MIGRATE_IMAGE)"
+was_live="$(live VERSION)" was_colour="$(live LIVE_COLOUR)"
+# The live release as declared, its colour running and the proxy naming it: an update run again after its switch.
+already_live() {
+  local colour
+  colour="$(live LIVE_COLOUR)"
+  [[ "$(live_release)" == "$release" ]] && live_settings_current &&
+    [[ "$(installed_files_digest)" == "$(live FILES_DIGEST)" ]] &&
+    [[ -n "$(compose ps --quiet --status running "app-$colour")" ]] &&
+    [[ "$(curl --silent --fail --max-time 2 "$COLOUR_URL" || true)" == "$colour" ]]
+}
+if already_live; then
+  echo "$version is live on $(live LIVE_COLOUR) with the current settings and files: nothing to switch"
 else
-  previous_version="$live_version" previous_image="$live_image" previous_migrate_image="$(live MIGRATE_IMAGE)"
+  mapfile -t switch < <(forward_flags app-dir project version app-image migrate-image)
+  if ! bash "$(dirname "$0")/switch.sh" "${switch[@]}" --settings current; then
+    # Past its point of no return a switch has made its colour live; the release may have been live before it too
+    # (switched again for new settings or files).
+    if [[ "$(live LIVE_COLOUR)" != "$was_colour" ]]; then
+      die "release $version serves, but its switch did not finish (see above): $version ($app_image) is live"
+    fi
+    [[ -n "$was_live" ]] || die "release $version was not switched to (see above); no earlier version is recorded, so nothing serves yet"
+    die "release $version was not switched to (see above); $was_live ($(live APP_IMAGE)) keeps serving"
+  fi
 fi
+set_live "FILES_DIGEST=$(installed_files_digest)"
+stop_stray_colours
 
-mapfile -t cutover < <(forward_flags app-dir project app-image migrate-image "${cutover_flags[@]}")
-if ! bash "$(dirname "$0")/switch.sh" "${cutover[@]}"; then
-  [[ -n "$live_version" ]] || die "release $version was not switched to (see above); no earlier version is recorded, so nothing serves yet"
-  die "release $version was not switched to (see above); $live_version ($live_image) keeps serving"
-fi
-# The stage's project, lock and cutover settings too: switch-back.sh moves traffic the same way without the stack.
-switch_settings=()
-for name in project lock-timeout-seconds "${cutover_flags[@]}"; do
-  switch_settings+=("$(flag_key "$name")=${FLAGS[$name]}")
-done
-record "VERSION=$version" "APP_IMAGE=$app_image" "MIGRATE_IMAGE=$migrate_image" \
-  "PREVIOUS_VERSION=$previous_version" "PREVIOUS_IMAGE=$previous_image" \
-  "PREVIOUS_MIGRATE_IMAGE=$previous_migrate_image" "FILES_DIGEST=$(installed_files_digest)" "${switch_settings[@]}"
-
+# Images beyond the newest IMAGES_TO_KEEP go; a rollback to the previous version finds both its images here.
 repository="${app_image%@*}"
+keep_images=("$app_image" "$migrate_image" "$(live PREVIOUS_IMAGE)" "$(live PREVIOUS_MIGRATE_IMAGE)")
 mapfile -t images < <(docker image ls --no-trunc --format '{{.Repository}}@{{.Digest}}' "$repository" |
   grep -v '@<none>$' | awk '!seen[$0]++')
-# A rollback to the previous version must find both its images here, with the registry down.
-for image in "${images[@]:$keep}"; do
-  case "$image" in
-    "$app_image" | "$migrate_image" | "$previous_image" | "$previous_migrate_image") ;;
-    *) docker image rm "$image" >/dev/null 2>&1 || true ;;
-  esac
+for image in "${images[@]:$IMAGES_TO_KEEP}"; do
+  [[ " ${keep_images[*]} " == *" $image "* ]] || docker image rm "$image" >/dev/null 2>&1 || true
 done
 
 release_release_lock
 echo "released $version ($app_image)"
-echo "previous=$previous_version"
+echo "previous=$(live PREVIOUS_VERSION)"

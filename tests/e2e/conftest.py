@@ -11,7 +11,7 @@ import pytest
 
 from embedded_default import workspace as local_workspace
 from embedded_default.target import LocalTarget, running_target
-from tests.e2e.stage import Stage, new_stage, remove_stage
+from tests.e2e.stage import Stage, staged
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,9 +39,8 @@ def prepared_stack(target: LocalTarget, pulumi_cli: Path) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterator[Stage]:
-    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13010, postgres_port=15432)
-    yield created
-    remove_stage(created)
+    with staged(target, prepared_stack, pulumi_cli, app_port=13010) as created:
+        yield created
 
 
 @pytest.fixture(scope="session", autouse=True)

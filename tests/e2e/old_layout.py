@@ -35,8 +35,13 @@ def compose_file(app: config.AppSettings) -> str:
     single = services.pop("app-blue")
     del services["app-green"], services["proxy"]
     single["container_name"] = app.app_container
-    # The one container took the port the proxy has now.
+    # The one container took the port the proxy has now, read the one .env, and logged in as the database's owner.
     single["ports"] = [f"127.0.0.1:{app.proxy_port}:{server_files.CONTAINER_PORT}"]
+    single["env_file"] = [".env"]
+    services["postgres"]["image"] = app.postgres_image
+    owner_url = "postgresql://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres:5432/${POSTGRES_DB}"
+    for service in (single, services["migrate"]):
+        service["environment"]["DATABASE_URL"] = owner_url
     document["services"] = {"postgres": services["postgres"], "app": single, "migrate": services["migrate"]}
     return yaml.safe_dump(document, sort_keys=False)
 

@@ -63,6 +63,8 @@ class UpdateResult:
     runs: list[StepRun] = field(default_factory=list)
     killed: bool = False
     wall: float = 0.0
+    left_running: list[int] = field(default_factory=list)
+    """Processes of the runner's session still alive once it ended (its CLI, its plugins)."""
     """From starting the runner to its exit."""
 
     @property
@@ -237,7 +239,9 @@ class Stage:
         while process.poll() is None and not interrupted:
             interrupted = interrupt(process)
             time.sleep(0.05)
-        return self.finish(process, killed=interrupted and process.returncode in (-signal.SIGKILL, 128 + 9))
+        result = self.finish(process, killed=interrupted and process.returncode in (-signal.SIGKILL, 128 + 9))
+        result.left_running = session_processes(process.pid)
+        return result
 
     def record(self, version: str) -> None:
         """Record `version`'s digests as the registry names them now, as a workflow does once it is built."""
@@ -249,19 +253,27 @@ class Stage:
         return dict(self.setting("image.digests")[version])
 
 
-def kill_session(process: subprocess.Popen[str]) -> None:
-    """SIGKILL the runner, the CLI it started and every plugin of theirs (each plugin in a process group of its
-    own, all in the runner's session): what a runner machine that dies leaves behind, nothing."""
+def session_processes(session: int) -> list[int]:
+    """Pids of the live processes of a session (a zombie nobody reaped is not one)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            session = int((entry / "stat").read_text().rpartition(")")[2].split()[3])
-        except (OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
             continue
-        if session == process.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+        if fields[0] != "Z" and int(fields[3]) == session:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_session(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the runner, the CLI it started and every plugin of theirs (each plugin in a process group of its
+    own, all in the runner's session): what a runner machine that dies leaves behind, nothing."""
+    for pid in session_processes(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 Interruption = Callable[[subprocess.Popen[str]], bool]
@@ -330,7 +342,6 @@ def new_stage(
     prepared: Path,
     cli: Path,
     app_port: int,
-    postgres_port: int,
     overrides: dict[str, Any] | None = None,
 ) -> Stage:
     """A stage of its own: its proxy serves the app on `app_port`, its colours answer on the next two ports."""
@@ -351,21 +362,37 @@ def new_stage(
             "app.bluePort": app_port + 1,
             "app.greenPort": app_port + 2,
             "app.url": f"http://127.0.0.1:{app_port}",
-            "app.postgresPort": postgres_port,
             **(overrides or {}),
         },
     )
     return Stage(target, folder, cli)
 
 
+@contextlib.contextmanager
+def staged(
+    target: LocalTarget, prepared: Path, cli: Path, app_port: int, overrides: dict[str, Any] | None = None
+) -> Iterator[Stage]:
+    """`new_stage`, removed from the target afterwards whatever happened (a fixture's first release failing too)."""
+    stage = new_stage(target, prepared, cli, app_port, overrides)
+    try:
+        yield stage
+    finally:
+        remove_stage(stage)
+
+
 def remove_stage(stage: Stage) -> None:
-    quoted = shlex.quote(stage.app_dir)
-    stage.target.ssh(
-        f"if [ -f {quoted}/docker-compose.yml ]; then APP_IMAGE=none MIGRATE_IMAGE=none docker compose"
-        f" --project-name {shlex.quote(stage.project)} --project-directory {quoted} --file {quoted}/docker-compose.yml"
-        f" --env-file {quoted}/.env down --volumes --remove-orphans --timeout 5; fi; rm -rf {quoted}",
+    remove_project(stage.target, stage.app_dir, stage.project)
+
+
+def remove_project(target: LocalTarget, app_dir: str, project: str) -> None:
+    """Takes a stage's compose project down with its volumes and network, then removes its folder. Compose finds
+    the project's containers by their labels, so no compose file or setting is needed."""
+    done = target.ssh(
+        f"docker compose --project-name {shlex.quote(project)} down --volumes --remove-orphans --timeout 5"
+        f" && rm -rf {shlex.quote(app_dir)}",
         timeout=120,
     )
+    assert done.returncode == 0, f"removing {project}: {done.stderr.decode(errors='replace')}"
 
 
 @contextlib.contextmanager
@@ -376,8 +403,8 @@ def stages_on(target: LocalTarget, cli: Path) -> Iterator[Callable[..., Stage]]:
         prepared = Path(root, "prepared")
         local_workspace.prepare(prepared, cli, target.ssh_host_key, target.ssh_private_key)
 
-        def make(app_port: int, postgres_port: int, overrides: dict[str, Any] | None = None) -> Stage:
-            created.append(new_stage(target, prepared, cli, app_port, postgres_port, overrides))
+        def make(app_port: int, overrides: dict[str, Any] | None = None) -> Stage:
+            created.append(new_stage(target, prepared, cli, app_port, overrides))
             return created[-1]
 
         try:

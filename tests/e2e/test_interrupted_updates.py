@@ -12,21 +12,16 @@ import pytest
 
 from embedded_default.target import LocalTarget
 from tests.e2e.load import Load
-from tests.e2e.stage import Stage, explain, kill_when, new_stage, processes_running, remove_stage
+from tests.e2e.stage import Stage, explain, kill_when, processes_running, staged
 from tests.e2e.test_releases import app_url, release_lock_held, running_colours, served_version, sql
 
 
 @pytest.fixture(scope="module")
 def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterator[Stage]:
-    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13400, postgres_port=15832)
-    first = created.up("v1.0.0")
-    assert first.ok, explain(first)
-    yield created
-    remove_stage(created)
-
-
-def standins_left(stage: Stage) -> list[int]:
-    return processes_running("embedded_default.providers")
+    with staged(target, prepared_stack, pulumi_cli, app_port=13400) as created:
+        first = created.up("v1.0.0")
+        assert first.ok, explain(first)
+        yield created
 
 
 def assert_recovered(stage: Stage, version: str) -> None:
@@ -46,7 +41,7 @@ def test_a_runner_killed_while_migrate_runs_is_finished_by_the_next_update(stage
             "v2.0.0", kill_when(lambda: bool(processes_running(f"{stage.app_dir}/bin/migrate.sh")))
         )
         assert killed.killed, explain(killed)
-        assert not standins_left(stage), "a provider plugin outlived the runner"
+        assert not killed.left_running, "a process of the runner (its CLI, a plugin) outlived it"
         assert served_version(stage) == "v1.0.0", "the old version stopped serving"
         assert_recovered(stage, "v2.0.0")
     assert load.result.failed == 0, load.result

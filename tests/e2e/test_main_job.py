@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import yaml
 
 from embedded_default import workspace as local_workspace
 from embedded_default.target import LocalTarget
+from tests.e2e.stage import remove_project
 from tests.kit import PROJECT_DIR
 
 COMMITTED = yaml.safe_load((PROJECT_DIR / "Pulumi.local.yaml").read_text())["config"]
@@ -45,12 +45,7 @@ def released(target: LocalTarget, pulumi_cli: Path) -> Iterator[list[subprocess.
         pytest.skip(f"{local_workspace.DEFAULT_DIR} holds a local stack of this clone's own; it is left alone")
     runs = [main_job(pulumi_cli), main_job(pulumi_cli)]
     yield runs
-    quoted = shlex.quote(APP_DIR)
-    target.ssh(
-        f"cd {quoted} 2>/dev/null && APP_IMAGE=none MIGRATE_IMAGE=none docker compose --project-name "
-        f"{shlex.quote(APP['composeProject'])} down --volumes --remove-orphans --timeout 5; rm -rf {quoted}",
-        timeout=120,
-    )
+    remove_project(target, APP_DIR, APP["composeProject"])
     shutil.rmtree(local_workspace.DEFAULT_DIR)
 
 

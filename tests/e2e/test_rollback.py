@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from embedded_default.target import LocalTarget, registry_digest, stopped_registry
-from tests.e2e.stage import Stage, UpdateResult, explain, new_stage, remove_stage
+from tests.e2e.stage import Stage, UpdateResult, explain, staged
 from tests.e2e.test_releases import (
     ALL_STEPS,
     backups,
@@ -37,16 +37,9 @@ def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterat
             target.docker("tag", f"{target.app_repository}:{tag}", copied)
             target.docker("push", "--quiet", copied)
     # Two images kept: pruning reaches the previous version's images on the second release.
-    created = new_stage(
-        target,
-        prepared_stack,
-        pulumi_cli,
-        app_port=13200,
-        postgres_port=15632,
-        overrides={"image.repository": repository, "release.imagesToKeep": 2},
-    )
-    yield created
-    remove_stage(created)
+    overrides = {"image.repository": repository, "release.imagesToKeep": 2}
+    with staged(target, prepared_stack, pulumi_cli, app_port=13200, overrides=overrides) as created:
+        yield created
     listed = target.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"{target.registry}/{repository}")
     for image in listed.stdout.decode().split():
         target.docker("image", "rm", image, check=False)
@@ -148,16 +141,30 @@ def test_break_glass_switches_back_on_the_server_and_the_realigned_stack_updates
     out = switched.stdout.decode()
     assert "switched back to v1.0.0" in out and "pulumi config set version v1.0.0" in out, out
     assert served_version(stage) == "v1.0.0"
-    assert (recorded(stage, "VERSION"), recorded(stage, "PREVIOUS_VERSION")) == ("v1.0.0", "v2.0.0")
+    # Going back is going down the releases that served: v1.0.0 is the first, so nothing served before it.
+    assert (recorded(stage, "VERSION"), recorded(stage, "PREVIOUS_VERSION")) == ("v1.0.0", "")
 
     realigned = stage.up("v1.0.0")
     assert realigned.ok, explain(realigned)
     assert realigned.ran() == ALL_STEPS
     assert "no backup" in step_output(realigned, "server-backup")
+    assert "nothing to switch" in step_output(realigned, "server-up"), "the realigned stack switched again"
     assert served_version(stage) == "v1.0.0"
-    assert (recorded(stage, "VERSION"), recorded(stage, "PREVIOUS_VERSION")) == ("v1.0.0", "v2.0.0")
+    assert (recorded(stage, "VERSION"), recorded(stage, "PREVIOUS_VERSION")) == ("v1.0.0", "")
 
     forward = stage.up("v2.0.0")
     assert forward.ok, explain(forward)
     assert served_version(stage) == "v2.0.0"
     assert "previous=v1.0.0" in step_output(forward, "server-up")
+
+
+def test_previous_never_toggles_a_second_rollback_goes_further_back_not_forward(stage: Stage) -> None:
+    assert served_version(stage) == "v2.0.0" and recorded(stage, "PREVIOUS_VERSION") == "v1.0.0"
+    back = stage.run("rollback", "--yes")
+    assert back.ok and "rolling back to v1.0.0" in back.output, explain(back)
+    assert served_version(stage) == "v1.0.0"
+    # v1.0.0 served first here: there is nothing further back, and v2.0.0 (what was rolled back from) is not "previous".
+    again = stage.run("rollback", "--yes")
+    assert not again.ok, explain(again)
+    assert "records no version that served before the live one" in again.output, explain(again)
+    assert again.runs == [] and served_version(stage) == "v1.0.0"

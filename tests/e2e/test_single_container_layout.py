@@ -10,15 +10,14 @@ import pytest
 
 from embedded_default.target import LocalTarget
 from tests.e2e import old_layout
-from tests.e2e.stage import Stage, explain, new_stage, remove_stage
+from tests.e2e.stage import Stage, explain, staged
 from tests.e2e.test_releases import ALL_STEPS, env_digest, row_counts, running_colours, served_version, sql
 
 
 @pytest.fixture(scope="module")
 def single(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterator[Stage]:
-    created = new_stage(target, prepared_stack, pulumi_cli, app_port=13500, postgres_port=15900)
-    yield created
-    remove_stage(created)
+    with staged(target, prepared_stack, pulumi_cli, app_port=13500) as created:
+        yield created
 
 
 def containers(stage: Stage) -> list[str]:

@@ -313,20 +313,25 @@ def test_no_secret_of_the_commands_in_state_or_engine_output(basic: Basic, targe
 # --- lifecycle ---------------------------------------------------------------------------------------------------
 
 
+def one_command(target: LocalTarget, name: str = "step", **command: Any) -> Program:
+    """A program of one remote command on the target, its host key pinned; the previous output is not offered to
+    the server unless `add_previous_output_in_env` says so."""
+
+    def run() -> None:
+        remote.Command(
+            name,
+            connection=connection(target, host_key=target.ssh_host_key),
+            **{"add_previous_output_in_env": False, **command},
+        )
+
+    return run
+
+
 def test_preview_runs_nothing(engine: Engine, target: LocalTarget, server_dir: Path) -> None:
     log = server_dir / "log"
 
     def program(stdin: str) -> Program:
-        def run() -> None:
-            remote.Command(
-                "step",
-                connection=connection(target, host_key=target.ssh_host_key),
-                create=f"echo ran >> {log}",
-                stdin=stdin,
-                add_previous_output_in_env=False,
-            )
-
-        return run
+        return one_command(target, create=f"echo ran >> {log}", stdin=stdin)
 
     created = engine.preview(program("a"))
     assert_succeeded(created)
@@ -343,17 +348,13 @@ def test_triggers_change_replaces_create_before_delete(engine: Engine, target: L
     order = server_dir / "order"
 
     def release(number: int) -> Program:
-        def run() -> None:
-            remote.Command(
-                "release",
-                connection=connection(target, host_key=target.ssh_host_key),
-                triggers=[number],
-                create=f"echo create-{number} >> {order}",
-                delete=f"echo delete-{number} >> {order}",
-                add_previous_output_in_env=False,
-            )
-
-        return run
+        return one_command(
+            target,
+            "release",
+            triggers=[number],
+            create=f"echo create-{number} >> {order}",
+            delete=f"echo delete-{number} >> {order}",
+        )
 
     assert_succeeded(engine.up(release(1)))
     replaced = engine.up(release(2))
@@ -364,14 +365,7 @@ def test_triggers_change_replaces_create_before_delete(engine: Engine, target: L
 
 def test_no_change_runs_nothing(engine: Engine, target: LocalTarget, server_dir: Path) -> None:
     log = server_dir / "log"
-
-    def program() -> None:
-        remote.Command(
-            "step",
-            connection=connection(target, host_key=target.ssh_host_key),
-            create=f"echo ran >> {log}",
-            add_previous_output_in_env=False,
-        )
+    program = one_command(target, create=f"echo ran >> {log}")
 
     assert_succeeded(engine.up(program))
     again = engine.up(program)
@@ -385,14 +379,13 @@ def test_other_change_is_an_update_that_reruns_create(engine: Engine, target: Lo
 
     def program(stdin: str, secret: bool = True) -> Program:
         def run() -> None:
-            remote.Command(
-                "step",
-                connection=connection(target, host_key=target.ssh_host_key),
+            # An output belongs to the run that made it: made here, inside the program.
+            one_command(
+                target,
                 create=f"echo create >> {log}; cat >> {log}",
                 delete=f"echo delete >> {log}",
                 stdin=pulumi.Output.secret(stdin) if secret else stdin,
-                add_previous_output_in_env=False,
-            )
+            )()
 
         return run
 
@@ -409,16 +402,7 @@ def test_update_command_runs_instead_of_create(engine: Engine, target: LocalTarg
     log = server_dir / "log"
 
     def program(version: str) -> Program:
-        def run() -> None:
-            remote.Command(
-                "step",
-                connection=connection(target, host_key=target.ssh_host_key),
-                create=f"echo create-{version} >> {log}",
-                update=f"echo update-{version} >> {log}",
-                add_previous_output_in_env=False,
-            )
-
-        return run
+        return one_command(target, create=f"echo create-{version} >> {log}", update=f"echo update-{version} >> {log}")
 
     assert_succeeded(engine.up(program("1")))
     updated = engine.up(program("2"))
@@ -431,14 +415,7 @@ def test_failed_create_keeps_no_state_and_the_next_up_retries(
     engine: Engine, target: LocalTarget, server_dir: Path
 ) -> None:
     gate, log = server_dir / "gate", server_dir / "log"
-
-    def program() -> None:
-        remote.Command(
-            "gated",
-            connection=connection(target, host_key=target.ssh_host_key),
-            create=f"test -f {gate} || exit 9; echo ran >> {log}",
-            add_previous_output_in_env=False,
-        )
+    program = one_command(target, "gated", create=f"test -f {gate} || exit 9; echo ran >> {log}")
 
     failed = engine.up(program)
     assert "Process exited with status 9" in failed.error
@@ -475,15 +452,7 @@ def test_failed_command_error_is_worded_as_the_real_provider_whatever_logging_sa
 
 def test_delete_runs_the_delete_command(engine: Engine, target: LocalTarget, server_dir: Path) -> None:
     log = server_dir / "log"
-
-    def program() -> None:
-        remote.Command(
-            "step",
-            connection=connection(target, host_key=target.ssh_host_key),
-            create=f"echo create >> {log}",
-            delete=f"echo delete >> {log}",
-            add_previous_output_in_env=False,
-        )
+    program = one_command(target, create=f"echo create >> {log}", delete=f"echo delete >> {log}")
 
     assert_succeeded(engine.up(program))
     destroyed = engine.destroy(program)
@@ -494,14 +463,7 @@ def test_delete_runs_the_delete_command(engine: Engine, target: LocalTarget, ser
 
 def test_refresh_keeps_the_state(engine: Engine, target: LocalTarget, server_dir: Path) -> None:
     log = server_dir / "log"
-
-    def program() -> None:
-        remote.Command(
-            "step",
-            connection=connection(target, host_key=target.ssh_host_key),
-            create=f"echo ran >> {log}; echo printed",
-            add_previous_output_in_env=False,
-        )
+    program = one_command(target, create=f"echo ran >> {log}; echo printed")
 
     assert_succeeded(engine.up(program))
     before = engine.commands(program)
@@ -543,16 +505,7 @@ def test_environment_the_server_refuses_fails_before_the_command_runs(
 ) -> None:
     marker = server_dir / "marker"
 
-    def program() -> None:
-        remote.Command(
-            "step",
-            connection=connection(target, host_key=target.ssh_host_key),
-            create=f"touch {marker}",
-            environment={"KAMETRIX_STANDIN": "1"},
-            add_previous_output_in_env=False,
-        )
-
-    run = engine.up(program)
+    run = engine.up(one_command(target, create=f"touch {marker}", environment={"KAMETRIX_STANDIN": "1"}))
     assert run.logged("step", "error", ephemeral=None) == [
         "Unable to set 'KAMETRIX_STANDIN'. This only works if your SSH server is configured to accept\n"
         "\tthese variables via AcceptEnv. Alternatively, if a Bash-like shell runs the command on the remote host, "
@@ -569,15 +522,9 @@ def test_refused_previous_output_variables_are_only_a_warning(
 
     def program(stdin: str) -> Program:
         # addPreviousOutputInEnv unset: the previous stdout/stderr are offered to the server as variables.
-        def run() -> None:
-            remote.Command(
-                "step",
-                connection=connection(target, host_key=target.ssh_host_key),
-                create=f"cat >> {log}; echo out; echo err >&2",
-                stdin=stdin,
-            )
-
-        return run
+        return one_command(
+            target, create=f"cat >> {log}; echo out; echo err >&2", stdin=stdin, add_previous_output_in_env=None
+        )
 
     assert_succeeded(engine.up(program("first\n")))
     updated = engine.up(program("second\n"))
@@ -602,12 +549,7 @@ def test_a_stack_other_than_local_is_refused_and_nothing_runs(
 
     def program() -> None:
         if package == "command":
-            remote.Command(
-                "step",
-                connection=connection(target, host_key=target.ssh_host_key),
-                create=f"touch {marker}",
-                add_previous_output_in_env=False,
-            )
+            one_command(target, create=f"touch {marker}")()
         else:
             registry = docker.Provider(
                 "registry", registry_auth=[docker.ProviderRegistryAuthArgs(address="http://127.0.0.1:5000")]

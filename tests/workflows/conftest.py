@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,8 +94,8 @@ class Runner:
         )
         return done.stdout.strip()
 
-    def deployed(self, stage: str, outputs: Mapping[str, str]) -> None:
-        """Give the stack a state whose outputs are `outputs`, as after an update."""
+    def deployed(self, stage: str, outputs: Mapping[str, str], resources: Sequence[Mapping[str, object]] = ()) -> None:
+        """Give the stack a state whose outputs are `outputs` (and these `resources`), as after an update."""
         state = {
             "version": 3,
             "deployment": {
@@ -106,7 +106,8 @@ class Runner:
                         "custom": False,
                         "type": "pulumi:pulumi:Stack",
                         "outputs": dict(outputs),
-                    }
+                    },
+                    *resources,
                 ],
             },
         }

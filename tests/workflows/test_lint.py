@@ -81,9 +81,15 @@ INVALID_VERSIONS += ["v1.2.3\nv1.2.4", "$(id)", "v2025.1.15-abc1234", "rollback"
 
 
 def scripts_pattern() -> str:
-    match = re.search(r"^VERSION_PATTERN='(.+)'$", (SCRIPT_DIR / "lib.sh").read_text(), re.M)
-    assert match, "lib.sh defines VERSION_PATTERN"
-    return match.group(1)
+    """The grammar as the scripts get it: sourced from lib.sh (which sources facts.sh) by bash itself."""
+    done = subprocess.run(
+        ["bash", "-c", 'source "$1" && printf %s "$VERSION_PATTERN"', "_", str(SCRIPT_DIR / "lib.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout, "lib.sh gives no VERSION_PATTERN"
+    return done.stdout
 
 
 def test_the_scripts_version_pattern_accepts_exactly_the_release_versions() -> None:
@@ -97,6 +103,7 @@ def test_the_scripts_version_pattern_accepts_exactly_the_release_versions() -> N
 def test_the_scripts_version_pattern_agrees_with_the_program() -> None:
     from components.config import VERSION_PATTERN
 
+    assert scripts_pattern() == VERSION_PATTERN.pattern, "the scripts' grammar is not the program's, written once"
     workflow = re.compile(scripts_pattern())
     for version in VALID_VERSIONS + INVALID_VERSIONS:
         assert bool(VERSION_PATTERN.fullmatch(version)) == bool(workflow.fullmatch(version)), version
@@ -174,12 +181,15 @@ def test_every_run_step_is_shellcheck_clean(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_library_does_nothing_when_sourced_and_is_not_executable() -> None:
-    lib = SCRIPT_DIR / "lib.sh"
-    assert not os.access(lib, os.X_OK), "lib.sh is sourced, never run"
-    result = subprocess.run(["bash", "-c", 'source "$1"; echo sourced', "_", str(lib)], capture_output=True, text=True)
-    assert result.stdout == "sourced\n" and result.stderr == ""
+def test_the_libraries_do_nothing_when_sourced_and_are_not_executable() -> None:
+    libraries = [SCRIPT_DIR / "lib.sh", SCRIPT_DIR / "facts.sh"]
+    for lib in libraries:
+        assert not os.access(lib, os.X_OK), f"{lib.name} is sourced, never run"
+        done = subprocess.run(
+            ["bash", "-c", 'source "$1"; echo sourced', "_", str(lib)], capture_output=True, text=True
+        )
+        assert done.stdout == "sourced\n" and done.stderr == "", lib.name
     for path in SHELL_SCRIPTS:
-        if path != lib:
+        if path not in libraries:
             assert os.access(path, os.X_OK), f"{path.name} is a command"
             assert "set -euo pipefail" in path.read_text(), path.name

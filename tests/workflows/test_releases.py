@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from components.shared_facts import UP_STEP
 from tests.workflows.conftest import AppRepository, Result, Runner, checkout, git, install
 from tests.workflows.model import ACTIONS, ROOT, SCRIPT_PATHS, WORKFLOW_PATHS, Job, job, jobs
 
@@ -476,3 +477,45 @@ def test_every_staging_deploy_checks_develop_before_it_runs_anything_of_develops
         assert steps[1].uses == "./.github/workflows/guards/reviewed-develop", f"{job_id}: the guard runs second"
     guard_file = ROOT / ".github" / "workflows" / "guards" / "reviewed-develop" / "action.yml"
     assert ".github/scripts" not in guard_file.read_text().split("runs:")[1], "its logic is inline, out of reach"
+
+
+def up_step_state(stage: str, version: str) -> list[dict[str, object]]:
+    """The state's `up` step after an update that switched to `version`, as the program declares it."""
+    create = f"bash /opt/kametrix/bin/up.sh --app-dir /opt/kametrix --project kametrix --version {version} --x y"
+    return [
+        {
+            "urn": f"urn:pulumi:{stage}::kametrix-deploy::kametrix:server_release:ServerRelease$command:remote:"
+            f"Command::{UP_STEP}",
+            "custom": True,
+            "type": "command:remote:Command",
+            "inputs": {"create": create},
+            "outputs": {"create": create},
+        }
+    ]
+
+
+def test_what_a_failed_update_made_live_is_read_from_the_state_without_decrypting_it(
+    stack_runner: Runner, with_jq: Path
+) -> None:
+    stack_runner.deployed("production", {"version": "v1.4.2"}, resources=up_step_state("production", "v1.5.0"))
+    result = stack_runner.script("switched-version", "--stage", "production", env={"PULUMI_CONFIG_PASSPHRASE": ""})
+    assert result.code == 0 and result.outputs == {"version": "v1.5.0"}, result.log
+
+
+def test_a_failed_update_that_already_switched_keeps_its_version_pinned() -> None:
+    """The version commit is taken back only when the failed update did not make its version live: a later resource
+    (a GitHub release) failing after the switch leaves the new version serving, and the next push must not roll
+    production back."""
+    checked = 0
+    for j in jobs():
+        steps = [step.raw for step in j.steps()]
+        ids = [step.get("id") for step in steps]
+        if "revert" not in ids:
+            continue
+        checked += 1
+        assert "switched" in ids and ids.index("switched") < ids.index("revert"), j.label
+        switched, revert = steps[ids.index("switched")], steps[ids.index("revert")]
+        assert "switched-version" in switched["run"], j.label
+        version = revert["env"]["VERSION"].strip("${} ")
+        assert f"steps.switched.outputs.version != {version}" in " ".join(revert["if"].split()), j.label
+    assert checked == 3

@@ -1,0 +1,86 @@
+# shellcheck shell=bash
+# The release lock: from a release's first step to the end of its `up`, no step of another release runs.
+#   <appDir>/.release-lock        who holds it: RELEASE, SINCE, STEP, PID, BY, REQUESTED_BY; its mtime is the
+#                                 release's last sign of life
+#   <appDir>/.release-lock.mutex  flock held by every running step (and what it starts): one step at a time
+# Sourcing it only defines functions. Needs lib/step.sh (and, for the handover, lib/live.sh).
+
+lock_files() {
+  LOCK_HOLDER="$APP_DIR/.release-lock"
+  LOCK_MUTEX="$APP_DIR/.release-lock.mutex"
+}
+
+# Who runs this step: the login and, over SSH, the address it came from.
+step_runner() {
+  local login
+  login="$(id -un)"
+  if [[ -n "${SSH_CONNECTION:-}" ]]; then
+    echo "$login via ssh from ${SSH_CONNECTION%% *}"
+  else
+    echo "$login on $(uname -n)"
+  fi
+}
+
+# One line naming the holder of the release lock, for messages.
+describe_lock_holder() {
+  local now since active requested
+  lock_files
+  [[ -f "$LOCK_HOLDER" ]] || {
+    echo "no release recorded in $LOCK_HOLDER"
+    return 0
+  }
+  now="$(date +%s)" since="$(value_of SINCE "$LOCK_HOLDER")" active="$(stat -c %Y "$LOCK_HOLDER")"
+  requested="$(value_of REQUESTED_BY "$LOCK_HOLDER")"
+  printf 'release %s%s, step %s (pid %s) run by %s, holding the lock since %s (last active %ss ago)' \
+    "$(value_of RELEASE "$LOCK_HOLDER")" "${requested:+ requested by $requested}" \
+    "$(value_of STEP "$LOCK_HOLDER")" "$(value_of PID "$LOCK_HOLDER")" "$(value_of BY "$LOCK_HOLDER")" \
+    "$(date -u -d "@${since:-0}" +%Y-%m-%dT%H:%M:%SZ)" "$((now - active))"
+}
+
+# Takes the release lock for RELEASE (or continues it) and names STEP as running. A step of another release waits
+# up to LOCK_WAIT_SECONDS for a running step, then is refused while that release shows signs of life within
+# LOCK_TIMEOUT_SECONDS (settings file); a lock older than that is taken over.
+acquire_release_lock() {
+  local release="$1" step="$2" wait_seconds="${LOCK_WAIT_SECONDS:-120}" since
+  require_release "$release"
+  lock_files
+  exec 8>"$LOCK_MUTEX"
+  if ! flock -w "$wait_seconds" 8; then
+    die "another step has been running for over ${wait_seconds}s ($(describe_lock_holder)); refusing to start $release"
+  fi
+  since="$(date +%s)"
+  if [[ -f "$LOCK_HOLDER" ]]; then
+    if [[ "$(value_of RELEASE "$LOCK_HOLDER")" == "$release" ]]; then
+      since="$(value_of SINCE "$LOCK_HOLDER")"
+    elif (($(date +%s) - $(stat -c %Y "$LOCK_HOLDER") < LOCK_TIMEOUT_SECONDS)); then
+      die "$(describe_lock_holder) of $PROJECT is in progress; refusing to start $release. The lock expires after ${LOCK_TIMEOUT_SECONDS}s without a sign of life; to see it or free it once no step of that release runs: bash $APP_DIR/bin/release-lock.sh [--free]"
+    else
+      echo "taking over the stale release lock of $(describe_lock_holder)" >&2
+    fi
+  fi
+  printf '%s\n' "RELEASE=$release" "SINCE=$since" "STEP=$step" "PID=$$" "BY=$(step_runner)" \
+    "REQUESTED_BY=$REQUESTED_BY" | replace_file "$LOCK_HOLDER" 644
+  RELEASE_LOCK_OWNER="$release"
+}
+
+# At a step's successful end: the lock passes on to the release's next step (marked alive now) if `up` follows (up
+# also settles what serves). Otherwise this step ends the update: it stops what an unfinished switch left running
+# and gives the lock back. Needs lib/live.sh (up_follows) and lib/compose.sh (stop_stray_colours).
+hand_on_release_lock() {
+  lock_files
+  [[ -n "$RELEASE_LOCK_OWNER" && -f "$LOCK_HOLDER" ]] || return 0
+  if up_follows; then
+    touch "$LOCK_HOLDER"
+  else
+    stop_stray_colours
+    release_release_lock
+  fi
+}
+
+release_release_lock() {
+  lock_files
+  if [[ -n "$RELEASE_LOCK_OWNER" && "$(value_of RELEASE "$LOCK_HOLDER")" == "$RELEASE_LOCK_OWNER" ]]; then
+    rm -f "$LOCK_HOLDER"
+  fi
+  return 0
+}
