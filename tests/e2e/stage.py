@@ -63,9 +63,9 @@ class UpdateResult:
     runs: list[StepRun] = field(default_factory=list)
     killed: bool = False
     wall: float = 0.0
+    """From starting the runner to its exit."""
     left_running: list[int] = field(default_factory=list)
     """Processes of the runner's session still alive once it ended (its CLI, its plugins)."""
-    """From starting the runner to its exit."""
 
     @property
     def ok(self) -> bool:
