@@ -12,12 +12,14 @@ replays the state each episode started from too. `--database-changes` adds Postg
 
 Loopback only; needs root. Runs on a private dockerd and sshd (/var/tmp/kametrix-kill-target) that it starts and
 stops by pid, pulling from the shared local target's registry (started, and stopped again, if it is not running).
+SIGTERM or Ctrl-C stops it after the episodes that ended: it prints their figures and removes what it made.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -111,12 +113,19 @@ def main() -> None:
         "one connection per request, GET /api/version; a writer commits a row every 0.5 s",
         flush=True,
     )
-    with running_target(), kill_anywhere(pulumi_cli(), args.rate) as harness:
-        for episode in planned:
-            result = harness.run(episode)
-            results.append(result)
-            verdict = "converged" if result.converged else f"{len(result.violations)} VIOLATIONS"
-            print(f"{result.seconds:6.1f}s {verdict:<14} {result.report()}", flush=True)
+    # A stop by SIGTERM is a stop by Ctrl-C: the episode that runs is dropped and everything is removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with running_target(), kill_anywhere(pulumi_cli(), args.rate) as harness:
+            for episode in planned:
+                result = harness.run(episode)
+                results.append(result)
+                verdict = "converged" if result.converged else f"{len(result.violations)} VIOLATIONS"
+                print(f"{result.seconds:6.1f}s {verdict:<14} {result.report()}", flush=True)
+    except KeyboardInterrupt:
+        print(f"stopped after {len(results)} of {len(planned)} episodes", flush=True)
+    if not results:
+        return
     print()
     print(table(results))
     print()

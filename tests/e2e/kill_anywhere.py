@@ -16,9 +16,10 @@ The kinds:
   step, as `test_releases.py`'s proxy test does, and put back once the update ends;
 - dockerd restarting: a graceful restart (SIGTERM, then start again) of the dockerd the stage runs on.
 
-A moment is a step and a random point inside it (a fraction of that step's last observed duration for the same
-operation), read from the engine's events, so it keeps working when the server's scripts change; for the CLI and
-dockerd, sometimes a time since the runner started instead (the engine's preview and refresh included).
+A moment is a step and a random point inside it (a fraction of that step's shortest observed duration for the
+same operation, so that it lands while the step runs), read from the engine's events, so it keeps working when the
+server's scripts change; for the CLI and dockerd, sometimes a time since the runner started instead (the engine's
+preview and refresh included).
 
 After the recovery the stage is judged by what it serves and records, never by how the scripts work:
 - the version that serves through the proxy (`/api/version`) is the stack's pinned version and `release.env`'s;
@@ -28,7 +29,7 @@ After the recovery the stage is judged by what it serves and records, never by h
   left on the server, the stack records no pending operation;
 - every row a writer thread committed (the database acknowledged its id) is still there;
 - no request of the constant load on the proxy (`GET /api/version`) failed, except in the stated, measured window
-  of a dockerd restart (every container stops), and while the site stays down after one (item 9).
+  of a dockerd restart (every container stops), and while the site stays down after one.
 Also, after the interrupted update: when it failed saying which version keeps serving, that version serves; and
 a dockerd restart brings back by itself what ran before it. The writes the database refused are counted per
 episode: they measure the window in which PostgreSQL itself is replaced (a dockerd restart, a database change).
@@ -36,13 +37,16 @@ episode: they measure the window in which PostgreSQL itself is replaced (a docke
 Every episode runs on a private target (`private_target`): a dockerd and an sshd of this harness's own, on their
 own data root, exec root, socket, port and cache folder (`/var/tmp/kametrix-kill-target`), so that restarting
 dockerd never touches the shared local target that other tests run on. Images come from the shared target's
-registry on 127.0.0.1:5000. Everything started here is stopped again by its pid file.
+registry on 127.0.0.1:5000. Everything started here is stopped again by its pid file, and the containers, networks
+(their bridges, veths and network namespaces) and mounts removed, when the run ends however it ends: a reaper
+process does it if the run was killed, and a new run does it first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -52,6 +56,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -62,9 +67,11 @@ from typing import Any
 
 from components import server_files
 from components.config import APP_SECRET_KEYS
+from components.shared_facts import SERVER_RELEASE, UP_STEP
 from embedded_default.target import LocalTarget, TargetError, _connection_facts, registry_digest
+from embedded_default.target.connection import docker_cli, docker_env
 from embedded_default.target.daemons import _sshd_config, ensure_keys, start_dockerd, stop_dockerd
-from embedded_default.target.layout import SSH_PORT, Layout, locked, write_if_changed
+from embedded_default.target.layout import SSH_PORT, Layout, locked, unmount_under, write_if_changed
 from embedded_default.target.processes import DAEMON_START_TIMEOUT, run, terminate, wait_until, which
 from tests.e2e.load import Load
 from tests.e2e.stage import (
@@ -79,13 +86,13 @@ from tests.e2e.stage import (
     stages_on,
 )
 from tests.e2e.test_releases import app_get, app_url, live_colour, release_lock_held, running_colours, served_version
+from tests.kit import PROJECT_DIR
 
 KILL_TARGET_DIR = Path("/var/tmp/kametrix-kill-target")
 # The shared target's sshd listens on 2222; the private one beside it, on loopback too.
 KILL_SSH_PORT = 2232
 # The harness's stage: its proxy and colours on the host's loopback (clear of the e2e tests' 13xxx ports).
 PROXY_PORT = 14700
-POSTGRES_PORT = 15700
 # A failed release's health gate runs out sooner than the local stack's 20 attempts; a stand-in colour turns healthy
 # in one to three.
 STAGE_SETTINGS = {"release.healthAttempts": 8}
@@ -93,12 +100,12 @@ STAGE_SETTINGS = {"release.healthAttempts": 8}
 GOOD_VERSIONS = ("v1.0.0", "v2.0.0")
 NEVER_HEALTHY = "v3.0.0"
 MIGRATION_FAILS = "v4.0.0"
-# The release steps the moments aim at, in the order an update runs them (README: files, env, backup, migrate, up),
-# by the engine's names for them without the component's (server-up: up). The last is the cutover, where the proxy
-# reloads. A step the program runs besides these is hit by a moment aimed at the step before it that ends first; a
-# step renamed is never aimed at, and the episodes aimed at it are "missed" (the CI sample fails on that).
-RELEASE_STEPS = ("files", "env", "backup", "migrate", "up")
-CUTOVER_STEP = RELEASE_STEPS[-1]
+# The release steps the moments aim at, in the order an update runs them (docs/server-states.md), by the engine's
+# names for them without the component's (server-up: up). The last is the cutover, where the proxy reloads. A step
+# the program runs besides these is hit by a moment aimed at the step before it that ends first; a step renamed is
+# never aimed at, and the episodes aimed at it are "missed" (the CI sample fails on that).
+CUTOVER_STEP = UP_STEP.removeprefix(f"{SERVER_RELEASE}-")
+RELEASE_STEPS = ("files", "env", "database", "backup", "migrate", CUTOVER_STEP)
 LOAD_RATE = 40
 # How long the site may take to answer again by itself once dockerd is back.
 SITE_BACK_SECONDS = 20.0
@@ -247,24 +254,75 @@ class PrivateTarget:
 
 @contextlib.contextmanager
 def private_target() -> Iterator[PrivateTarget]:
-    """dockerd and sshd under KILL_TARGET_DIR, pulling from the shared target's registry (which must run); stopped
-    afterwards by pid. What an earlier run left on this dockerd is removed first: nothing but this harness uses it."""
+    """dockerd and sshd under KILL_TARGET_DIR, pulling from the shared target's registry (which must run). What an
+    earlier run left is removed first, and all of it again afterwards, however this process ends (`reaper`)."""
     layout = Layout(KILL_TARGET_DIR)
-    try:
-        with locked(layout):
-            for folder in (layout.logs, layout.run):
-                folder.mkdir(parents=True, exist_ok=True)
-            ensure_keys(layout)
+    for folder in (layout.logs, layout.run):
+        folder.mkdir(parents=True, exist_ok=True)
+    with reaper(layout) as disarm:
+        try:
+            remove_private_target(layout)
+            with locked(layout):
+                ensure_keys(layout)
+                start_dockerd(layout)
+                # The shared target's connection facts (its registry and images), with this folder's keys and socket.
+                facts = dataclasses.replace(_connection_facts(layout), ssh_port=KILL_SSH_PORT)
+                _start_sshd(layout, facts)
+            yield PrivateTarget(layout, facts)
+        finally:
+            remove_private_target(layout)
+            disarm()
+
+
+def remove_private_target(layout: Layout) -> None:
+    """Everything of the private target gone: its containers, volumes and networks (with them their network
+    namespaces, veths and bridges), then sshd and dockerd by pid and whatever stays mounted under its folder.
+    dockerd alone knows which bridges are its networks', so one that is down (a run killed while it restarted) is
+    started again to remove them."""
+    with locked(layout):
+        terminate(layout.sshd_pid, "sshd")
+        try:
             start_dockerd(layout)
-            # The shared target's connection facts (its registry and images too), with this folder's keys and socket.
-            facts = dataclasses.replace(_connection_facts(layout), ssh_port=KILL_SSH_PORT)
-            _start_sshd(layout, facts)
-            _remove_leftovers(facts)
-        yield PrivateTarget(layout, facts)
-    finally:
-        with locked(layout):
-            terminate(layout.sshd_pid, "sshd")
+            docker = functools.partial(run, env=docker_env(layout.docker_host), timeout=120)
+            leftover = docker([docker_cli(), "ps", "--all", "--quiet"]).split()
+            if leftover:
+                docker([docker_cli(), "rm", "--force", "--volumes", *leftover])
+            volumes = docker([docker_cli(), "volume", "ls", "--quiet"]).split()
+            if volumes:
+                docker([docker_cli(), "volume", "rm", "--force", *volumes])
+            docker([docker_cli(), "network", "prune", "--force"])
+        finally:
             stop_dockerd(layout)
+            unmount_under(layout.root)
+            shutil.rmtree(layout.root / "stages", ignore_errors=True)
+
+
+# What the harness tells its reaper once it removed the private target itself.
+REMOVED = b"removed"
+
+
+@contextlib.contextmanager
+def reaper(layout: Layout) -> Iterator[Callable[[], object]]:
+    """A process in a session of its own that removes the private target once this process ends, unless this
+    process said it did (the callable yielded): it reads a pipe whose other end only this process holds, which the
+    kernel closes however this process ends, a SIGKILL too."""
+    readable, writable = os.pipe()
+    with (layout.logs / "reaper.log").open("ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-c", "from tests.e2e.kill_anywhere import reap; reap()"],
+            stdin=readable, stdout=log, stderr=log, cwd=PROJECT_DIR, start_new_session=True,
+        )  # fmt: skip
+    os.close(readable)
+    try:
+        yield lambda: os.write(writable, REMOVED)
+    finally:
+        os.close(writable)
+
+
+def reap() -> None:
+    """The reaper: waits for the harness to end."""
+    if sys.stdin.buffer.read() != REMOVED:
+        remove_private_target(Layout(KILL_TARGET_DIR))
 
 
 def _start_sshd(layout: Layout, facts: LocalTarget) -> None:
@@ -280,15 +338,6 @@ def _start_sshd(layout: Layout, facts: LocalTarget) -> None:
     log = layout.logs / "sshd.log"
     run([sshd, "-f", str(layout.sshd_config), "-E", str(log)])
     wait_until("sshd", lambda: facts.ssh("true", timeout=10).returncode == 0, DAEMON_START_TIMEOUT, log)
-
-
-def _remove_leftovers(facts: LocalTarget) -> None:
-    containers = facts.docker("ps", "--all", "--quiet").stdout.decode().split()
-    if containers:
-        facts.docker("rm", "--force", "--volumes", *containers, timeout=120)
-    facts.docker("volume", "prune", "--force")
-    facts.docker("network", "prune", "--force")
-    shutil.rmtree(Path(facts.target_dir, "stages"), ignore_errors=True)
 
 
 # --- load, writes and the server -------------------------------------------------------------------------------
@@ -315,7 +364,10 @@ class WindowedLoad:
         if window == self.window and self._load is not None:
             return
         # A window lasts at most an update of the runner (stage.RUNNER_TIMEOUT) and the waits around it.
-        started = Load(self.url, rate=self.rate, max_seconds=3600).__enter__()
+        load = Load(self.url, rate=self.rate, max_seconds=3600)
+        # hey dies with this process, however it ends: a killed run leaves no load behind.
+        load.argv = ["setpriv", "--pdeathsig", "KILL", *load.argv]
+        started = load.__enter__()
         self.close()
         self.window, self._load = window, started
 
@@ -355,8 +407,10 @@ class RowWriter:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stops writing; nothing to stop when the stage never had a database to write to."""
         self._stop.set()
-        self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
 
     def _write(self) -> None:
         while not self._stop.wait(WRITE_INTERVAL_SECONDS):
@@ -422,10 +476,10 @@ def on_server(stage: Stage, command: str) -> str:
     return (done.stdout if done.returncode == 0 else done.stderr).decode()
 
 
-def recorded_version(stage: Stage) -> str | None:
-    """VERSION in the server's release record, `release.env`."""
+def recorded_version(stage: Stage, key: str = "VERSION") -> str | None:
+    """A version in the server's release record, `release.env`: the live one, or PREVIOUS_VERSION."""
     record = on_server(stage, f"cat {shlex.quote(stage.app_dir)}/release.env 2>/dev/null || true")
-    versions = [line.partition("=")[2] for line in record.splitlines() if line.startswith("VERSION=")]
+    versions = [line.partition("=")[2] for line in record.splitlines() if line.startswith(f"{key}=")]
     return versions[-1] if versions else None
 
 
@@ -639,10 +693,13 @@ class KillAnywhere:
         stage = self.stage
         back_to_before = ("release", before, "--yes")
         if episode.operation is Operation.RELEASE:
-            other = next(version for version in GOOD_VERSIONS if version != before)
+            other = other_good_version(before)
             return Change(("release", other, "--yes"), forward=("release", other, "--yes"), back=back_to_before)
         if episode.operation is Operation.ROLLBACK:
-            return Change(("rollback", "--yes"), back=back_to_before)
+            # Back to the previous release, or, once going back removed it from the server's record (previous never
+            # toggles, docs/server-states.md), to the other good version by name, as the runner then asks.
+            named = () if recorded_version(stage, "PREVIOUS_VERSION") else (other_good_version(before),)
+            return Change(("rollback", *named, "--yes"), back=back_to_before)
         if episode.operation is Operation.FAILED_RELEASE:
             return Change(("release", episode.variant, "--yes"), forward=back_to_before, back=back_to_before)
         key, token = episode.variant, f"kill-{episode.seed}-{episode.number}"
@@ -667,10 +724,11 @@ class KillAnywhere:
         )
 
     def learn(self, operation: Operation, result: UpdateResult) -> None:
-        """Each step's duration, for the next moment aimed inside it."""
+        """Each step's shortest duration, for the next moment aimed inside it."""
         for step in result.runs:
             if step.seconds > 0:
-                self.step_seconds[(operation, step.name.rpartition("-")[2])] = step.seconds
+                key = (operation, step.name.rpartition("-")[2])
+                self.step_seconds[key] = min(step.seconds, self.step_seconds.get(key, step.seconds))
 
     def expected_seconds(self, operation: Operation, step: str) -> float:
         return self.step_seconds.get((operation, step), DEFAULT_STEP_SECONDS)
@@ -751,7 +809,7 @@ class KillAnywhere:
     def repair(self, result: EpisodeResult, change: Change, before: str) -> None:
         """Back to rest as an operator would, so that the next episode starts from rest: the stack's change
         reverted, a release lock that no step holds freed (bin/release-lock.sh, README), the proxy started by hand
-        if nothing answers (item 9), then the other good version released, and `before` again if that is not
+        if nothing answers, then the other good version released, and `before` again if that is not
         enough. Raises StuckError when the stage is still not at rest."""
         stage, repaired = self.stage, result.repaired
         change.revert()
@@ -763,7 +821,7 @@ class KillAnywhere:
             repaired.append("the proxy started by hand")
         # A release runs every step and cuts over with the stack's settings; a second one, back again, where the
         # first brought back settings that the stack no longer declares (item 3).
-        for version in [next(other for other in GOOD_VERSIONS if other != before), before]:
+        for version in [other_good_version(before), before]:
             released = stage.run("release", version, "--yes")
             repaired.append(f"release {version}: {steps_run(released)}")
             left = self.at_rest(self.writer.lost())
@@ -772,13 +830,21 @@ class KillAnywhere:
         raise StuckError("\n".join([result.report(), "still not at rest:", *map(str, left)]))
 
 
+def other_good_version(version: str) -> str:
+    return next(other for other in GOOD_VERSIONS if other != version)
+
+
 def describe(result: UpdateResult) -> str:
     if result.killed:
         return "was killed"
     if result.ok:
         return "succeeded"
     failed = result.failed
-    return f"failed in {failed.name}" if failed else f"failed (exit {result.returncode})"
+    if failed:
+        return f"failed in {failed.name}"
+    # No step failed: the runner refused, or the engine failed before any step; its last line says why.
+    said = [line for line in result.output.splitlines() if line.strip()]
+    return f"failed (exit {result.returncode}: {said[-1].strip() if said else 'said nothing'})"
 
 
 def steps_run(result: UpdateResult) -> str:
@@ -896,7 +962,7 @@ def kill_anywhere(cli: Path, rate: int = LOAD_RATE) -> Iterator[KillAnywhere]:
     """A stage on a private target with both good versions released and the writer running; all of it removed and
     stopped afterwards. The shared local target must run: its registry serves the images."""
     with private_target() as private, stages_on(private.target, cli) as make:
-        stage = make(PROXY_PORT, POSTGRES_PORT, STAGE_SETTINGS)
+        stage = make(PROXY_PORT, STAGE_SETTINGS)
         harness = KillAnywhere(stage, private, rate)
         try:
             harness.begin()
