@@ -7,8 +7,8 @@ goes, then one table by kind of interruption and operation, and every violation 
     sudo .venv/bin/python scripts/kill_anywhere.py --episodes 30 --seed 22 --first 71   # episodes 71..100 of seed 22
 
 Episode N of a seed is always the same operation, kind, moment and recovery (`plan`); replaying from episode 1
-replays the state each episode started from too. `--database-changes` adds PostgreSQL image and password changes
-(item 4: off by default until the steps stop recreating PostgreSQL mid-release).
+replays the state each episode started from too. `--database-changes` adds PostgreSQL changes: a rotated
+password, and the image pinned by digest instead of by tag (the same bytes: the database step leaves it running).
 
 Loopback only; needs root. Runs on a private dockerd and sshd (/var/tmp/kametrix-kill-target) that it starts and
 stops by pid, pulling from the shared local target's registry (started, and stopped again, if it is not running).
@@ -40,6 +40,7 @@ from tests.e2e.kill_anywhere import (  # noqa: E402
     EpisodeResult,
     Kind,
     Operation,
+    Recovery,
     episodes,
     kill_anywhere,
 )
@@ -100,11 +101,15 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=22)
     parser.add_argument("--first", type=int, default=1, help="the first episode's number (the stage starts afresh)")
-    parser.add_argument("--database-changes", action="store_true", help="include PostgreSQL changes (item 4)")
+    parser.add_argument("--database-changes", action="store_true", help="include PostgreSQL changes")
+    parser.add_argument(
+        "--forward-only", action="store_true", help="every recovery finishes the update (as the CI sample does)"
+    )
     parser.add_argument("--rate", type=int, default=LOAD_RATE, help="requests per second on the proxy")
     args = parser.parse_args()
 
-    planned = episodes(args.seed, args.episodes, args.first, args.database_changes)
+    recoveries = (Recovery.FORWARD,) if args.forward_only else tuple(Recovery)
+    planned = episodes(args.seed, args.episodes, args.first, args.database_changes, recoveries)
     results: list[EpisodeResult] = []
     began = time.monotonic()
     print(

@@ -190,6 +190,8 @@ class Episode:
     kind: Kind
     moment: Moment
     recovery: Recovery
+    planned_with: str = ""
+    """The long run's flags that plan the same episodes (besides the seed and count)."""
 
     def __str__(self) -> str:
         what = f"{self.operation}{f' ({self.variant})' if self.variant else ''}"
@@ -198,7 +200,7 @@ class Episode:
     def replay(self) -> str:
         if self.number == 0:
             return "a fixed episode (number 0) of tests/e2e/test_kill_anywhere.py: run that test again"
-        return f"python scripts/kill_anywhere.py --seed {self.seed} --episodes {self.number}"
+        return f"python scripts/kill_anywhere.py --seed {self.seed} --episodes {self.number}{self.planned_with}"
 
 
 def plan(
@@ -221,7 +223,12 @@ def plan(
     else:
         moment = Moment(draw.choice(RELEASE_STEPS), round(draw.random(), 2))
     recovery = Recovery.BACK if operation is Operation.FAILED_RELEASE else draw.choice(recoveries)
-    return Episode(seed, number, operation, variant, kind, moment, recovery)
+    flags = [
+        flag
+        for flag, on in (("--database-changes", database_changes), ("--forward-only", Recovery.BACK not in recoveries))
+        if on
+    ]
+    return Episode(seed, number, operation, variant, kind, moment, recovery, "".join(f" {flag}" for flag in flags))
 
 
 def episodes(
