@@ -827,7 +827,7 @@ class KillAnywhere:
             stage.target.docker("start", f"{stage.project}-proxy", check=False)
             repaired.append("the proxy started by hand")
         # A release runs every step and cuts over with the stack's settings; a second one, back again, where the
-        # first brought back settings that the stack no longer declares (item 3).
+        # first still left the stage apart from its stack.
         for version in [other_good_version(before), before]:
             released = stage.run("release", version, "--yes")
             repaired.append(f"release {version}: {steps_run(released)}")
