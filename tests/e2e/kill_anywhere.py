@@ -107,6 +107,8 @@ MIGRATION_FAILS = "v4.0.0"
 CUTOVER_STEP = UP_STEP.removeprefix(f"{SERVER_RELEASE}-")
 RELEASE_STEPS = ("files", "env", "database", "backup", "migrate", CUTOVER_STEP)
 LOAD_RATE = 40
+# How long the shared target's registry may be away (another test run stopped it).
+REGISTRY_BACK_SECONDS = 120
 # How long the site may take to answer again by itself once dockerd is back.
 SITE_BACK_SECONDS = 20.0
 WRITE_INTERVAL_SECONDS = 0.5
@@ -721,7 +723,7 @@ class KillAnywhere:
         if key == "app.postgresImage":
             # The same image by digest, or by its tag again: the same bytes, another definition of the service.
             tag = current.partition("@")[0]
-            new = tag if "@" in current else f"{tag}@{registry_digest(tag)}"
+            new = tag if "@" in current else f"{tag}@{digest_of(tag)}"
         else:
             new = token
         return Change(
@@ -835,6 +837,17 @@ class KillAnywhere:
             if released.ok and not left:
                 return
         raise StuckError("\n".join([result.report(), "still not at rest:", *map(str, left)]))
+
+
+def digest_of(image: str) -> str:
+    """The digest the shared target's registry serves for `image` (a tag), waited for: another run of the e2e tests
+    may stop the registry for a while (test_rollback.py)."""
+    deadline = time.monotonic() + REGISTRY_BACK_SECONDS
+    while (digest := registry_digest(image)) is None:
+        if time.monotonic() > deadline:
+            raise TargetError(f"the registry on 127.0.0.1:5000 does not answer for {image}")
+        time.sleep(1)
+    return digest
 
 
 def other_good_version(version: str) -> str:
