@@ -12,7 +12,7 @@ password, and the image pinned by digest instead of by tag (the same bytes: the 
 
 Loopback only; needs root. Runs on a private dockerd and sshd (/var/tmp/kametrix-kill-target) that it starts and
 stops by pid, pulling from the shared local target's registry (started, and stopped again, if it is not running).
-SIGTERM or Ctrl-C stops it after the episodes that ended: it prints their figures and removes what it made.
+SIGTERM stops it once the running episode ends: it prints the figures and removes what it made.
 """
 
 from __future__ import annotations
@@ -118,17 +118,18 @@ def main() -> None:
         "one connection per request, GET /api/version; a writer commits a row every 0.5 s",
         flush=True,
     )
-    # A stop by SIGTERM is a stop by Ctrl-C: the episode that runs is dropped and everything is removed.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        with running_target(), kill_anywhere(pulumi_cli(), args.rate) as harness:
-            for episode in planned:
-                result = harness.run(episode)
-                results.append(result)
-                verdict = "converged" if result.converged else f"{len(result.violations)} VIOLATIONS"
-                print(f"{result.seconds:6.1f}s {verdict:<14} {result.report()}", flush=True)
-    except KeyboardInterrupt:
-        print(f"stopped after {len(results)} of {len(planned)} episodes", flush=True)
+    # SIGTERM ends the run between episodes, never inside one (an update, its stage and the harness's removal).
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda number, _frame: stopping.append(number))
+    with running_target(), kill_anywhere(pulumi_cli(), args.rate) as harness:
+        for episode in planned:
+            if stopping:
+                print(f"stopped by SIGTERM after {len(results)} of {len(planned)} episodes", flush=True)
+                break
+            result = harness.run(episode)
+            results.append(result)
+            verdict = "converged" if result.converged else f"{len(result.violations)} VIOLATIONS"
+            print(f"{result.seconds:6.1f}s {verdict:<14} {result.report()}", flush=True)
     if not results:
         return
     print()
