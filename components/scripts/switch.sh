@@ -49,7 +49,7 @@ undo_switch() {
   echo "undoing the switch to $new: ${old:-nothing} keeps serving" >&2
   if [[ -n "$old" ]]; then
     install -m 644 "$proxy_dir/$old.conf" "$proxy_dir/live.conf"
-    compose kill --signal HUP proxy
+    reload_proxy
     proxy_names "$old" || echo "warning: the proxy does not name $old; check: docker compose logs proxy" >&2
   else
     # The first switch: no proxy ran before it, and none is left pointing at a colour that is stopped.
@@ -98,7 +98,7 @@ done
 install -m 644 "$proxy_dir/$new.conf" "$proxy_dir/live.conf"
 # Starts the proxy on the first switch; the single-container layout's app, an orphan now, leaves it its port.
 compose up --detach --no-deps --remove-orphans proxy
-compose kill --signal HUP proxy
+reload_proxy
 if ! proxy_names "$new"; then
   compose logs --no-log-prefix --tail 5 proxy >&2 || true
   die "the proxy did not switch to $new within 10s; the switch is undone"

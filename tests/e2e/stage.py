@@ -63,9 +63,9 @@ class UpdateResult:
     runs: list[StepRun] = field(default_factory=list)
     killed: bool = False
     wall: float = 0.0
+    """From starting the runner to its exit."""
     left_running: list[int] = field(default_factory=list)
     """Processes of the runner's session still alive once it ended (its CLI, its plugins)."""
-    """From starting the runner to its exit."""
 
     @property
     def ok(self) -> bool:
@@ -228,9 +228,13 @@ class Stage:
         return self.run("release", version, "--yes", *extra)
 
     def up_interrupted(self, version: str, interrupt: Interruption, *extra: str) -> UpdateResult:
-        """`release VERSION` while `interrupt(process)` is polled; it returns True once it has interrupted the
+        """`release VERSION`, interrupted as `run_interrupted` says."""
+        return self.run_interrupted(interrupt, "release", version, "--yes", *extra)
+
+    def run_interrupted(self, interrupt: Interruption, *args: str) -> UpdateResult:
+        """A runner command while `interrupt(process)` is polled; it returns True once it has interrupted the
         update (killed the runner, dropped a connection, ...). The update then runs to its end or death."""
-        process = self.start("release", version, "--yes", *extra)
+        process = self.start(*args)
         interrupted = False
         while process.poll() is None and not interrupted:
             interrupted = interrupt(process)

@@ -15,6 +15,13 @@ compose() {
     --file "$APP_DIR/docker-compose.yml" --env-file "${COMPOSE_ENV_FILE:-$APP_DIR/.env}" "$@"
 }
 
+# A graceful reload of the proxy: SIGHUP to nginx's master, the container's first process, sent from inside the
+# container. Not `docker kill --signal HUP`: dockerd counts any signal it sends as a stop by hand, and a container
+# stopped by hand is one `restart: unless-stopped` never starts again after dockerd or the host restarts.
+reload_proxy() {
+  compose exec -T proxy sh -c 'kill -HUP 1'
+}
+
 # Pulls an image pinned by digest unless the host has it already: a digest always names the same image.
 pull_missing() {
   docker image inspect "$1" >/dev/null 2>&1 || docker pull --quiet "$1"
