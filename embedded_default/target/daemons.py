@@ -115,9 +115,11 @@ def stop_dockerd(layout: Layout) -> bool:
     stopped = terminate(layout.docker_pid, "dockerd", timeout=60)
     # dockerd stops its own containerd; only after a SIGKILL could it be left over.
     terminate(layout.containerd_pid, "containerd", timeout=10)
-    # dockerd leaves its bind mount of the host's network namespace (netns/default).
-    if layout.docker_exec.exists():
-        unmount_under(layout.docker_exec)
+    # dockerd leaves its bind mount of the host's network namespace (netns/default), and a dockerd that was killed
+    # leaves the bind mount of its data root onto itself (which it makes to share mounts with containers).
+    for root in (layout.docker_exec, layout.docker_data):
+        if root.exists():
+            unmount_under(root)
     for bridge in bridges:
         if Path("/sys/class/net", bridge).exists():
             run(["ip", "link", "delete", bridge])

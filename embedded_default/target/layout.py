@@ -105,17 +105,18 @@ def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
 
 
 def mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve()) + "/"
+    """The mount points at ``path`` and below it, deepest first."""
+    root = str(path.resolve())
     mounts = []
     for line in Path("/proc/mounts").read_text().splitlines():
         point = line.split()[1].replace("\\040", " ")
-        if point.startswith(prefix):
+        if point == root or point.startswith(root + "/"):
             mounts.append(point)
     return sorted(mounts, reverse=True)
 
 
 def unmount_under(path: Path) -> None:
-    """Lazily unmount what a daemon or a failed debootstrap left mounted under ``path``."""
+    """Lazily unmount what a daemon or a failed debootstrap left mounted at or under ``path``."""
     for point in mounts_under(path):
         subprocess.run(["umount", "-l", point], check=False)
 
