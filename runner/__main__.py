@@ -27,7 +27,7 @@ plugins as usual. The local stack runs in .pulumi/local with the embedded defaul
 
 An update first repairs what an interrupted one left (README, "An interrupted update"): a state lock of an update
 that died on this machine is removed (pulumi cancel), and pending operations of release steps are cleared
-(pulumi refresh --clear-pending-creates); the steps then run again and converge.
+(pulumi refresh --clear-pending-creates) and replaced: the steps then run again and converge.
 """
 
 EPILOG = """\

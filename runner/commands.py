@@ -168,13 +168,17 @@ def _with_state_lock(session: Session, stack: auto.Stack, operation: Callable[[]
         return operation()
 
 
-def _clear_interrupted_operations(session: Session, stack: auto.Stack) -> None:
+def _clear_interrupted_operations(session: Session, stack: auto.Stack) -> list[str]:
     """An update killed mid-step leaves pending operations in the state. Pulumi's documented repair is
     `pulumi refresh` (with --clear-pending-creates for creates). Done here only when every pending operation is
-    a release step, which converges when it runs again; anything else is left to the operator."""
+    a release step, which converges when it runs again; anything else is left to the operator.
+
+    The interrupted steps, by URN, for the next update to replace: a killed step may have run on on the server (a
+    cutover finished), while the state keeps the inputs of its last success, so an update back to those inputs
+    would not run it again."""
     pending = session.workspace.state().get("pending_operations") or []
     if not pending:
-        return
+        return []
     described = [f"{op['resource']['urn']} (interrupted while {op['type']})" for op in pending]
     if any(op["resource"]["type"] not in _STEPS_THAT_CONVERGE for op in pending):
         raise RunnerError(
@@ -189,17 +193,18 @@ def _clear_interrupted_operations(session: Session, stack: auto.Stack) -> None:
         "them again:\n  " + "\n  ".join(described)
     )
     stack.refresh(clear_pending_creates=True, show_secrets=False, **session.engine_options())
+    return sorted({op["resource"]["urn"] for op in pending})
 
 
 # --- the commands ------------------------------------------------------------------------------------------------
 
 
-def preview(session: Session) -> None:
+def preview(session: Session, replace: list[str] | None = None) -> None:
     stack = session.workspace.stack()
     _with_state_lock(
         session,
         stack,
-        lambda: stack.preview(diff=True, **session.engine_options()),
+        lambda: stack.preview(diff=True, replace=replace or None, **session.engine_options()),
     )
 
 
@@ -211,14 +216,14 @@ def up(session: Session, diff: bool = False, confirm: Confirm | None = None) -> 
     """Bring the stack to what its stack file declares; record the released version's digests if they are not."""
     workspace = session.workspace
     stack = workspace.stack()
-    _with_state_lock(session, stack, lambda: _clear_interrupted_operations(session, stack))
+    interrupted = _with_state_lock(session, stack, lambda: _clear_interrupted_operations(session, stack))
     if confirm is not None:
-        preview(session)
+        preview(session, interrupted)
         confirm()
     result = _with_state_lock(
         session,
         stack,
-        lambda: stack.up(diff=diff, show_secrets=False, **session.engine_options()),
+        lambda: stack.up(diff=diff, show_secrets=False, replace=interrupted or None, **session.engine_options()),
     )
     outputs = {name: value.value for name, value in result.outputs.items()}
     version = str(outputs.get("version", ""))

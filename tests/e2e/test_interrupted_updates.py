@@ -5,6 +5,7 @@ throughout."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,5 +54,22 @@ def test_a_runner_killed_while_up_switches_colours_is_finished_by_the_next_updat
     with Load(app_url(stage, "/api/version"), rate=50) as load:
         killed = stage.up_interrupted("v1.0.0", kill_when(lambda: running_colours(stage) != serving))
         assert killed.killed, explain(killed)
+        assert_recovered(stage, "v1.0.0")
+    assert load.result.failed == 0, load.result
+
+
+def test_going_back_after_a_runner_killed_while_up_switches_runs_up_again(stage: Stage) -> None:
+    # The killed `up` may run on on the server and finish its cutover, while the state keeps the inputs of `up`'s
+    # last success: those of the version the stage goes back to. The next update replaces every step it
+    # interrupted, so `up` runs again and the stage serves the version the stack pins.
+    assert served_version(stage) == "v1.0.0"
+    serving = running_colours(stage)
+    with Load(app_url(stage, "/api/version"), rate=50) as load:
+        killed = stage.up_interrupted("v2.0.0", kill_when(lambda: running_colours(stage) != serving))
+        assert killed.killed, explain(killed)
+        deadline = time.monotonic() + 120
+        while processes_running(f"{stage.app_dir}/bin/up.sh") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not processes_running(f"{stage.app_dir}/bin/up.sh"), "the killed up step never ended on the server"
         assert_recovered(stage, "v1.0.0")
     assert load.result.failed == 0, load.result
