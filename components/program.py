@@ -31,18 +31,7 @@ def program() -> None:
     swarm = swarm_stage(stack, image) if plain.server.hosts else None
     server = swarm or ServerRelease(
         shared_facts.SERVER_RELEASE,
-        ServerReleaseArgs(
-            server=plain.server,
-            app=plain.app,
-            release=plain.release,
-            version=plain.version,
-            app_ref=image.app_ref,
-            migrate_ref=image.migrate_ref,
-            ssh_private_key=secrets.ssh_private_key,
-            app_secrets=secrets.app,
-            backup=plain.backup,
-            backup_secrets=secrets.backup,
-        ),
+        ServerReleaseArgs.of(stack, image.app_ref, image.migrate_ref),
     )
 
     # Only the stack that administers the repository declares environments: its own, and each other stage's.

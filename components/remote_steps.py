@@ -11,13 +11,14 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Self
 
 import pulumi
 from pulumi_command import remote
 from pydantic import SecretStr
 
 from components import server_files, shared_facts, swarm_files
-from components.config import AppSettings, BackupSettings, ClusterHost, ReleaseSettings, ServerSettings
+from components.config import AppSettings, BackupSettings, ClusterHost, ReleaseSettings, ServerSettings, StackConfig
 
 
 def connection(
@@ -124,6 +125,24 @@ class ReleaseArgs:
     app_secrets: Mapping[str, SecretStr]
     backup: BackupSettings | None = None
     backup_secrets: Mapping[str, SecretStr] | None = None
+
+    @classmethod
+    def of(cls, stack: StackConfig, app_ref: pulumi.Input[str], migrate_ref: pulumi.Input[str], **more: Any) -> Self:
+        """The release as `stack` declares it, of the image's two digests; `more`: a subclass's own fields."""
+        plain, secrets = stack.plain, stack.secrets
+        return cls(
+            server=plain.server,
+            app=plain.app,
+            release=plain.release,
+            version=plain.version,
+            app_ref=app_ref,
+            migrate_ref=migrate_ref,
+            ssh_private_key=secrets.ssh_private_key,
+            app_secrets=secrets.app,
+            backup=plain.backup,
+            backup_secrets=secrets.backup,
+            **more,
+        )
 
 
 def release_steps(

@@ -67,15 +67,5 @@ def swarm_stage(stack: StackConfig, image: AppImage) -> SwarmRelease:
     )
     return SwarmRelease(
         shared_facts.SERVER_RELEASE,
-        SwarmReleaseArgs(
-            server=plain.server,
-            app=plain.app,
-            release=plain.release,
-            version=plain.version,
-            app_ref=image.app_ref,
-            migrate_ref=image.migrate_ref,
-            ssh_private_key=stack.secrets.ssh_private_key,
-            app_secrets=stack.secrets.app,
-            cluster=cluster.ready,
-        ),
+        SwarmReleaseArgs.of(stack, image.app_ref, image.migrate_ref, cluster=cluster.ready),
     )
