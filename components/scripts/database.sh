@@ -37,6 +37,17 @@ start_postgres() {
   POSTGRES_IMAGE="$1" compose up --detach --no-deps --force-recreate --wait --wait-timeout 120 postgres
 }
 
+# Recreates PostgreSQL with the declared image, puts the running one back if it fails, and says how long the database
+# was down.
+replace_postgres() {
+  local started="$EPOCHREALTIME"
+  UNDO=put_back
+  start_postgres "$image"
+  UNDO=""
+  awk -v from="$started" -v to="$EPOCHREALTIME" -v image="$image" \
+    'BEGIN { printf "PostgreSQL %s serves; the database was down for %.1f s\n", image, to - from }'
+}
+
 put_back() {
   echo "PostgreSQL $image did not turn healthy; putting $running back" >&2
   start_postgres "$running"
@@ -59,21 +70,11 @@ if [[ -z "$running" ]]; then
 elif [[ "$(docker inspect --format '{{.Image}}' "$container")" != "$(docker image inspect --format '{{.Id}}' "$image")" ]]; then
   echo "PostgreSQL changes from $running to $image: backing up first"
   dump_database "$(date -u +%Y%m%dT%H%M%SZ)-before-postgres-change.dump"
-  UNDO=put_back
-  started="$EPOCHREALTIME"
-  start_postgres "$image"
-  UNDO=""
-  awk -v from="$started" -v to="$EPOCHREALTIME" -v image="$image" \
-    'BEGIN { printf "PostgreSQL %s serves; the database was down for %.1f s\n", image, to - from }'
+  replace_postgres
 elif [[ "${reaches:-none}" != "$backups" ]]; then
   # archive_mode, the repository's network and name take a new container: the data stays in its volume.
   [[ "$backups" == none ]] || echo "PostgreSQL restarts to archive its WAL to the backup repository as declared"
-  UNDO=put_back
-  started="$EPOCHREALTIME"
-  start_postgres "$image"
-  UNDO=""
-  awk -v from="$started" -v to="$EPOCHREALTIME" -v image="$image" \
-    'BEGIN { printf "PostgreSQL %s serves; the database was down for %.1f s\n", image, to - from }'
+  replace_postgres
 else
   if [[ "$(docker inspect --format '{{.State.Health.Status}}' "$container")" != healthy ]]; then
     POSTGRES_IMAGE="$running" compose up --detach --no-deps --no-recreate --wait --wait-timeout 120 postgres >/dev/null
