@@ -22,13 +22,11 @@ from components.shared_facts import BACKUP_CONFIG_DIR, BACKUP_LABEL, BACKUP_STAT
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
 # The files rendered for the server, with @{name} placeholders (render()).
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+# The release's steps before its switch, which a stage on Swarm runs too (components/remote_steps.py).
+STEP_SCRIPTS = ("files.sh", "env.sh", "database.sh", "backup.sh", "migrate.sh")
 # What a step runs, and the operator's commands on the server; bin/lib/ holds what they source, by concern.
 SCRIPTS = (
-    "files.sh",
-    "env.sh",
-    "database.sh",
-    "backup.sh",
-    "migrate.sh",
+    *STEP_SCRIPTS,
     "switch.sh",
     "up.sh",
     "release-lock.sh",

@@ -25,11 +25,7 @@ PROXY_CONFIG = f"{server_files.PROXY_DIR}/nginx.conf"
 STACK_ENV_FILE = ".env.stack"
 # What the database host runs: the one-host stage's steps but its switch, Swarm's release and what runs where.
 SCRIPTS = (
-    "files.sh",
-    "env.sh",
-    "database.sh",
-    "backup.sh",
-    "migrate.sh",
+    *server_files.STEP_SCRIPTS,
     "release-lock.sh",
     "swarm-up.sh",
     "swarm-status.sh",
