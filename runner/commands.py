@@ -416,6 +416,8 @@ def backups(session: Session, action: str, check: bool) -> None:
         raise RunnerError("the stack declares no backup section: its only backups are the releases' pg_dump files")
     status = server.backup_status(*_server_access(session), action)
     _say_backups(session, status)
+    if action and status.values.get("ASKED") != "ok":
+        raise RunnerError(f"backups {action}: it did not succeed (what the server said is above)")
     verdict = status.values.get("BACKUPS", "no answer from the server")
     if check and verdict != "ok":
         raise RunnerError(f"the backups of {session.workspace.stack_name} need attention: {verdict}")

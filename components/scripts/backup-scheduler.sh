@@ -10,54 +10,15 @@ set -euo pipefail
 source "$(dirname "$0")/lib/backup-job.sh"
 trap 'exit 0' TERM INT
 
-# Each backup in the repository, oldest first: "TYPE LABEL STOP-EPOCH". Fails when the repository does not answer.
-backups() {
-  local info
-  info="$(job_pgbackrest 120 info)" || return 1
-  awk '
-    / backup: / { type = $1; label = $NF }
-    /timestamp start\/stop/ { print type, label, $(NF - 1) " " $NF }' <<<"$info" |
-    while read -r type label day time; do
-      echo "$type $label $(date -u -d "$day $time" +%s)"
-    done
-}
-
-# Reads the repository into FULL_AT, NEWEST_AT (epochs; 0: none) and the status' NEWEST_BACKUP. A repository that
-# does not answer is no reason for a backup: the tick is skipped.
-scan() {
-  local type label at found
-  FULL_AT=0 NEWEST_AT=0
-  found="$(backups 2>&1)" || {
-    set_status REPOSITORY "not answering at $(utc_now): $(tr '\n' ' ' <<<"$found" | cut -c1-300)"
-    return 1
-  }
-  set_status REPOSITORY "answering at $(utc_now)"
-  while read -r type label at; do
-    [[ "$type" != full ]] || FULL_AT="$at"
-    NEWEST_AT="$at"
-    set_status NEWEST_BACKUP "$label $(date -u -d "@$at" +%Y-%m-%dT%H:%M:%SZ)"
-  done <<<"$found"
-}
-
-backup() {
-  local type="$1" said
-  if said="$(job_pgbackrest 21600 --type="$type" backup 2>&1)"; then
-    set_status LAST_BACKUP "$type ok at $(utc_now)"
-  else
-    set_status LAST_BACKUP "$type FAILED at $(utc_now): $(tr '\n' ' ' <<<"$said" | cut -c1-400)"
-  fi
-  scan || true
-}
-
 tick() {
   local now drill_at
   now="$(date +%s)"
   schedule
   if scan; then
     if ((now - FULL_AT >= FULL_EVERY_HOURS * 3600)); then
-      backup full
+      backup full || true
     elif ((now - NEWEST_AT >= DIFF_EVERY_HOURS * 3600)); then
-      backup diff
+      backup diff || true
     fi
   fi
   drill_at="$(status_value LAST_DRILL_EPOCH)"

@@ -3,7 +3,7 @@
 #   bash <appDir>/bin/backup-status.sh [--drill | --backup full|diff] [--check]
 # KEY=VALUE lines: the newest base backup, how far the WAL is archived (the newest restorable point), the last drill
 # and the last good one, the last restore point a release marked and the last restore. --drill runs a restore drill
-# now, --backup a base backup now. --check fails (exit 1) when the backups are stale or the last drill failed: what
+# now, --backup a base backup now (ASKED=ok or failed says how it went). --check fails (exit 1) when the backups are stale or the last drill failed: what
 # the drift check turns into an issue.
 set -euo pipefail
 # shellcheck source=lib/step.sh
@@ -40,16 +40,19 @@ echo "DUMPS=${#dumps[@]}${dumps[*]:+ in $APP_DIR/backups, the newest $(basename 
 in_scheduler() {
   compose exec -T "$SCHEDULER_SERVICE" bash "/kametrix/bin/$1" "${@:2}"
 }
-# What was asked runs first; its failure is told, and the status below says what it left.
+# What was asked runs first; its failure is told (ASKED=failed), and the status below says what it left.
+asked_backup() {
+  # shellcheck disable=SC2016 # expands in the container
+  compose exec -T "$SCHEDULER_SERVICE" bash -c 'source /kametrix/bin/lib/backup-job.sh && backup "$1"' backup "$1"
+}
 case "$action" in
-  drill) in_scheduler backup-drill.sh || true ;;
-  "backup "*)
-    # shellcheck disable=SC2016 # expands in the container
-    compose exec -T "$SCHEDULER_SERVICE" bash -c 'source /kametrix/bin/lib/backup-job.sh &&
-      job_pgbackrest 21600 --type="$1" backup && echo "a $1 backup was taken"' backup "${action#backup }" ||
-      true
-    ;;
+  drill) asked=(in_scheduler backup-drill.sh) ;;
+  "backup "*) asked=(asked_backup "${action#backup }") ;;
+  *) asked=() ;;
 esac
+if ((${#asked[@]} > 0)); then
+  if "${asked[@]}"; then echo "ASKED=ok"; else echo "ASKED=failed"; fi
+fi
 status="$(compose exec -T "$SCHEDULER_SERVICE" cat "$BACKUP_STATUS_DIR/status.env" 2>/dev/null || true)"
 printf '%s\n' "$status"
 # The newest restorable point: when PostgreSQL archived its last WAL segment, asked now.

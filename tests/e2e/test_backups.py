@@ -206,22 +206,29 @@ def test_a_wrong_key_or_an_unreachable_repository_is_a_clear_error_and_destroys_
 
 
 def test_the_drill_passes_and_then_fails_once_a_backup_is_corrupted(stage: Stage, repository: BackupRepository) -> None:
-    passed = backups_said(stage, "--backup", "full")
-    assert "newest base" in passed, passed
+    asked_at = utc_now()
+    backed_up = stage.run("backups", "--backup", "full")
+    assert backed_up.ok and "a full backup was taken" in backed_up.output, backed_up.output
+    newest = re.search(r"newest base  (\S+F) (\S+)", backed_up.output)
+    recorded = re.search(r"last backup  full ok at (\S+)", backed_up.output)
+    assert newest and recorded and newest[2] >= asked_at and recorded[1] >= asked_at, backed_up.output
     drilled = stage.run("backups", "--drill")
     assert drilled.ok and "last drill   passed" in drilled.output, drilled.output
     assert "good drill   20" in drilled.output
 
+    # The drill restores the newest backup: one of its files is corrupted (the older backups stay intact).
     files = sorted(
-        (path for path in repository.bucket_dir.rglob("*") if path.is_file() and "/pg_data/" in str(path)),
+        (path for path in repository.bucket_dir.rglob("*") if path.is_file() and f"/{newest[1]}/pg_data/" in str(path)),
         key=lambda path: path.stat().st_size,
     )
+    assert files, f"no file of backup {newest[1]} in {repository.bucket_dir}"
     corrupted = files[-1]
     data = bytearray(corrupted.read_bytes())
     data[len(data) // 2] ^= 0xFF
     corrupted.write_bytes(bytes(data))
     failed = stage.run("backups", "--drill")
-    assert "last drill   FAILED" in failed.output, failed.output
+    assert not failed.ok and "last drill   FAILED" in failed.output, failed.output
+    assert "backups --drill: it did not succeed" in failed.output, failed.output
     checked = stage.run("backups", "--check")
     assert not checked.ok and "the last restore drill failed" in checked.output, checked.output
     assert "last drill   FAILED" in stage.run("status").output

@@ -47,10 +47,61 @@ status_value() {
   sed -n "s/^$1=//p" "$file" | tail -n 1
 }
 
-# Sets KEY=VALUE in the status file, replaced whole.
+# Sets KEY=VALUE in the status file, replaced whole, under a lock: the scheduler and an operator's backup-status.sh
+# may write at once.
 set_status() {
   local key="$1" value="${2//$'\n'/ }" file="$BACKUP_STATUS_DIR/status.env"
   mkdir -p "$BACKUP_STATUS_DIR"
-  { grep -v "^$key=" "$file" 2>/dev/null || true; printf '%s=%s\n' "$key" "$value"; } >"$file.partial"
-  mv -f "$file.partial" "$file"
+  (
+    flock 9
+    { grep -v "^$key=" "$file" 2>/dev/null || true; printf '%s=%s\n' "$key" "$value"; } >"$file.partial"
+    mv -f "$file.partial" "$file"
+  ) 9>"$file.lock"
+}
+
+# Each backup in the repository, oldest first: "TYPE LABEL STOP-EPOCH". Fails when the repository does not answer.
+backups() {
+  local info
+  info="$(job_pgbackrest 120 info)" || return 1
+  awk '
+    / backup: / { type = $1; label = $NF }
+    /timestamp start\/stop/ { print type, label, $(NF - 1) " " $NF }' <<<"$info" |
+    while read -r type label day time; do
+      echo "$type $label $(date -u -d "$day $time" +%s)"
+    done
+}
+
+# Reads the repository into FULL_AT, NEWEST_AT (epochs; 0: none) and the status' NEWEST_BACKUP. Fails when the
+# repository does not answer, which is no reason for a backup.
+scan() {
+  local type label at found
+  FULL_AT=0 NEWEST_AT=0
+  found="$(backups 2>&1)" || {
+    set_status REPOSITORY "not answering at $(utc_now): $(tr '\n' ' ' <<<"$found" | cut -c1-300)"
+    return 1
+  }
+  set_status REPOSITORY "answering at $(utc_now)"
+  # shellcheck disable=SC2034 # FULL_AT and NEWEST_AT are the scheduler's
+  while read -r type label at; do
+    [[ "$type" != full ]] || FULL_AT="$at"
+    NEWEST_AT="$at"
+    set_status NEWEST_BACKUP "$label $(date -u -d "@$at" +%Y-%m-%dT%H:%M:%SZ)"
+  done <<<"$found"
+}
+
+# A base backup of TYPE (full or diff) now, as the schedule or an operator asks: its result goes to the status file
+# (LAST_BACKUP, NEWEST_BACKUP) and is said; a failed one fails.
+backup() {
+  local type="$1" said
+  if said="$(job_pgbackrest 21600 --type="$type" backup 2>&1)"; then
+    set_status LAST_BACKUP "$type ok at $(utc_now)"
+    scan || true
+    echo "a $type backup was taken"
+  else
+    said="$(tr '\n' ' ' <<<"$said" | cut -c1-400)"
+    set_status LAST_BACKUP "$type FAILED at $(utc_now): $said"
+    scan || true
+    echo "the $type backup failed: $said" >&2
+    return 1
+  fi
 }
