@@ -174,7 +174,8 @@ class Server:
         return self.run("switch-back.sh")
 
     def start_up(self, version: str, image: str, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
-        """up.sh started in the background, its output going to `stdout` and `stderr`."""
+        """up.sh started in the background, in a session of its own as sshd starts a step, its output going to `stdout`
+        and `stderr`."""
         refs = {"version": version, "app_image": image, "migrate_image": MIGRATE}
         arguments = self.arguments("up.sh", release_of(version, image), refs)
         return subprocess.Popen(
@@ -183,6 +184,7 @@ class Server:
             stdout=stdout,
             stderr=stderr,
             env=self.environment(),
+            start_new_session=True,
         )
 
     # --- the fake server's facts and the app dir's files ---

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import stat
 import subprocess
 import sys
@@ -886,11 +887,16 @@ def test_a_step_that_ends_an_update_without_up_stops_a_colour_a_killed_switch_le
 def test_a_handover_that_fails_gives_the_lock_back_and_fails_the_step(server: Server, tmp_path: Path) -> None:
     failing = tmp_path / "failing"
     failing.mkdir()
-    (failing / "touch").write_text("#!/bin/sh\necho 'touch: cannot touch: Read-only file system' >&2\nexit 1\n")
-    (failing / "touch").chmod(0o755)
+    # The handover rewrites the lock file, and that move alone fails (a full or read-only disk).
+    (failing / "mv").write_text(
+        '#!/bin/bash\nif [[ "${*: -1}" == */.release-lock ]] && grep -q "^STEP_STATE=handed-on" "${*: -2:1}"; then\n'
+        '  echo "mv: Read-only file system" >&2\n  exit 1\nfi\nexec /bin/mv "$@"\n'
+    )
+    (failing / "mv").chmod(0o755)
     server.path.append(failing)
     result = server.backup()
     assert result.returncode == 1, "a step whose lock could not pass on to up passed for a success"
+    assert result.stdout.rstrip().endswith("-v2.0.0.dump"), f"it failed before its handover: {result.stdout}"
     assert not server.locked(), "a failed handover kept the lock"
 
 
@@ -1184,6 +1190,37 @@ def test_a_stale_lock_is_taken_over_and_the_same_release_may_continue(server: Se
     taken = server.backup()
     assert taken.returncode == 0 and "taking over the stale release lock" in taken.stderr
     assert server.backup().returncode == 0, "the release's own next step was refused"
+
+
+def test_a_lock_whose_step_was_killed_outright_is_taken_over_by_the_next_release_at_once(server: Server) -> None:
+    """SIGKILL runs no trap: the lock stays in the name of a release whose update got that step's failure and sends
+    no further step (issue 22, item 1). The next release, going back, need not wait for the lock to time out."""
+    server.live("v1.0.0", OLD)
+    server.fact("healthy_after", f"{NEW} 1\n")
+    server.fact("hold_start", "yes")
+    killed = server.start_up("v2.0.0", NEW, subprocess.DEVNULL, subprocess.DEVNULL)
+    wait_for(server.state / "held")
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert server.lock()["STEP_STATE"] == "running" and server.lock()["RELEASE"] == release_of("v2.0.0", NEW)
+    shown = server.run("release-lock.sh")
+    assert "its step up died without ending, so the next release's step takes the lock over" in shown.stdout
+    server.forget("hold_start")
+    back = server.backup(version="v1.0.0", release=release_of("v1.0.0", OLD), image=OLD)
+    assert back.returncode == 0, back.stderr
+    assert f"taking over the release lock of release {release_of('v2.0.0', NEW)}" in back.stderr
+    assert "that step died without ending" in back.stderr
+    assert not server.locked(), "v1.0.0 still serves: its step had nothing for up to do and gave the lock back"
+
+
+def test_a_lock_handed_on_to_the_next_step_of_its_release_is_not_taken_over(server: Server) -> None:
+    """A step that ended well hands the lock on: its release's next step may still come (its runner works on), so
+    another release is refused until the lock times out."""
+    assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
+    assert server.lock()["STEP_STATE"] == "handed-on"
+    refused = server.backup(release=release_of("v8.0.0", NEW))
+    assert refused.returncode == 1 and "step backup (pid " in refused.stderr and ", handed-on)" in refused.stderr
+    assert server.lock()["RELEASE"] == release_of("v7.0.0", OLD)
 
 
 def test_the_lock_command_shows_the_holder_and_frees_it_only_once_no_step_runs(server: Server) -> None:

@@ -2,7 +2,8 @@
 # The stage's release lock, for an operator on the server. Shows which release holds it, since when, the step
 # it runs or ran last, who runs it, and whether a step of it still runs. With --free, frees the lock of a
 # release that no step runs for any more (its runner was cancelled, or it died between two steps); a lock
-# that a running step holds is never freed.
+# that a running step holds is never freed. A lock whose step died without ending needs no freeing: the next
+# release's step takes it over (lib/lock.sh).
 #   bash <appDir>/bin/release-lock.sh [--free]
 set -euo pipefail
 # shellcheck source=lib/step.sh
@@ -27,7 +28,11 @@ exec 8>"$LOCK_MUTEX"
 if ! flock -n 8; then
   die "a step runs now ($(value_of STEP "$LOCK_HOLDER"), pid $(value_of PID "$LOCK_HOLDER")); the lock is not freed"
 fi
-echo "no step of that release runs"
+if [[ "$(value_of STEP_STATE "$LOCK_HOLDER")" == running ]]; then
+  echo "no step of that release runs: its step $(value_of STEP "$LOCK_HOLDER") died without ending, so the next release's step takes the lock over"
+else
+  echo "no step of that release runs"
+fi
 if [[ "$free" == yes ]]; then
   rm -f "$LOCK_HOLDER"
   echo "freed: the next release may start"

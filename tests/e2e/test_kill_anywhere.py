@@ -5,10 +5,8 @@ then the next update runs, and the stage must be at rest as its stack declares: 
 the server record, the release lock, the colours, the settings and every committed row (tests/e2e/kill_anywhere.py
 says how each is read). Constant load runs on the proxy and a writer commits rows throughout.
 
-The random part finishes each interrupted release, rollback and settings change (the stack as it now pins). Going
-back instead breaks an invariant today where a step of the release was killed outright (item 1), and whether the
-kill lands in a step depends on the moment, so a random sample of it could not be strict: fixed episodes below show
-going back, the case that still breaks marked with its issue item.
+The random part finishes each interrupted release, rollback and settings change (the stack as it now pins). Fixed
+episodes below go back instead, after a dropped connection and after a step killed outright (item 1).
 """
 
 from __future__ import annotations
@@ -42,11 +40,6 @@ SAMPLE = [
     for episode in episodes(SEED, 8, recoveries=(Recovery.FORWARD,))
     if episode.operation is not Operation.FAILED_RELEASE
 ]
-
-
-def broken_by(item: str) -> pytest.MarkDecorator:
-    """Fails today because of `item` of issue 22; the mark goes once its fix lands (strict: a pass fails the run)."""
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=item)
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +81,9 @@ def test_an_update_under_which_dockerd_restarts_is_finished_by_the_next_one(
     [
         # A dropped session's next write ends the step through its undo, which gives the lock back.
         fixed(Operation.RELEASE, "", Kind.DROP_CONNECTION, Moment("files", 0.0), Recovery.BACK),
-        pytest.param(
-            fixed(Operation.FAILED_RELEASE, NEVER_HEALTHY, Kind.KILL_STEP, Moment("migrate", 0.5), Recovery.BACK),
-            marks=broken_by(
-                "item 1: a step killed outright (SIGKILL: no trap runs) keeps the release lock in the name of a "
-                "release the engine gave up; the update back is refused as 'in progress' until the lock times out "
-                "(release.lockTimeoutMinutes) or an operator frees it (bin/release-lock.sh --free)"
-            ),
-        ),
+        # A step killed outright (SIGKILL: no trap runs) leaves the lock marked running with no step holding its
+        # mutex: the step back takes it over at once (item 1).
+        fixed(Operation.FAILED_RELEASE, NEVER_HEALTHY, Kind.KILL_STEP, Moment("migrate", 0.5), Recovery.BACK),
     ],
     ids=str,
 )

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # The release lock: from a release's first step to the end of its `up`, no step of another release runs.
-#   <appDir>/.release-lock        who holds it: RELEASE, SINCE, STEP, PID, BY, REQUESTED_BY; its mtime is the
-#                                 release's last sign of life
+#   <appDir>/.release-lock        who holds it: RELEASE, SINCE, STEP, STEP_STATE (running, or handed-on once
+#                                 it ended and the release's next step may come), PID, BY, REQUESTED_BY; its
+#                                 mtime is the release's last sign of life
 #   <appDir>/.release-lock.mutex  flock held by every running step (and what it starts): one step at a time
 # Sourcing it only defines functions. Needs lib/step.sh (and, for the handover, lib/live.sh).
 
@@ -31,15 +32,18 @@ describe_lock_holder() {
   }
   now="$(date +%s)" since="$(value_of SINCE "$LOCK_HOLDER")" active="$(stat -c %Y "$LOCK_HOLDER")"
   requested="$(value_of REQUESTED_BY "$LOCK_HOLDER")"
-  printf 'release %s%s, step %s (pid %s) run by %s, holding the lock since %s (last active %ss ago)' \
+  printf 'release %s%s, step %s (pid %s, %s) run by %s, holding the lock since %s (last active %ss ago)' \
     "$(value_of RELEASE "$LOCK_HOLDER")" "${requested:+ requested by $requested}" \
-    "$(value_of STEP "$LOCK_HOLDER")" "$(value_of PID "$LOCK_HOLDER")" "$(value_of BY "$LOCK_HOLDER")" \
+    "$(value_of STEP "$LOCK_HOLDER")" "$(value_of PID "$LOCK_HOLDER")" \
+    "$(value_of STEP_STATE "$LOCK_HOLDER" | sed 's/^$/handed-on/')" "$(value_of BY "$LOCK_HOLDER")" \
     "$(date -u -d "@${since:-0}" +%Y-%m-%dT%H:%M:%SZ)" "$((now - active))"
 }
 
 # Takes the release lock for RELEASE (or continues it) and names STEP as running. A step of another release waits
-# up to LOCK_WAIT_SECONDS for a running step, then is refused while that release shows signs of life within
-# LOCK_TIMEOUT_SECONDS (settings file); a lock older than that is taken over.
+# up to LOCK_WAIT_SECONDS for a running step, then takes over a lock whose step died without ending (no step holds
+# the mutex, yet it never ended: killed outright or the server restarted), since its update got that step's failure
+# and sends no further step. A lock handed on to the holder's next step is refused while that release shows signs
+# of life within LOCK_TIMEOUT_SECONDS (settings file), and taken over once older.
 acquire_release_lock() {
   local release="$1" step="$2" wait_seconds="${LOCK_WAIT_SECONDS:-120}" since
   require_release "$release"
@@ -52,13 +56,15 @@ acquire_release_lock() {
   if [[ -f "$LOCK_HOLDER" ]]; then
     if [[ "$(value_of RELEASE "$LOCK_HOLDER")" == "$release" ]]; then
       since="$(value_of SINCE "$LOCK_HOLDER")"
+    elif [[ "$(value_of STEP_STATE "$LOCK_HOLDER")" == running ]]; then
+      echo "taking over the release lock of $(describe_lock_holder): that step died without ending, so its update sends no further step" >&2
     elif (($(date +%s) - $(stat -c %Y "$LOCK_HOLDER") < LOCK_TIMEOUT_SECONDS)); then
       die "$(describe_lock_holder) of $PROJECT is in progress; refusing to start $release. The lock expires after ${LOCK_TIMEOUT_SECONDS}s without a sign of life; to see it or free it once no step of that release runs: bash $APP_DIR/bin/release-lock.sh [--free]"
     else
       echo "taking over the stale release lock of $(describe_lock_holder)" >&2
     fi
   fi
-  printf '%s\n' "RELEASE=$release" "SINCE=$since" "STEP=$step" "PID=$$" "BY=$(step_runner)" \
+  printf '%s\n' "RELEASE=$release" "SINCE=$since" "STEP=$step" "STEP_STATE=running" "PID=$$" "BY=$(step_runner)" \
     "REQUESTED_BY=$REQUESTED_BY" | replace_file "$LOCK_HOLDER" 644
   RELEASE_LOCK_OWNER="$release"
 }
@@ -70,7 +76,7 @@ hand_on_release_lock() {
   lock_files
   [[ -n "$RELEASE_LOCK_OWNER" && -f "$LOCK_HOLDER" ]] || return 0
   if up_follows; then
-    touch "$LOCK_HOLDER"
+    { grep -v '^STEP_STATE=' "$LOCK_HOLDER"; echo "STEP_STATE=handed-on"; } | replace_file "$LOCK_HOLDER" 644
   else
     stop_stray_colours
     release_release_lock
