@@ -1213,6 +1213,30 @@ def test_a_lock_whose_step_was_killed_outright_is_taken_over_by_the_next_release
     assert not server.locked(), "v1.0.0 still serves: its step had nothing for up to do and gave the lock back"
 
 
+def test_a_restore_killed_outright_keeps_every_release_out_until_an_operator_frees_the_lock(server: Server) -> None:
+    """A restore that died may have left the database half-restored: unlike a release step, its lock is not taken
+    over at once, nor continued by a step of the release it was named after."""
+    server.live("v1.0.0", OLD)
+    live = release_of("v1.0.0", OLD)
+    lib = server.app_dir / "bin" / "lib"
+    # restore.sh's own acquire, then SIGKILL: no trap runs.
+    restore = (
+        f"source {lib}/step.sh && source {lib}/lock.sh && source {lib}/live.sh && use_app_dir {server.app_dir} && "
+        f"read_settings && PROJECT=kametrix && acquire_release_lock {live} restore restoring && kill -KILL $$"
+    )
+    killed = subprocess.run(["bash", "-c", restore], env=server.environment(), capture_output=True, check=False)
+    assert killed.returncode == -signal.SIGKILL and server.lock()["STEP_STATE"] == "restoring", killed.stderr
+    shown = server.run("release-lock.sh")
+    assert "no restore runs: one died without ending, and the database may be half-restored" in shown.stdout
+    for release, version, image in [(live, "v1.0.0", OLD), (release_of("v2.0.0", NEW), "v2.0.0", NEW)]:
+        refused = server.backup(version=version, release=release, image=image)
+        assert refused.returncode == 1, refused.stdout
+        assert "a restore of kametrix did not end, so the database may be half-restored" in refused.stderr
+    assert server.lock()["STEP"] == "restore"
+    assert server.run("release-lock.sh", "--free").returncode == 0
+    assert server.backup().returncode == 0
+
+
 def test_a_lock_handed_on_to_the_next_step_of_its_release_is_not_taken_over(server: Server) -> None:
     """A step that ended well hands the lock on: its release's next step may still come (its runner works on), so
     another release is refused until the lock times out."""

@@ -30,6 +30,8 @@ if ! flock -n 8; then
 fi
 if [[ "$(value_of STEP_STATE "$LOCK_HOLDER")" == running ]]; then
   echo "no step of that release runs: its step $(value_of STEP "$LOCK_HOLDER") died without ending, so the next release's step takes the lock over"
+elif [[ "$(value_of STEP_STATE "$LOCK_HOLDER")" == restoring ]]; then
+  echo "no restore runs: one died without ending, and the database may be half-restored; run it again, or check the database before --free"
 else
   echo "no step of that release runs"
 fi

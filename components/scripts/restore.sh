@@ -68,7 +68,7 @@ case "$target" in
     ;;
 esac
 
-acquire_release_lock "$(live_release)" restore
+acquire_release_lock "$(live_release)" restore restoring
 # Nothing changes before the repository has answered with a backup to start from.
 if ! info="$(pgbr_alone --io-timeout=10 info 2>&1)" || ! grep -q '^ *status: ok' <<<"$info"; then
   die "the backup repository cannot be read, so nothing was restored and nothing on the server changed: $(grep -E 'status|ERROR|Error' <<<"$info" | tr -s ' ' | paste -sd ' ')"

@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # The release lock: from a release's first step to the end of its `up`, no step of another release runs.
-#   <appDir>/.release-lock        who holds it: RELEASE, SINCE, STEP, STEP_STATE (running, or handed-on once
-#                                 it ended and the release's next step may come), PID, BY, REQUESTED_BY; its
-#                                 mtime is the release's last sign of life
+#   <appDir>/.release-lock        who holds it: RELEASE, SINCE, STEP, STEP_STATE (running; restoring; or
+#                                 handed-on once it ended and the release's next step may come), PID, BY,
+#                                 REQUESTED_BY; its mtime is the release's last sign of life
 #   <appDir>/.release-lock.mutex  flock held by every running step (and what it starts): one step at a time
 # Sourcing it only defines functions. Needs lib/step.sh (and, for the handover, lib/live.sh).
 
@@ -39,13 +39,15 @@ describe_lock_holder() {
     "$(date -u -d "@${since:-0}" +%Y-%m-%dT%H:%M:%SZ)" "$((now - active))"
 }
 
-# Takes the release lock for RELEASE (or continues it) and names STEP as running. A step of another release waits
-# up to LOCK_WAIT_SECONDS for a running step, then takes over a lock whose step died without ending (no step holds
-# the mutex, yet it never ended: killed outright or the server restarted), since its update got that step's failure
-# and sends no further step. A lock handed on to the holder's next step is refused while that release shows signs
-# of life within LOCK_TIMEOUT_SECONDS (settings file), and taken over once older.
+# Takes the release lock for RELEASE (or continues it) and names STEP as running (STATE: running, or restoring for
+# bin/restore.sh). A step of another release waits up to LOCK_WAIT_SECONDS for a running step, then takes over a
+# lock whose step died without ending (no step holds the mutex, yet it never ended: killed outright or the server
+# restarted), since its update got that step's failure and sends no further step. A lock handed on to the holder's
+# next step is refused while that release shows signs of life within LOCK_TIMEOUT_SECONDS (settings file), and
+# taken over once older. A restore that died without ending may have left the database half-restored: only another
+# restore continues it; every release step is refused until an operator frees the lock.
 acquire_release_lock() {
-  local release="$1" step="$2" wait_seconds="${LOCK_WAIT_SECONDS:-120}" since
+  local release="$1" step="$2" state="${3:-running}" wait_seconds="${LOCK_WAIT_SECONDS:-120}" since held
   require_release "$release"
   lock_files
   exec 8>"$LOCK_MUTEX"
@@ -54,9 +56,12 @@ acquire_release_lock() {
   fi
   since="$(date +%s)"
   if [[ -f "$LOCK_HOLDER" ]]; then
-    if [[ "$(value_of RELEASE "$LOCK_HOLDER")" == "$release" ]]; then
+    held="$(value_of STEP_STATE "$LOCK_HOLDER")"
+    if [[ "$held" == restoring && "$state" != restoring ]]; then
+      die "$(describe_lock_holder): a restore of $PROJECT did not end, so the database may be half-restored; refusing to start $release. Run the restore again (bash $APP_DIR/bin/restore.sh), or check the database and free the lock: bash $APP_DIR/bin/release-lock.sh --free"
+    elif [[ "$(value_of RELEASE "$LOCK_HOLDER")" == "$release" ]]; then
       since="$(value_of SINCE "$LOCK_HOLDER")"
-    elif [[ "$(value_of STEP_STATE "$LOCK_HOLDER")" == running ]]; then
+    elif [[ "$held" == running ]]; then
       echo "taking over the release lock of $(describe_lock_holder): that step died without ending, so its update sends no further step" >&2
     elif (($(date +%s) - $(stat -c %Y "$LOCK_HOLDER") < LOCK_TIMEOUT_SECONDS)); then
       die "$(describe_lock_holder) of $PROJECT is in progress; refusing to start $release. The lock expires after ${LOCK_TIMEOUT_SECONDS}s without a sign of life; to see it or free it once no step of that release runs: bash $APP_DIR/bin/release-lock.sh [--free]"
@@ -64,7 +69,7 @@ acquire_release_lock() {
       echo "taking over the stale release lock of $(describe_lock_holder)" >&2
     fi
   fi
-  printf '%s\n' "RELEASE=$release" "SINCE=$since" "STEP=$step" "STEP_STATE=running" "PID=$$" "BY=$(step_runner)" \
+  printf '%s\n' "RELEASE=$release" "SINCE=$since" "STEP=$step" "STEP_STATE=$state" "PID=$$" "BY=$(step_runner)" \
     "REQUESTED_BY=$REQUESTED_BY" | replace_file "$LOCK_HOLDER" 644
   RELEASE_LOCK_OWNER="$release"
 }
