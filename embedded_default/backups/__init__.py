@@ -1,12 +1,14 @@
 """The backup repository of the local target: a second place, off the app server, that a stage's PostgreSQL archives
 to (issue 18). A real S3-compatible object store from a real package, S3Proxy (Apache 2.0, `org.gaul:s3proxy` from
-Maven Central) with its filesystem backend, served over HTTPS, run as a daemon of its own: its own pid, log, TLS
+Maven Central) with its `filesystem-nio2` backend, served over HTTPS, run as a daemon of its own: its own pid, log, TLS
 material and data under `/var/tmp/kametrix-backup-repository/` (`$KAMETRIX_BACKUP_REPOSITORY_DIR`), never inside the
 target's cache, whose dockerd and volumes are "the server".
 
 Why S3Proxy: pgBackRest 2.45 (Debian bookworm) speaks S3 one way, from inside the database container, over TLS; an SSH
 repository host would need SSH both ways into a container. S3Proxy is served by Maven Central here and runs on the
-installed Java 17; SeaweedFS would need a pseudo-versioned Go build.
+installed Java 17; SeaweedFS would need a pseudo-versioned Go build. Its older `filesystem` backend (deprecated) did not
+answer a multi-object delete of 1,200 keys here (AWS S3 does), which pgBackRest sends to expire a backup: with that
+backend, every backup past the retention failed after its expire timed out.
 
 How a container reaches it: the target's dockerd routes nothing out of a container (no NAT, no forwarding), and a
 container cannot reach the host's loopback. The repository listens on the host side of a Docker network of its own,
@@ -259,7 +261,7 @@ def _start_daemon(layout: _Layout, key: str, secret: str) -> None:
                 "s3proxy.authorization=aws-v2-or-v4",
                 f"s3proxy.identity={key}",
                 f"s3proxy.credential={secret}",
-                "jclouds.provider=filesystem",
+                "jclouds.provider=filesystem-nio2",
                 f"jclouds.filesystem.basedir={layout.data}",
                 f"jclouds.identity={key}",
                 f"jclouds.credential={secret}",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from components.shared_facts import BACKUP_CONFIG_DIR
 from embedded_default.backups import (
     BackupRepository,
     ensure_backup_repository,
@@ -192,6 +193,14 @@ def test_a_wrong_key_or_an_unreachable_repository_is_a_clear_error_and_destroys_
         plain = stage.up("v3.0.0")
         assert plain.failed is not None and plain.failed.name == "server-up", explain(plain)
         assert plain.step("server-backup").ok and plain.step("server-migrate").ok, explain(plain)
+        # The warning reaches the operator as the step's live output in the engine's log.
+        logged = "".join(
+            event["message"]
+            for event in plain.events
+            if event.get("event") == "diagnostic" and str(event.get("urn", "")).endswith("::server-backup")
+        )
+        assert "warning: the backup repository could not take the WAL up to restore point" in logged, logged
+        assert "no migration of v3.0.0 is pending, so the release goes on" in logged, logged
         assert customers(stage) == before and served_version(stage) == "v2.0.0"
     finally:
         ensure_backup_repository(stage.target)
@@ -232,3 +241,48 @@ def test_the_drill_passes_and_then_fails_once_a_backup_is_corrupted(stage: Stage
     checked = stage.run("backups", "--check")
     assert not checked.ok and "the last restore drill failed" in checked.output, checked.output
     assert "last drill   FAILED" in stage.run("status").output
+
+
+def base_backups(stage: Stage, repository: BackupRepository) -> list[str]:
+    """The labels of the stage's base backups in the repository, oldest first (a full `…F`, a differential
+    `…F_…D`): its folders, as pgBackRest keeps them."""
+    stanza_dirs = repository.bucket_dir / stage.setting("backup.repository.path").strip("/") / "backup"
+    return sorted(
+        path.name
+        for path in stanza_dirs.glob("*/*")
+        if path.is_dir() and re.fullmatch(r"\d{8}-\d{6}F(_\d{8}-\d{6}D)?", path.name)
+    )
+
+
+def test_a_differential_backup_comes_when_due_and_the_retention_expires_the_oldest_full_with_it(
+    stage: Stage, repository: BackupRepository
+) -> None:
+    """A day of the schedule without the day: the installed schedule asks for a differential backup at every tick
+    (DIFF_EVERY_HOURS=0) until the scheduler took one, then is put back. Then full backups past the retention (the
+    default: two fulls kept) expire the oldest full and the differential that depends on it."""
+    container = stage.setting("app.dbContainer")
+    schedule = f"{BACKUP_CONFIG_DIR}/schedule.env"
+    hours = stage.target.docker("exec", container, "sed", "-n", "s/^DIFF_EVERY_HOURS=//p", schedule)
+    before = base_backups(stage, repository)
+    assert before and all(label.endswith("F") for label in before), before
+    stage.target.docker("exec", container, "sed", "-i", "s/^DIFF_EVERY_HOURS=.*/DIFF_EVERY_HOURS=0/", schedule)
+    try:
+        deadline = time.monotonic() + 180
+        while not (diffs := [label for label in base_backups(stage, repository) if label.endswith("D")]):
+            assert time.monotonic() < deadline, f"no differential backup within 180 s: {backups_said(stage)}"
+            time.sleep(3)
+    finally:
+        put_back = f"s/^DIFF_EVERY_HOURS=.*/DIFF_EVERY_HOURS={hours.stdout.decode().strip()}/"
+        stage.target.docker("exec", container, "sed", "-i", put_back, schedule)
+    assert diffs[0].startswith(f"{before[-1]}_"), f"{diffs} does not build on the newest full {before[-1]}"
+    said = backups_said(stage)
+    assert "last backup  diff ok at 20" in said, said
+
+    fulls = list(before)
+    for _ in range(2):
+        taken = stage.run("backups", "--backup", "full")
+        assert taken.ok and "a full backup was taken" in taken.output, taken.output
+        newest = re.search(r"newest base  (\S+F) ", taken.output)
+        assert newest, taken.output
+        fulls.append(newest[1])
+    assert base_backups(stage, repository) == fulls[-2:], "the retention (2 fulls) was not applied"
