@@ -519,6 +519,29 @@ def test_a_proxy_slow_to_answer_as_a_switch_starts_still_lets_the_old_colour_dra
     assert "did not finish" not in result.stderr, result.stderr
 
 
+def test_after_a_switch_killed_past_its_reload_a_slow_proxy_is_asked_again_and_its_colour_is_never_recreated(
+    server: Server,
+) -> None:
+    """A switch to v2.0.0 on green was killed outright after the proxy reloaded, before the record said so: green
+    serves, the record says blue. Going back to v1.0.0 while the proxy is slow to answer must not take the record's
+    word and recreate green under the traffic it takes (issue 22, kill-anywhere seed 23 episode 3)."""
+    server.live("v1.0.0", OLD)
+    server.fact("colour_green", NEW)
+    (server.app_dir / ".env.green").write_text(server.file(".env"))
+    (server.app_dir / "proxy" / "live.conf").write_text(server.file("proxy/green.conf"))
+    server.fact("proxy_colour", "green")
+    server.fact("healthy_after", f"{OLD} 1\n")
+    # up.sh asks once whether v1.0.0 is already live; the switch's first two asks time out too.
+    server.fact("proxy_slow", "3")
+    result = server.up("v1.0.0", OLD)
+    assert result.returncode == 0, result.stderr
+    calls = server.calls()
+    assert not [call for call in calls if {"up", "app-green"} <= set(call.split())], "green was recreated"
+    assert index_of(calls, "up", "app-blue") < index_of(calls, "stop", "app-green"), calls
+    assert server.read("proxy_colour") == "blue" and server.record()["LIVE_COLOUR"] == "blue"
+    assert server.read("colour_blue") == OLD and server.read("colour_green") == ""
+
+
 def test_a_switch_whose_proxy_reload_fails_is_undone_completely(server: Server) -> None:
     server.live("v1.0.0", OLD)
     (server.app_dir / ".env").write_text(dot_env(FEATURE="on"))

@@ -60,9 +60,17 @@ undo_switch() {
   retire_login "$new"
 }
 
-# The colour taking traffic: as the proxy answers, else as recorded, since a proxy slow to answer still sends
-# traffic to the live colour (neither before the first switch).
+# The colour taking traffic: as the proxy answers. A proxy that runs but is slow to answer (busy, reloading) is asked
+# again for up to 10 s, since after a switch killed past its reload it serves another colour than the one recorded,
+# and recreating that colour would fail every request until it is up. Only a proxy that still does not answer, or
+# none running (the first switch), leaves it to the record.
 current="$(serving)"
+if [[ -z "$current" && -n "$(compose ps --quiet --status running proxy 2>/dev/null)" ]]; then
+  for ((tries = 0; tries < 20 && ${#current} == 0; tries++)); do
+    sleep 0.5
+    current="$(serving)"
+  done
+fi
 [[ " $COLOURS " == *" $current "* ]] || current=""
 old="${current:-$(live LIVE_COLOUR)}"
 new=blue
