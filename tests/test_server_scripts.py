@@ -1260,6 +1260,30 @@ def test_a_restore_killed_outright_keeps_every_release_out_until_an_operator_fre
     assert server.backup().returncode == 0
 
 
+def test_a_step_that_fails_before_taking_the_lock_ends_its_release_s_lock_for_the_update_going_back(
+    server: Server,
+) -> None:
+    """The files step handed the lock on to env; env refuses its stdin (an empty .env, as a connection dropped before
+    it arrived leaves it) before it takes the lock. Its update sends no further step, so the lock ends with it, and
+    going back to the live release is not refused for lockTimeoutMinutes."""
+    server.live("v1.0.0", OLD)
+    release = release_of("v2.0.0", NEW)
+    assert server.files(release, note="v2.0.0's files").returncode == 0
+    assert server.lock()["STEP_STATE"] == "handed-on"
+    refused = server.env("", release=release)
+    assert refused.returncode == 1 and "received an empty .env on stdin" in refused.stderr, refused.stderr
+    assert not server.locked(), "the failed update's lock was kept"
+    back = server.files(release_of("v1.0.0", OLD), note="v1.0.0's files again")
+    assert back.returncode == 0, back.stderr
+
+
+def test_a_step_of_another_release_that_fails_leaves_the_lock_it_never_held(server: Server) -> None:
+    held = release_of("v7.0.0", OLD)
+    assert server.backup(release=held).returncode == 0
+    refused = server.env("", release=release_of("v8.0.0", NEW))
+    assert refused.returncode == 1 and server.lock()["RELEASE"] == held
+
+
 def test_a_lock_handed_on_to_the_next_step_of_its_release_is_not_taken_over(server: Server) -> None:
     """A step that ended well hands the lock on: its release's next step may still come (its runner works on), so
     another release is refused until the lock times out."""

@@ -88,6 +88,18 @@ hand_on_release_lock() {
   fi
 }
 
+# A step of RELEASE that fails before it took the lock ends the lock its release's last step handed on to it: the
+# update got this step's failure and sends no further step. Never while another step runs (the mutex).
+end_handed_on_lock() {
+  local release="$1"
+  lock_files
+  [[ -n "$release" && -f "$LOCK_HOLDER" && "$(value_of RELEASE "$LOCK_HOLDER")" == "$release" ]] || return 0
+  [[ "$(value_of STEP_STATE "$LOCK_HOLDER")" == handed-on ]] || return 0
+  exec 8>"$LOCK_MUTEX"
+  flock -n 8 || return 0
+  rm -f "$LOCK_HOLDER"
+}
+
 release_release_lock() {
   lock_files
   if [[ -n "$RELEASE_LOCK_OWNER" && "$(value_of RELEASE "$LOCK_HOLDER")" == "$RELEASE_LOCK_OWNER" ]]; then

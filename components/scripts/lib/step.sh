@@ -156,6 +156,7 @@ end_step() {
     set +e
     [[ -z "$UNDO" ]] || "$UNDO"
     release_release_lock
+    [[ -n "$RELEASE_LOCK_OWNER" ]] || end_handed_on_lock "${FLAGS[release]:-}"
   fi
   exit "$status"
 }
