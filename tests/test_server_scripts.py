@@ -1263,15 +1263,17 @@ def test_a_restore_killed_outright_keeps_every_release_out_until_an_operator_fre
 def test_a_step_that_fails_before_taking_the_lock_ends_its_release_s_lock_for_the_update_going_back(
     server: Server,
 ) -> None:
-    """The files step handed the lock on to env; env refuses its stdin (an empty .env, as a connection dropped before
-    it arrived leaves it) before it takes the lock. Its update sends no further step, so the lock ends with it, and
-    going back to the live release is not refused for lockTimeoutMinutes."""
+    """The env step took the lock on from files; the database step, declared with backups, finds no pgBackRest
+    config on stdin (a connection dropped before it arrived) and fails before it takes the lock. Its update sends no
+    further step, so the lock ends with it, and going back to the live release is not refused for
+    lockTimeoutMinutes."""
     server.live("v1.0.0", OLD)
     release = release_of("v2.0.0", NEW)
     assert server.files(release, note="v2.0.0's files").returncode == 0
+    assert server.env(dot_env(), release=release).returncode == 0
     assert server.lock()["STEP_STATE"] == "handed-on"
-    refused = server.env("", release=release)
-    assert refused.returncode == 1 and "received an empty .env on stdin" in refused.stderr, refused.stderr
+    refused = server.step("database.sh", release, postgres_image=POSTGRES, backups="0123456789abcdef")
+    assert refused.returncode == 1 and "no pgBackRest config came on stdin" in refused.stderr, refused.stderr
     assert not server.locked(), "the failed update's lock was kept"
     back = server.files(release_of("v1.0.0", OLD), note="v1.0.0's files again")
     assert back.returncode == 0, back.stderr

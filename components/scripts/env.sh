@@ -14,6 +14,9 @@ source "$(dirname "$0")/lib/compose.sh"
 parse_flags env.sh "$ENV_FLAGS" "$@"
 begin_step
 read_settings
+# The lock first, before the input arrives: a step killed outright while it reads leaves the lock marked running, which
+# the next release takes over at once; one that refuses its input ends the release's lock (lib/lock.sh).
+acquire_release_lock "${FLAGS[release]}" env
 
 umask 077
 candidate="$(mktemp "$APP_DIR/.env.partial.XXXXXX")"
@@ -24,7 +27,6 @@ cat >"$candidate"
 malformed="$(grep -nvE "^[A-Z_][A-Z0-9_]*='[^']*'$" "$candidate" | cut -d: -f1 | paste -sd, || true)"
 [[ -z "$malformed" ]] || die ".env on stdin: allowed KEY='value' lines; received other lines ($malformed); nothing was changed"
 
-acquire_release_lock "${FLAGS[release]}" env
 if [[ -f "$APP_DIR/.env" ]] && cmp -s "$candidate" "$APP_DIR/.env"; then
   echo ".env unchanged"
 else
