@@ -3,8 +3,8 @@
 #   bash <appDir>/bin/backup-status.sh [--drill | --backup full|diff] [--check]
 # KEY=VALUE lines: the newest base backup, how far the WAL is archived (the newest restorable point), the last drill
 # and the last good one, the last restore point a release marked and the last restore. --drill runs a restore drill
-# now, --backup a base backup now (ASKED=ok or failed says how it went). --check fails (exit 1) when the backups are stale or the last drill failed: what
-# the drift check turns into an issue.
+# now, --backup a base backup now (ASKED=ok or failed says how it went). --check fails (exit 1) when the backups are
+# stale or the last drill failed: what the drift check turns into an issue.
 set -euo pipefail
 # shellcheck source=lib/step.sh
 source "$(dirname "$0")/lib/step.sh"

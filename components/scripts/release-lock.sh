@@ -28,13 +28,11 @@ exec 8>"$LOCK_MUTEX"
 if ! flock -n 8; then
   die "a step runs now ($(value_of STEP "$LOCK_HOLDER"), pid $(value_of PID "$LOCK_HOLDER")); the lock is not freed"
 fi
-if [[ "$(value_of STEP_STATE "$LOCK_HOLDER")" == running ]]; then
-  echo "no step of that release runs: its step $(value_of STEP "$LOCK_HOLDER") died without ending, so the next release's step takes the lock over"
-elif [[ "$(value_of STEP_STATE "$LOCK_HOLDER")" == restoring ]]; then
-  echo "no restore runs: one died without ending, and the database may be half-restored; run it again, or check the database before --free"
-else
-  echo "no step of that release runs"
-fi
+case "$(value_of STEP_STATE "$LOCK_HOLDER")" in
+  running) echo "no step of that release runs: its step $(value_of STEP "$LOCK_HOLDER") died without ending, so the next release's step takes the lock over" ;;
+  restoring) echo "no restore runs: one died without ending, and the database may be half-restored; run it again, or check the database before --free" ;;
+  *) echo "no step of that release runs" ;;
+esac
 if [[ "$free" == yes ]]; then
   rm -f "$LOCK_HOLDER"
   echo "freed: the next release may start"
