@@ -115,6 +115,8 @@ def reported(stdout: str | None, key: str) -> str:
 
 @dataclass(frozen=True)
 class ReleaseArgs:
+    stack_name: str
+    """The stack whose updates send these steps (shared_facts.stack_name)."""
     server: ServerSettings
     app: AppSettings
     release: ReleaseSettings
@@ -131,6 +133,7 @@ class ReleaseArgs:
         """The release as `stack` declares it, of the image's two digests; `more`: a subclass's own fields."""
         plain, secrets = stack.plain, stack.secrets
         return cls(
+            stack_name=shared_facts.stack_name(stack.stage),
             server=plain.server,
             app=plain.app,
             release=plain.release,

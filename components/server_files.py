@@ -80,10 +80,12 @@ def stage_files(app: AppSettings, release: ReleaseSettings, backup: BackupSettin
     return {COMPOSE_FILE: compose_file(app, backup), **proxy_files(app, release)}
 
 
-def settings_file(app: AppSettings, release: ReleaseSettings) -> str:
-    """The settings the steps read when they run (shared_facts.SETTINGS): a change re-runs the files step alone."""
+def settings_file(stack: str, app: AppSettings, release: ReleaseSettings) -> str:
+    """The settings the steps read when they run (shared_facts.SETTINGS), for the updates of `stack`
+    (shared_facts.stack_name): a change re-runs the files step alone."""
     blue_health_url, green_health_url = health_urls(app)
     values = {
+        "STACK": stack,
         "PROJECT": app.compose_project,
         "LOCK_TIMEOUT_SECONDS": str(release.lock_timeout_minutes * 60),
         "IMAGES_TO_KEEP": str(release.images_to_keep),
@@ -385,11 +387,13 @@ ServerFiles = Mapping[str, tuple[bytes, int]]
 """Each file of the bundle by its path under the app directory, with its content and mode."""
 
 
-def server_files(app: AppSettings, release: ReleaseSettings, backup: BackupSettings | None = None) -> ServerFiles:
-    """Everything the files step installs: what `up` switches with, the settings, the scripts and their libraries
-    (with the facts they share with the program, rendered)."""
+def server_files(
+    stack: str, app: AppSettings, release: ReleaseSettings, backup: BackupSettings | None = None
+) -> ServerFiles:
+    """Everything the files step installs for the updates of `stack`: what `up` switches with, the settings, the
+    scripts and their libraries (with the facts they share with the program, rendered)."""
     return installed_files(
-        stage_files(app, release, backup), settings_file(app, release), script_files(SCRIPTS, LIBRARIES)
+        stage_files(app, release, backup), settings_file(stack, app, release), script_files(SCRIPTS, LIBRARIES)
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel
 from pydantic.alias_generators import to_snake
 
-from components.config import ReleaseSettings, ServerSettings
+from components.config import NAMESPACE, ReleaseSettings, ServerSettings
 from components.config.fields import (
     COMMIT_PATTERN,
     DATABASE_NAME_PATTERN,
@@ -42,6 +42,8 @@ DIGEST_REF_PATTERN = rf"^[a-z0-9][a-z0-9._:/-]*@{DIGEST_PATTERN}$"
 RELEASE_PATTERN = rf"^({VERSION_PATTERN.pattern.strip('^$')})@[0-9a-f]{{{RELEASE_DIGEST_LENGTH}}}$"
 URL_PATTERN = r"^http://127\.0\.0\.1:[0-9]{1,5}/[A-Za-z0-9._/?=&-]*$"
 PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+# The stack a release step's update comes from (`stack_name`): Pulumi runs one update of a stack at a time.
+STACK_PATTERN = r"^[a-z0-9][a-z0-9_-]*/[a-z0-9][a-z0-9_-]*$"
 
 # Each script's flags, in the order the program (or up.sh) writes them. Everything else a step needs it reads from the
 # settings file the files step installs (SETTINGS), so a change of those settings re-runs the files step alone.
@@ -121,6 +123,7 @@ def swarm_drain_timeout(drain_seconds: int) -> int:
 # The settings file's keys (`<appDir>/settings.env`, written by the files step), each with the ReleaseSettings field
 # whose range bounds it (None: checked by its own grammar), and the scale from the stack's unit to the server's.
 SETTINGS: Mapping[str, tuple[str | None, int]] = {
+    "STACK": (None, 1),
     "PROJECT": (None, 1),
     "LOCK_TIMEOUT_SECONDS": ("lock_timeout_minutes", 60),
     "IMAGES_TO_KEEP": ("images_to_keep", 1),
@@ -135,6 +138,11 @@ SETTINGS: Mapping[str, tuple[str | None, int]] = {
     "REQUESTED_BY": (None, 1),
 }
 SETTINGS_FILE = "settings.env"
+
+
+def stack_name(stage: str) -> str:
+    """The stack whose updates send a stage's release steps: `<project>/<stage>`, one per stage."""
+    return f"{NAMESPACE}/{stage}"
 
 
 def release_name(version: str, app_ref: str) -> str:
@@ -159,6 +167,7 @@ def facts_sh() -> str:
         "DIGEST_REF_PATTERN": DIGEST_REF_PATTERN,
         "URL_PATTERN": URL_PATTERN,
         "PROJECT_PATTERN": PROJECT_PATTERN,
+        "STACK_PATTERN": STACK_PATTERN,
         "REQUESTER_PATTERN": f"^{REQUESTER_PATTERN}$",
         "DATABASE_NAME_PATTERN": f"^{DATABASE_NAME_PATTERN}$",
         "COLOURS": " ".join(COLOURS),

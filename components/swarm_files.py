@@ -47,12 +47,14 @@ def app_service(app: AppSettings) -> str:
     return f"{app.compose_project}_app"
 
 
-def server_files_of(server: ServerSettings, app: AppSettings, release: ReleaseSettings) -> server_files.ServerFiles:
-    """What the files step installs on the database host: the stage's files, the one-host stage's settings file,
-    and the scripts it runs with their libraries and facts."""
+def server_files_of(
+    stack: str, server: ServerSettings, app: AppSettings, release: ReleaseSettings
+) -> server_files.ServerFiles:
+    """What the files step installs on the database host for the updates of `stack`: the stage's files, the one-host
+    stage's settings file, and the scripts it runs with their libraries and facts."""
     return server_files.installed_files(
         stage_files(server, app, release),
-        server_files.settings_file(app, release),
+        server_files.settings_file(stack, app, release),
         server_files.script_files(SCRIPTS, server_files.LIBRARIES, swarm_facts()),
     )
 

@@ -44,7 +44,7 @@ class SwarmRelease(pulumi.ComponentResource):
             ),
             "monitor-seconds": str(shared_facts.swarm_monitor_seconds(release.health_interval_seconds)),
         }
-        files = swarm_files.server_files_of(server, args.app, release)
+        files = swarm_files.server_files_of(args.stack_name, server, args.app, release)
         self.steps = remote_steps.release_steps(
             self, name, args, files, up=("swarm-up.sh", up_flags), after=[args.cluster]
         )

@@ -63,7 +63,8 @@ RELEASE = ReleaseSettings.model_validate(
         "requestedBy": REQUESTER,
     }
 )
-BUNDLE = server_files.server_files(APP, RELEASE)
+STACK = shared_facts.stack_name("local")
+BUNDLE = server_files.server_files(STACK, APP, RELEASE)
 PROJECT = APP.compose_project
 POSTGRES = APP.postgres_image
 ROLES = {role: f"{APP.postgres_user}_{role}" for role in server_files.LOGIN_ROLES}

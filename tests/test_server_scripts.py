@@ -34,6 +34,7 @@ from tests.server_bundle import (
     REQUESTER,
     ROLES,
     ROTATED_PASSWORD,
+    STACK,
     Server,
     dot_env,
     index_of,
@@ -1183,14 +1184,28 @@ def test_who_asked_for_a_release_is_checked_before_the_lock_is_touched_even_by_t
     assert not server.locked() and server.file("docker-compose.yml") == compose
 
 
+# A stack other than the one whose updates send the stage's steps (a second state of the stage, say): Pulumi's lock
+# on one state does not serialize its updates with ours.
+ANOTHER_STACK = "another-project/local"
+
+
+def hand_on_from_another_stack(server: Server, release: str) -> None:
+    """A step of `release` sent by an update of ANOTHER_STACK ends well, handing the lock on to its next step."""
+    server.setting("STACK", ANOTHER_STACK)
+    assert server.backup(release=release).returncode == 0
+    server.setting("STACK", STACK)
+    assert server.lock()["STACK"] == ANOTHER_STACK and server.lock()["STEP_STATE"] == "handed-on"
+
+
 @pytest.mark.parametrize("script", ["files", "backup"])
 def test_another_release_in_progress_is_refused_even_by_the_files_step(server: Server, script: str) -> None:
-    assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
+    hand_on_from_another_stack(server, release_of("v7.0.0", OLD))
     compose = server.file("docker-compose.yml")
     mine = release_of("v8.0.0", NEW)
     result = server.files(mine, note="not to be installed") if script == "files" else server.backup(release=mine)
     assert result.returncode == 1
-    assert f"release {release_of('v7.0.0', OLD)} requested by {REQUESTER}, step backup (pid " in result.stderr
+    holder = f"release {release_of('v7.0.0', OLD)} (an update of {ANOTHER_STACK}) requested by {REQUESTER}"
+    assert f"{holder}, step backup (pid " in result.stderr
     assert f"of kametrix is in progress; refusing to start {mine}" in result.stderr
     assert "bin/release-lock.sh" in result.stderr, "the message does not say how to see or free the lock"
     assert server.lock()["RELEASE"] == release_of("v7.0.0", OLD), "the other release lost its lock"
@@ -1198,7 +1213,7 @@ def test_another_release_in_progress_is_refused_even_by_the_files_step(server: S
 
 
 def test_a_step_of_another_release_waits_for_a_running_step_and_is_refused(server: Server) -> None:
-    assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
+    hand_on_from_another_stack(server, release_of("v7.0.0", OLD))
     compose = server.file("docker-compose.yml")
     with server.step_running():
         result = server.files(release_of("v8.0.0", NEW), note="not to be installed")
@@ -1207,7 +1222,7 @@ def test_a_step_of_another_release_waits_for_a_running_step_and_is_refused(serve
 
 
 def test_a_stale_lock_is_taken_over_and_the_same_release_may_continue(server: Server) -> None:
-    assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
+    hand_on_from_another_stack(server, release_of("v7.0.0", OLD))
     two_hours_ago = time.time() - 7200
     os.utime(server.app_dir / ".release-lock", (two_hours_ago, two_hours_ago))
     taken = server.backup()
@@ -1281,19 +1296,37 @@ def test_a_step_that_fails_before_taking_the_lock_ends_its_release_s_lock_for_th
 
 def test_a_step_of_another_release_that_fails_leaves_the_lock_it_never_held(server: Server) -> None:
     held = release_of("v7.0.0", OLD)
-    assert server.backup(release=held).returncode == 0
+    hand_on_from_another_stack(server, held)
     refused = server.env("", release=release_of("v8.0.0", NEW))
     assert refused.returncode == 1 and server.lock()["RELEASE"] == held
 
 
-def test_a_lock_handed_on_to_the_next_step_of_its_release_is_not_taken_over(server: Server) -> None:
-    """A step that ended well hands the lock on: its release's next step may still come (its runner works on), so
-    another release is refused until the lock times out."""
-    assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
-    assert server.lock()["STEP_STATE"] == "handed-on"
+def test_a_lock_another_stack_handed_on_to_its_next_step_is_not_taken_over(server: Server) -> None:
+    """A step that ended well hands the lock on: its release's next step may still come (its runner works on). A step
+    from another stack cannot know that runner is gone, so it is refused until the lock times out."""
+    hand_on_from_another_stack(server, release_of("v7.0.0", OLD))
     refused = server.backup(release=release_of("v8.0.0", NEW))
     assert refused.returncode == 1 and "step backup (pid " in refused.stderr and ", handed-on)" in refused.stderr
     assert server.lock()["RELEASE"] == release_of("v7.0.0", OLD)
+
+
+def test_a_lock_the_stack_handed_on_is_taken_over_at_once_by_its_next_update(server: Server) -> None:
+    """An update that dies between two steps (its CLI killed, a step killed before it took the lock, a connection
+    dropped after a step's last write) leaves the lock handed on to a step that never comes (issue 22). A step of the
+    same stack's next update proves that update over: Pulumi runs one update of a stack at a time. So going back is
+    not refused for lockTimeoutMinutes, and nothing but that stack's next update may take the lock."""
+    server.live("v1.0.0", OLD)
+    killed = release_of("v2.0.0", NEW)
+    assert server.backup(version="v2.0.0", release=killed, image=NEW).returncode == 0
+    held = {key: server.lock()[key] for key in ("RELEASE", "STACK", "STEP", "STEP_STATE")}
+    assert held == {"RELEASE": killed, "STACK": STACK, "STEP": "backup", "STEP_STATE": "handed-on"}
+    shown = server.run("release-lock.sh")
+    assert f"a step of the next update of {STACK} takes the lock over" in shown.stdout
+    back = server.backup(version="v1.0.0", release=release_of("v1.0.0", OLD), image=OLD)
+    assert back.returncode == 0, back.stderr
+    assert f"taking over the release lock of release {killed} (an update of {STACK})" in back.stderr
+    assert f"this step comes from a later update of {STACK}" in back.stderr
+    assert not server.locked(), "v1.0.0 still serves: its step had nothing for up to do and gave the lock back"
 
 
 def test_the_lock_command_shows_the_holder_and_frees_it_only_once_no_step_runs(server: Server) -> None:
@@ -1301,7 +1334,8 @@ def test_the_lock_command_shows_the_holder_and_frees_it_only_once_no_step_runs(s
     assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
     shown = server.run("release-lock.sh")
     assert shown.returncode == 0 and "no step of that release runs" in shown.stdout
-    assert f"held by release {release_of('v7.0.0', OLD)} requested by {REQUESTER}, step backup" in shown.stdout
+    holder = f"release {release_of('v7.0.0', OLD)} (an update of {STACK}) requested by {REQUESTER}, step backup"
+    assert f"held by {holder}" in shown.stdout
     assert server.locked(), "showing the lock freed it"
     with server.step_running():
         refused = server.run("release-lock.sh", "--free")
@@ -1384,7 +1418,8 @@ def test_break_glass_waits_for_no_release_and_is_refused_while_another_holds_the
     assert server.backup(release=release_of("v3.0.0", NEW)).returncode == 0
     result = server.switch_back()
     assert result.returncode == 1
-    assert f"release {release_of('v3.0.0', NEW)} requested by {REQUESTER}, step backup" in result.stderr, result.stderr
+    holder = f"release {release_of('v3.0.0', NEW)} (an update of {STACK}) requested by {REQUESTER}, step backup"
+    assert holder in result.stderr, result.stderr
     assert f"refusing to start {release_of('v1.0.0', OLD)}" in result.stderr
     assert server.record()["VERSION"] == "v2.0.0" and server.read("proxy_colour") == "blue"
     assert server.lock()["RELEASE"] == release_of("v3.0.0", NEW), "the other release lost its lock"

@@ -262,7 +262,8 @@ class ReleaseSettings(Model):
     images_to_keep: Annotated[int, in_range(2, 100, "images")] = 5
     """App images kept on the server; the live, previous and migrate images always stay."""
     lock_timeout_minutes: Annotated[int, in_range(5, 1440, "minutes")] = 30
-    """A release lock older than this is taken over: a release that died between steps cannot block forever."""
+    """A release lock handed on between two steps and older than this is taken over by anything but the stack's next
+    update (which takes it at once): a break-glass script or another state waits at most this long."""
     drain_seconds: Annotated[int, in_range(1, 3600, "seconds")] = 30
     """After a switch, how long requests still running on the old colour may take before it is stopped."""
     backup: Literal["always", "before-migrations", "restore-point"] | None = None

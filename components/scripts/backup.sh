@@ -40,7 +40,7 @@ skip() {
   exit 0
 }
 
-acquire_release_lock "${FLAGS[release]}" backup
+acquire_update_lock "${FLAGS[release]}" backup
 reason=""
 if applied="$(applied_migrations "$MIGRATE_IMAGE")"; then
   [[ "$on_rollback" == yes ]] ||

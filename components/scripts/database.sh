@@ -54,7 +54,7 @@ put_back() {
   echo "PostgreSQL $running serves again; $image was not installed" >&2
 }
 
-acquire_release_lock "${FLAGS[release]}" database
+acquire_update_lock "${FLAGS[release]}" database
 container="$(database_container)"
 running="$([[ -z "$container" ]] || docker inspect --format '{{.Config.Image}}' "$container")"
 # An image change is other bytes, not another name for the same ones (a tag pinned by its digest, say).

@@ -18,7 +18,7 @@ from="${FLAGS[from]}"
 # The lock is taken with the settings being installed: their lock timeout and who asked for this release.
 read_settings "$from/$SETTINGS_FILE"
 
-acquire_release_lock "${FLAGS[release]}" files
+acquire_update_lock "${FLAGS[release]}" files
 mapfile -d '' -t files < <(cd "$from" && find . -type f -printf '%P\0' | sort -z)
 for file in "${files[@]}"; do
   mkdir -p "$(dirname "$APP_DIR/$file")"

@@ -21,7 +21,7 @@ require_version VERSION "$version"
 require_digest_ref APP_IMAGE "$APP_IMAGE"
 require_digest_ref MIGRATE_IMAGE "$MIGRATE_IMAGE"
 
-acquire_release_lock "${FLAGS[release]}" migrate
+acquire_update_lock "${FLAGS[release]}" migrate
 if applied="$(applied_migrations "$MIGRATE_IMAGE")"; then
   echo "no migration: $version already ran on this server (its migrations were applied by $applied), so its schema is already there; nothing was pulled"
   exit 0

@@ -2,8 +2,8 @@
 # The stage's release lock, for an operator on the server. Shows which release holds it, since when, the step
 # it runs or ran last, who runs it, and whether a step of it still runs. With --free, frees the lock of a
 # release that no step runs for any more (its runner was cancelled, or it died between two steps); a lock
-# that a running step holds is never freed. A lock whose step died without ending needs no freeing: the next
-# release's step takes it over (lib/lock.sh).
+# that a running step holds is never freed. A lock whose step died without ending, or that an update of the stage's
+# stack handed on, needs no freeing before the next release: its step takes it over (lib/lock.sh).
 #   bash <appDir>/bin/release-lock.sh [--free]
 set -euo pipefail
 # shellcheck source=lib/step.sh
@@ -31,7 +31,10 @@ fi
 case "$(value_of STEP_STATE "$LOCK_HOLDER")" in
   running) echo "no step of that release runs: its step $(value_of STEP "$LOCK_HOLDER") died without ending, so the next release's step takes the lock over" ;;
   restoring) echo "no restore runs: one died without ending, and the database may be half-restored; run it again, or check the database before --free" ;;
-  *) echo "no step of that release runs" ;;
+  *)
+    stack="$(value_of STACK "$LOCK_HOLDER")"
+    echo "no step of that release runs${stack:+: a step of the next update of $stack takes the lock over, since that update begins only once this one is over}"
+    ;;
 esac
 if [[ "$free" == yes ]]; then
   rm -f "$LOCK_HOLDER"

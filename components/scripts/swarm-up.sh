@@ -34,7 +34,7 @@ require_in_range MONITOR_SECONDS "$monitor"
 service="${PROJECT}_app" stack_env="$APP_DIR/.env.stack"
 settings="$(sha256sum <"$APP_DIR/.env" | cut -c1-16)"
 
-acquire_release_lock "$release" up
+acquire_update_lock "$release" up
 live_version="$(live VERSION)" live_image="$(live APP_IMAGE)"
 
 # What Swarm says of the app: the release, settings and colour of its spec, its tasks and its update's state and

@@ -21,7 +21,7 @@ require_version VERSION "$version"
 require_digest_ref APP_IMAGE "$app_image"
 require_digest_ref MIGRATE_IMAGE "$migrate_image"
 
-acquire_release_lock "$release" up
+acquire_update_lock "$release" up
 pull_missing "$app_image"
 was_live="$(live VERSION)" was_colour="$(live LIVE_COLOUR)"
 # The live release as declared, its colour running and the proxy naming it: an update run again after its switch.

@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # The release lock: from a release's first step to the end of its `up`, no step of another release runs.
-#   <appDir>/.release-lock        who holds it: RELEASE, SINCE, STEP, STEP_STATE (running; restoring; or
-#                                 handed-on once it ended and the release's next step may come), PID, BY,
-#                                 REQUESTED_BY; its mtime is the release's last sign of life
+#   <appDir>/.release-lock        who holds it: RELEASE, STACK (the stack whose update sent the step; empty for a
+#                                 break-glass script), SINCE, STEP, STEP_STATE (running; restoring; or handed-on once
+#                                 it ended and the release's next step may come), PID, BY, REQUESTED_BY; its mtime is
+#                                 the release's last sign of life
 #   <appDir>/.release-lock.mutex  flock held by every running step (and what it starts): one step at a time
 # Sourcing it only defines functions. Needs lib/step.sh (and, for the handover, lib/live.sh).
 
@@ -24,30 +25,39 @@ step_runner() {
 
 # One line naming the holder of the release lock, for messages.
 describe_lock_holder() {
-  local now since active requested
+  local now since active requested sent_by
   lock_files
   [[ -f "$LOCK_HOLDER" ]] || {
     echo "no release recorded in $LOCK_HOLDER"
     return 0
   }
   now="$(date +%s)" since="$(value_of SINCE "$LOCK_HOLDER")" active="$(stat -c %Y "$LOCK_HOLDER")"
-  requested="$(value_of REQUESTED_BY "$LOCK_HOLDER")"
-  printf 'release %s%s, step %s (pid %s, %s) run by %s, holding the lock since %s (last active %ss ago)' \
-    "$(value_of RELEASE "$LOCK_HOLDER")" "${requested:+ requested by $requested}" \
+  requested="$(value_of REQUESTED_BY "$LOCK_HOLDER")" sent_by="$(value_of STACK "$LOCK_HOLDER")"
+  printf 'release %s%s%s, step %s (pid %s, %s) run by %s, holding the lock since %s (last active %ss ago)' \
+    "$(value_of RELEASE "$LOCK_HOLDER")" "${sent_by:+ (an update of $sent_by)}" "${requested:+ requested by $requested}" \
     "$(value_of STEP "$LOCK_HOLDER")" "$(value_of PID "$LOCK_HOLDER")" \
     "$(value_of STEP_STATE "$LOCK_HOLDER" | sed 's/^$/handed-on/')" "$(value_of BY "$LOCK_HOLDER")" \
     "$(date -u -d "@${since:-0}" +%Y-%m-%dT%H:%M:%SZ)" "$((now - active))"
 }
 
+# Takes the release lock for a step of an update of the stage's stack (STACK, from the settings file): RELEASE's STEP.
+acquire_update_lock() {
+  acquire_release_lock "$1" "$2" running "$STACK"
+}
+
 # Takes the release lock for RELEASE (or continues it) and names STEP as running (STATE: running, or restoring for
-# bin/restore.sh). A step of another release waits up to LOCK_WAIT_SECONDS for a running step, then takes over a
-# lock whose step died without ending (no step holds the mutex, yet it never ended: killed outright or the server
-# restarted), since its update got that step's failure and sends no further step. A lock handed on to the holder's
-# next step is refused while that release shows signs of life within LOCK_TIMEOUT_SECONDS (settings file), and
-# taken over once older. A restore that died without ending may have left the database half-restored: only another
-# restore continues it; every release step is refused until an operator frees the lock.
+# bin/restore.sh; SENT_BY: the stack whose update sent the step, empty for a break-glass script). A step of another
+# release waits up to LOCK_WAIT_SECONDS for a running step, then takes over a lock whose step died without ending (no
+# step holds the mutex, yet it never ended: killed outright or the server restarted), since its update got that
+# step's failure and sends no further step. A lock handed on to the holder's next step is taken over at once by a
+# step from the same stack: Pulumi runs one update of a stack at a time, so the update that handed it on is over
+# (killed between two steps, or it failed where the server could not see it). Anyone else is refused while that
+# release shows signs of life within LOCK_TIMEOUT_SECONDS (settings file), and takes it over once older. A restore
+# that died without ending may have left the database half-restored: only another restore continues it; every
+# release step is refused until an operator frees the lock.
 acquire_release_lock() {
-  local release="$1" step="$2" state="${3:-running}" wait_seconds="${LOCK_WAIT_SECONDS:-120}" since held
+  local release="$1" step="$2" state="${3:-running}" sent_by="${4:-}" wait_seconds="${LOCK_WAIT_SECONDS:-120}"
+  local since held
   require_release "$release"
   lock_files
   exec 8>"$LOCK_MUTEX"
@@ -63,14 +73,16 @@ acquire_release_lock() {
       since="$(value_of SINCE "$LOCK_HOLDER")"
     elif [[ "$held" == running ]]; then
       echo "taking over the release lock of $(describe_lock_holder): that step died without ending, so its update sends no further step" >&2
+    elif [[ -n "$sent_by" && "$(value_of STACK "$LOCK_HOLDER")" == "$sent_by" ]]; then
+      echo "taking over the release lock of $(describe_lock_holder): this step comes from a later update of $sent_by, so the one that handed it on is over (Pulumi runs one update of a stack at a time)" >&2
     elif (($(date +%s) - $(stat -c %Y "$LOCK_HOLDER") < LOCK_TIMEOUT_SECONDS)); then
       die "$(describe_lock_holder) of $PROJECT is in progress; refusing to start $release. The lock expires after ${LOCK_TIMEOUT_SECONDS}s without a sign of life; to see it or free it once no step of that release runs: bash $APP_DIR/bin/release-lock.sh [--free]"
     else
       echo "taking over the stale release lock of $(describe_lock_holder)" >&2
     fi
   fi
-  printf '%s\n' "RELEASE=$release" "SINCE=$since" "STEP=$step" "STEP_STATE=$state" "PID=$$" "BY=$(step_runner)" \
-    "REQUESTED_BY=$REQUESTED_BY" | replace_file "$LOCK_HOLDER" 644
+  printf '%s\n' "RELEASE=$release" "STACK=$sent_by" "SINCE=$since" "STEP=$step" "STEP_STATE=$state" "PID=$$" \
+    "BY=$(step_runner)" "REQUESTED_BY=$REQUESTED_BY" | replace_file "$LOCK_HOLDER" 644
   RELEASE_LOCK_OWNER="$release"
 }
 
