@@ -17,7 +17,7 @@ from typing import IO, Any, TypeVar
 
 from pulumi import automation as auto
 
-from components import config
+from components import config, shared_facts
 from components.config import NAMESPACE
 from runner import server, stack_file
 from runner.workspace import RunnerError, Workspace
@@ -40,6 +40,8 @@ class Session:
     """The CLI's own log (`-v=N --logtostderr`), printed on stderr as it comes."""
     out: IO[str] = sys.stdout
     started: float = field(default_factory=time.monotonic)
+    finished: set[str] = field(default_factory=set)
+    """The URNs of the resources whose operation the engine finished in this session."""
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -51,6 +53,8 @@ class Session:
         print(line, file=sys.stderr, flush=True)
 
     def engine_event(self, event: auto.EngineEvent) -> None:
+        if event.res_outputs_event is not None:
+            self.finished.add(event.res_outputs_event.metadata.urn)
         if self.events is None:
             return
         record = _event_record(event)
@@ -196,6 +200,51 @@ def _clear_interrupted_operations(session: Session, stack: auto.Stack) -> list[s
     return sorted({op["resource"]["urn"] for op in pending})
 
 
+def _steps_that_died(session: Session) -> list[str]:
+    """A release step killed outright (SIGKILL, or the server restarted) ran no undo, and the engine recorded only
+    its failure, so the state keeps its inputs of before: an update back to them would not run it again, and what it
+    changed would stay. The server's release lock names it (marked running, no step holding the mutex, sent by this
+    stack): it is replaced, so that it runs again and converges. Empty when the server cannot be asked."""
+    loaded = _stack_config(session.workspace)
+    try:
+        lock = server.read_lock(*_server_access(session))
+    except server.ServerUnreachableError as error:
+        session.say(f"the server's release lock could not be asked: {error}")
+        return []
+    died = lock.get("STEP_STATE") == "running" and lock.get("STEP_RUNS") == "no"
+    if not died or lock.get("STACK") != shared_facts.stack_name(loaded.stage):
+        return []
+    step = f"{shared_facts.SERVER_RELEASE}-{lock.get('STEP', '')}"
+    urns = [
+        resource["urn"]
+        for resource in session.workspace.state().get("resources") or []
+        if resource["type"] in _STEPS_THAT_CONVERGE and resource["urn"].endswith(f"::{step}")
+    ]
+    if urns:
+        session.say(
+            f"the server's release lock says step {step} of {lock.get('RELEASE')} died without ending (killed "
+            "outright): it runs again in this update"
+        )
+    return urns
+
+
+def _end_update(session: Session) -> None:
+    """After an update that did not run `up`: a lock its last step handed on to an `up` that did not come, or left
+    by a step killed outright that this update did not run again, is given back (no other update of the stack can
+    be waiting for it: Pulumi runs one at a time), so the stage is at rest."""
+    if any(urn.endswith(f"::{shared_facts.UP_STEP}") for urn in session.finished):
+        return
+    try:
+        said = server.end_update(
+            *_server_access(session), shared_facts.stack_name(_stack_config(session.workspace).stage)
+        )
+    except server.ServerUnreachableError as error:
+        session.say(f"the server's release lock could not be checked after the update: {error}")
+        return
+    if said:
+        session.say(said)
+
+
 # --- the commands ------------------------------------------------------------------------------------------------
 
 
@@ -217,14 +266,16 @@ def up(session: Session, diff: bool = False, confirm: Confirm | None = None) -> 
     workspace = session.workspace
     stack = workspace.stack()
     interrupted = _with_state_lock(session, stack, lambda: _clear_interrupted_operations(session, stack))
+    again = sorted({*interrupted, *_steps_that_died(session)})
     if confirm is not None:
-        preview(session, interrupted)
+        preview(session, again)
         confirm()
     result = _with_state_lock(
         session,
         stack,
-        lambda: stack.up(diff=diff, show_secrets=False, replace=interrupted or None, **session.engine_options()),
+        lambda: stack.up(diff=diff, show_secrets=False, replace=again or None, **session.engine_options()),
     )
+    _end_update(session)
     outputs = {name: value.value for name, value in result.outputs.items()}
     version = str(outputs.get("version", ""))
     if version and version not in stack_file.recorded_versions(workspace.stack_file):

@@ -77,6 +77,24 @@ def read_state(server: ServerSettings, private_key: SecretStr) -> ServerState:
     return ServerState(record=record, lock=lock.strip() or "no release steps are installed on the server yet")
 
 
+def read_lock(server: ServerSettings, private_key: SecretStr) -> dict[str, str]:
+    """The release lock as `release-lock.sh --fields` gives it: RELEASE, STACK, STEP, STEP_STATE (all empty when it
+    is free) and STEP_RUNS (yes or no); nothing before the files step installed the scripts."""
+    app_dir = shlex.quote(server.app_dir)
+    answer = ssh(
+        server, private_key, f"[ ! -f {app_dir}/bin/release-lock.sh ] || bash {app_dir}/bin/release-lock.sh --fields"
+    )
+    return dict(line.split("=", 1) for line in answer.splitlines() if "=" in line)
+
+
+def end_update(server: ServerSettings, private_key: SecretStr, stack: str) -> str:
+    """Once an update of `stack` is over: the lock it left with no step running is given back
+    (`release-lock.sh --end-update`). What the server said (empty when the lock was free or not the stack's)."""
+    app_dir = shlex.quote(server.app_dir)
+    command = f"bash {app_dir}/bin/release-lock.sh --end-update {shlex.quote(stack)} 2>&1"
+    return ssh(server, private_key, f"[ ! -f {app_dir}/bin/release-lock.sh ] || {command}").strip()
+
+
 @dataclass(frozen=True)
 class SwarmNode:
     """A node of a stage's Swarm and the tasks it runs, as `swarm-status.sh` tells them."""

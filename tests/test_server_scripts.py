@@ -1329,6 +1329,38 @@ def test_a_lock_the_stack_handed_on_is_taken_over_at_once_by_its_next_update(ser
     assert not server.locked(), "v1.0.0 still serves: its step had nothing for up to do and gave the lock back"
 
 
+def test_the_runner_reads_the_lock_as_fields_and_whether_a_step_runs(server: Server) -> None:
+    assert server.run("release-lock.sh", "--fields").stdout.splitlines() == [
+        "RELEASE=", "STACK=", "STEP=", "STEP_STATE=", "STEP_RUNS=no"
+    ]  # fmt: skip
+    assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
+    with server.step_running():
+        fields = dict(line.split("=", 1) for line in server.run("release-lock.sh", "--fields").stdout.splitlines())
+    assert fields == {
+        "RELEASE": release_of("v7.0.0", OLD), "STACK": STACK, "STEP": "backup", "STEP_STATE": "handed-on",
+        "STEP_RUNS": "yes",
+    }  # fmt: skip
+
+
+def test_an_update_over_gives_back_the_lock_it_left_and_says_why_up_was_awaited(server: Server) -> None:
+    """An update whose last step handed the lock on to an `up` that the stack did not run (the server saw work for
+    `up` that the stack's inputs did not) leaves it held at rest: the runner, once the update is over, gives it back.
+    Never a lock of another stack, a restore's, or one a running step holds."""
+    server.live("v1.0.0", OLD)
+    assert server.backup(version="v2.0.0", release=release_of("v2.0.0", NEW), image=NEW).returncode == 0
+    assert server.run("release-lock.sh", "--end-update", ANOTHER_STACK).stdout == ""
+    with server.step_running():
+        assert server.run("release-lock.sh", "--end-update", STACK).stdout == ""
+    assert server.locked(), "a lock was given back while a step ran, or for another stack"
+    ended = server.run("release-lock.sh", "--end-update", STACK)
+    assert ended.returncode == 0 and f"the update of {STACK} is over; giving back the release lock" in ended.stdout
+    awaited = f"{release_of('v2.0.0', NEW)} is not the live release ({release_of('v1.0.0', OLD)})"
+    assert f"its last step awaited an up that did not come: {awaited}" in ended.stdout
+    assert not server.locked()
+    refused = server.run("release-lock.sh", "--end-update", "not a stack")
+    assert refused.returncode == 1 and "stack: allowed <project>/<stack>; received 'not a stack'" in refused.stderr
+
+
 def test_the_lock_command_shows_the_holder_and_frees_it_only_once_no_step_runs(server: Server) -> None:
     assert server.run("release-lock.sh").stdout == f"the release lock of {server.app_dir} is free\n"
     assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0

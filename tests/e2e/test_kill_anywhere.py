@@ -6,7 +6,8 @@ the server record, the release lock, the colours, the settings and every committ
 says how each is read). Constant load runs on the proxy and a writer commits rows throughout.
 
 The random part finishes each interrupted release, rollback and settings change (the stack as it now pins). Fixed
-episodes below go back instead, after a dropped connection and after a step killed outright (item 1).
+episodes below go back instead: after a dropped connection, after a step killed outright (item 1), after an update
+killed between two steps, and after a database change whose step was killed outright.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ def test_an_update_under_which_dockerd_restarts_is_finished_by_the_next_one(
         # A step killed outright (SIGKILL: no trap runs) leaves the lock marked running with no step holding its
         # mutex: the step back takes it over at once (item 1).
         fixed(Operation.FAILED_RELEASE, NEVER_HEALTHY, Kind.KILL_STEP, Moment("migrate", 0.5), Recovery.BACK),
+        # The CLI killed as migrate starts: backup handed the lock on to a step that never comes. The update back's
+        # first step takes it over at once, since Pulumi runs one update of the stack at a time (seed 25, 22).
+        fixed(Operation.RELEASE, "", Kind.KILL_CLI, Moment("migrate", 0.0), Recovery.BACK),
+        # The database step killed outright: the state keeps its inputs of before, so the update back would not run
+        # it; the runner replaces it on the lock's word, and it gives the lock back (seed 24, episodes 29 and 40).
+        fixed(Operation.DATABASE, "app.postgresImage", Kind.KILL_STEP, Moment("database", 0.3), Recovery.BACK),
     ],
     ids=str,
 )
