@@ -32,6 +32,7 @@ SCRIPTS = (
     "release-lock.sh",
     "switch-back.sh",
     "restore.sh",
+    "restore-dump.sh",
     "backup-status.sh",
     "backup-scheduler.sh",
     "backup-drill.sh",
@@ -44,6 +45,7 @@ LIBRARIES = (
     "lib/dump.sh",
     "lib/pgbackrest.sh",
     "lib/backup-job.sh",
+    "lib/restoring.sh",
 )
 # Rendered from components/shared_facts.py into every bundle.
 FACTS = "lib/facts.sh"

@@ -78,6 +78,9 @@ SCHEDULER_SERVICE = "backup-scheduler"
 BACKUP_LABEL = "org.kametrix.backup-repository"
 # What the release marks before it migrates; restore --before-release VERSION goes back to it.
 RESTORE_POINT_PREFIX = "kametrix-before-"
+# A pg_dump backup in <appDir>/backups: the UTC time it was taken, then what it was taken for (lib/dump.sh), which
+# bin/restore-dump.sh restores.
+DUMP_NAME_PATTERN = r"^[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9._+-]+\.dump$"
 # The break-glass restore's one target (bin/restore.sh and `python -m runner restore`).
 RESTORE_TARGETS = ("latest", "time", "before-release")
 
@@ -179,6 +182,7 @@ def facts_sh() -> str:
         "BACKUP_LABEL": BACKUP_LABEL,
         "RESTORE_POINT_PREFIX": RESTORE_POINT_PREFIX,
         "RESTORE_TARGETS": " ".join(RESTORE_TARGETS),
+        "DUMP_NAME_PATTERN": DUMP_NAME_PATTERN,
         "UTC_TIME_PATTERN": f"^{UTC_TIME_PATTERN}$",
         "SETTINGS_FILE": SETTINGS_FILE,
         "SETTINGS_KEYS": " ".join(SETTINGS),

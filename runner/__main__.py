@@ -72,12 +72,15 @@ def parser() -> argparse.ArgumentParser:
     rollback.add_argument("--requested-by", help="who asks for it, for the server's release lock")
     sub.add_parser("status", help="what serves, what served before, who holds the release lock, the last update")
     restore = sub.add_parser(
-        "restore", help="restore the database from the backup repository (the server's bin/restore.sh), asking first"
+        "restore",
+        help="restore the database from the backup repository (the server's bin/restore.sh), or from one of the "
+        "releases' pg_dump backups on the server (bin/restore-dump.sh), asking first",
     )
     to = restore.add_mutually_exclusive_group(required=True)
     to.add_argument("--time", metavar="T", help="as it was at a UTC time, like 2026-12-02T03:00:00Z")
     to.add_argument("--before-release", metavar="VERSION", help="just before VERSION's release migrated")
     to.add_argument("--latest", action="store_true", help="everything the repository holds")
+    to.add_argument("--dump", metavar="NAME", help="a pg_dump in <appDir>/backups (status lists them), as it was taken")
     restore.add_argument("--yes", action="store_true", help="restore without asking (needed when not on a terminal)")
     backups = sub.add_parser("backups", help="the newest backup, restorable point and drills; run a drill or backup")
     backups.add_argument("--drill", action="store_true", help="run a restore drill now")
@@ -114,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if args.time
                     else ["--before-release", args.before_release]
                     if args.before_release
+                    else ["--dump", args.dump]
+                    if args.dump
                     else ["--latest"]
                 )
                 commands.restore(session, target, confirm)

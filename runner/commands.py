@@ -423,8 +423,12 @@ def status(session: Session) -> None:
                 f"note           the stack pins {pinned} but {live} serves: the last update did not reach its "
                 "switch; `up` finishes it, or pin the live version back"
             )
-    if state is not None and loaded_backups(session):
-        _say_backups(session, server.backup_status(*_server_access(session)))
+    if state is not None:
+        backups = server.backup_status(*_server_access(session))
+        if loaded_backups(session):
+            _say_backups(session, backups)
+        else:
+            _say_dumps(session, backups)
     history = stack.history(page_size=1)
     if history:
         session.say(f"last update    {_describe_update(history[0])}")
@@ -457,7 +461,15 @@ def _say_backups(session: Session, status: server.BackupStatus) -> None:
         session.say(f"  restore pt   {found['LAST_RESTORE_POINT']}")
     if found.get("LAST_RESTORE"):
         session.say(f"  restored     {found['LAST_RESTORE']}")
-    session.say(f"  pg_dump      {found.get('DUMPS') or 'not listed'} (the releases' dumps on the server)")
+    _say_dumps(session, status, indent="  ")
+
+
+def _say_dumps(session: Session, status: server.BackupStatus, indent: str = "") -> None:
+    """The releases' pg_dump backups on the server, by name: what `restore --dump NAME` restores."""
+    found = status.values
+    session.say(f"{indent}{'pg_dump':<{15 - len(indent)}}{found.get('DUMPS') or 'not listed'} (the releases' dumps)")
+    for name in found.get("DUMP_NAMES", "").split():
+        session.say(f"{'':<15}{name}")
 
 
 def backups(session: Session, action: str, check: bool) -> None:
@@ -475,10 +487,14 @@ def backups(session: Session, action: str, check: bool) -> None:
 
 
 def restore(session: Session, target: list[str], confirm: Confirm | None) -> None:
-    """The break-glass restore (bin/restore.sh) through the stack's SSH access: its plan first, then, confirmed, the
-    restore itself. The server takes the release lock; the stack file is not changed."""
-    if not loaded_backups(session):
-        raise RunnerError("restore: the stack declares no backup section, so there is no repository to restore from")
+    """The break-glass restore (bin/restore.sh, or bin/restore-dump.sh for `--dump`) through the stack's SSH access:
+    its plan first, then, confirmed, the restore itself. The server takes the release lock; the stack file is not
+    changed."""
+    if target[0] != "--dump" and not loaded_backups(session):
+        raise RunnerError(
+            "restore: the stack declares no backup section, so there is no repository to restore from; the "
+            "releases' pg_dump backups on the server restore with --dump NAME (status lists them)"
+        )
     access = _server_access(session)
     if server.restore(*access, target, plan_only=True, echo=session.say) != 0:
         raise RunnerError("restore: the server refused the plan (see above); nothing was changed")

@@ -155,10 +155,12 @@ def backup_status(server: ServerSettings, private_key: SecretStr, action: str = 
 def restore(
     server: ServerSettings, private_key: SecretStr, target: list[str], plan_only: bool, echo: Callable[[str], None]
 ) -> int:
-    """Run the break-glass `bin/restore.sh` with `target` (e.g. ["--time", "2026-12-02T03:00:00Z"]); its output
-    goes to `echo` line by line as it comes. Its exit status."""
+    """Run the break-glass `bin/restore.sh` with `target` (e.g. ["--time", "2026-12-02T03:00:00Z"]), or
+    `bin/restore-dump.sh` for ["--dump", NAME]; its output goes to `echo` line by line as it comes. Its exit
+    status."""
     words = [*target, "--plan" if plan_only else "--yes"]
-    command = f"bash {shlex.quote(server.app_dir)}/bin/restore.sh {shlex.join(words)} 2>&1"
+    script = "restore-dump.sh" if target[0] == "--dump" else "restore.sh"
+    command = f"bash {shlex.quote(server.app_dir)}/bin/{script} {shlex.join(words)} 2>&1"
     with _ssh_argv(server, private_key, command) as argv:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, errors="replace")
         for line in process.stdout or ():

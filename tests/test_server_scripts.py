@@ -1484,3 +1484,101 @@ def test_break_glass_without_a_recorded_previous_version_changes_nothing(server:
     result = server.switch_back()
     assert result.returncode == 1 and "no previous version with both its images is recorded" in result.stderr
     assert server.calls() == [] and server.file("release.env") == before and not server.locked()
+
+
+# --- restoring a release's pg_dump (bin/restore-dump.sh) ---------------------------------------------------------
+
+DUMP = "20261101T100000Z-v2.0.0.dump"
+
+
+def starting(calls: list[str], start: str, last: bool = False) -> int:
+    """Where the first (or last) line of the call log that starts with `start` is."""
+    found = [i for i, call in enumerate(calls) if call.startswith(start)]
+    assert found, f"no call starts with {start!r}: {calls}"
+    return found[-1] if last else found[0]
+
+
+def with_dump(server: Server, name: str = DUMP) -> None:
+    """v2.0.0 serves on blue with PostgreSQL running; the backups folder holds `name`; migrations ran before and
+    after the dump was taken."""
+    server.live("v2.0.0", NEW)
+    server.fact("postgres_image", POSTGRES)
+    backups = server.app_dir / "backups"
+    backups.mkdir(mode=0o700, exist_ok=True)
+    (backups / name).write_text("PGDMP-custom-format-dump")
+    (server.app_dir / "migrations.log").write_text(
+        f"{MIGRATE}-old v1.0.0 2026-10-01T10:00:00Z\n{MIGRATE} v2.0.0 2026-11-02T10:00:00Z\n"
+    )
+
+
+def test_a_dump_is_restored_beside_the_live_database_then_swapped_in_while_the_app_is_out_of_traffic(
+    server: Server,
+) -> None:
+    with_dump(server)
+    restored = server.run("restore-dump.sh", "--dump", DUMP, "--yes")
+    assert restored.returncode == 0, restored.stderr
+    calls = server.calls()
+    created = starting(calls, "psql: create database kametrix_restore_")
+    filled = starting(calls, "pg_restore: into kametrix_restore_")
+    out_of_traffic = starting(calls, "psql: nologin kametrix_blue")
+    swapped = starting(calls, "psql: rename kametrix->kametrix_aside_")
+    back = starting(calls, "psql: login kametrix_blue", last=True)
+    assert created < filled < out_of_traffic < swapped < back, calls
+    assert "restore the database as it was at 2026-11-01T10:00:00Z, from the dump " in restored.stdout
+    assert "public.customers" in restored.stdout and "restored; the app was out of traffic for" in restored.stdout
+    assert server.read("proxy_colour") == "blue" and server.file("proxy/live.conf") == server.file("proxy/blue.conf")
+    assert server.file("migrations.log") == f"{MIGRATE}-old v1.0.0 2026-10-01T10:00:00Z\n", "a later migration kept"
+    assert "v2.0.0 serves, but its migrations ran after the restored point" in restored.stderr
+    assert f"dump:{DUMP} {DUMP} kametrix_aside_" in server.file("restores.log")
+    assert not server.locked()
+
+
+@pytest.mark.parametrize(
+    ("name", "refusal"),
+    [
+        ("../settings.env", "dump: allowed one of the dumps in"),
+        ("20261101T100000Z-v9.9.9.dump", f"dump: allowed one of the dumps in {{backups}}: {DUMP}; received"),
+    ],
+)
+def test_a_dump_that_is_not_one_of_the_stages_is_refused_and_nothing_changes(
+    server: Server, name: str, refusal: str
+) -> None:
+    with_dump(server)
+    refused = server.run("restore-dump.sh", "--dump", name, "--yes")
+    assert refused.returncode == 1
+    assert refusal.format(backups=server.app_dir / "backups") in refused.stderr
+    assert not any("psql" in call or "pg_restore" in call for call in server.calls())
+    assert not server.locked()
+
+
+def test_a_dump_that_fails_to_restore_drops_what_it_made_and_the_app_never_leaves_traffic(server: Server) -> None:
+    with_dump(server)
+    server.fact("restore_status", "1")
+    failed = server.run("restore-dump.sh", "--dump", DUMP, "--yes")
+    assert failed.returncode == 1
+    calls = server.calls()
+    assert starting(calls, "pg_restore: into kametrix_restore_") < starting(calls, "psql: drop database kametrix_re")
+    assert not any("rename" in call or "nologin" in call for call in calls), calls
+    assert server.file("proxy/live.conf") == server.file("proxy/blue.conf")
+    assert server.file("migrations.log").count("\n") == 2 and not server.locked()
+
+
+def test_a_swap_that_fails_puts_the_database_and_the_traffic_back(server: Server) -> None:
+    with_dump(server)
+    server.fact("fail_rename", "yes")
+    failed = server.run("restore-dump.sh", "--dump", DUMP, "--yes")
+    assert failed.returncode == 1 and "putting the database that served back" in failed.stderr
+    calls = server.calls()
+    assert starting(calls, "psql: nologin kametrix_blue") < starting(calls, "psql: login kametrix_blue", last=True)
+    assert "psql: drop database kametrix_restore_" in "\n".join(calls)
+    assert server.read("proxy_colour") == "blue" and server.file("proxy/live.conf") == server.file("proxy/blue.conf")
+
+
+def test_the_dump_restores_plan_changes_nothing(server: Server) -> None:
+    with_dump(server)
+    planned = server.run("restore-dump.sh", "--dump", DUMP, "--plan")
+    assert (
+        planned.returncode == 0 and "the current data is kept aside as the database kametrix_aside_" in planned.stdout
+    )
+    assert not any("create database" in call or "pg_restore: into" in call for call in server.calls())
+    assert not server.locked()

@@ -28,10 +28,11 @@ while (($# > 0)); do
 done
 use_app_dir "$(cd "$(dirname "$0")/.." && pwd)"
 read_settings
-# The releases' pg_dump backups on the server stay listed (pg_restore restores them: README, Restore runbook).
+# The releases' pg_dump backups on the server stay listed; bin/restore-dump.sh restores one.
 dumps=("$APP_DIR"/backups/*.dump)
 [[ -e "${dumps[0]}" ]] || dumps=()
 echo "DUMPS=${#dumps[@]}${dumps[*]:+ in $APP_DIR/backups, the newest $(basename "${dumps[-1]}")}"
+echo "DUMP_NAMES=$(for dump in "${dumps[@]}"; do basename "$dump"; done | paste -sd ' ')"
 [[ -n "$(compose ps --quiet "$SCHEDULER_SERVICE" 2>/dev/null)" ]] || {
   echo "BACKUPS=none (no backup scheduler runs: the stack declares no backup section, or the database step has not run)"
   [[ "$check" == no ]] || exit 1

@@ -20,9 +20,11 @@ source "$(dirname "$0")/lib/live.sh"
 source "$(dirname "$0")/lib/compose.sh"
 # shellcheck source=lib/pgbackrest.sh
 source "$(dirname "$0")/lib/pgbackrest.sh"
+# shellcheck source=lib/restoring.sh
+source "$(dirname "$0")/lib/restoring.sh"
 
 usage="usage: restore.sh (--latest | --time YYYY-MM-DDTHH:MM:SSZ | --before-release VERSION) [--yes] [--plan]"
-target="" value="" confirmed=no plan_only=no
+target="" value="" CONFIRMED=no PLAN_ONLY=no
 while (($# > 0)); do
   case "$1" in
     --latest) target=${target:+twice} target=${target:-latest} ;;
@@ -31,8 +33,8 @@ while (($# > 0)); do
       target=${target:+twice} target=${target:-${1#--}} value="$2"
       shift
       ;;
-    --yes) confirmed=yes ;;
-    --plan) plan_only=yes ;;
+    --yes) CONFIRMED=yes ;;
+    --plan) PLAN_ONLY=yes ;;
     *) die "$usage (unknown argument '$1')" ;;
   esac
   shift
@@ -92,12 +94,7 @@ restore plan for $PROJECT ($APP_DIR):
   the app ($(live VERSION) on $colour) answers 503 while PostgreSQL is replaced; it keeps its version
   the current data is kept aside in the data volume: ${aside#"$data/"}
 PLAN
-[[ "$plan_only" == no ]] || exit 0
-if [[ "$confirmed" != yes ]]; then
-  [[ -r /dev/tty ]] || die "not confirmed: pass --yes to restore without asking; nothing was changed"
-  read -r -p "restore as planned above? type yes: " answer </dev/tty
-  [[ "$answer" == yes ]] || die "not confirmed; nothing was changed"
-fi
+confirm_plan
 
 # The restored data, next to the live data, in the same volume: PostgreSQL still serves while it is fetched.
 started="$EPOCHREALTIME"
@@ -111,11 +108,6 @@ PGBR_TIMEOUT=21600 pgbr_alone --pg1-path="$restored" "--recovery-option=restore_
   "${restore_options[@]}" restore
 echo "fetched the backup and set it up for recovery in $(awk -v from="$started" -v to="$EPOCHREALTIME" 'BEGIN { printf "%.1f", to - from }') s"
 
-proxy_dir="$APP_DIR/proxy"
-maintenance() {
-  install -m 644 "$proxy_dir/$1.conf" "$proxy_dir/live.conf"
-  compose kill --signal HUP proxy >/dev/null 2>&1
-}
 swapped=no
 # Runs with errexit off (lib/step.sh): says only what it did.
 put_back() {
@@ -128,14 +120,14 @@ put_back() {
   fi
   remove_restored
   if POSTGRES_IMAGE="$(postgres_image)" compose up --detach --no-deps --wait --wait-timeout 120 postgres \
-    "$SCHEDULER_SERVICE" && maintenance "$colour"; then
+    "$SCHEDULER_SERVICE" && serve_from "$colour"; then
     echo "the data is as it was before the restore, and $colour serves it again" >&2
   else
     echo "the data that served is in place, but PostgreSQL or the proxy did not start again (docker compose ps): the app may still answer 503" >&2
   fi
 }
 UNDO=put_back
-maintenance maintenance
+serve_from maintenance
 echo "the app is out of traffic: the proxy answers 503"
 down="$EPOCHREALTIME"
 # Nothing writes now: the WAL up to this moment goes to the repository, so the latest restore loses nothing of it.
@@ -162,21 +154,12 @@ table_counts | awk -F'|' '{ printf "  %-40s %s\n", $1, $2 }'
 ensure_login_roles
 allow_login "$colour" "$APP_DIR/.env.$colour"
 POSTGRES_IMAGE="$(postgres_image)" compose up --detach --no-deps "$SCHEDULER_SERVICE" >/dev/null 2>&1 || true
-maintenance "$colour"
+serve_from "$colour"
 UNDO=""
-body="$(curl --silent --max-time 5 "$(value_of "${colour^^}_HEALTH_URL" "$APP_DIR/$SETTINGS_FILE")" || true)"
-grep -q '"status" *: *"healthy"' <<<"$body" || echo "warning: $colour does not say it is healthy yet: ${body:-no answer}" >&2
-
+warn_unless_healthy "$colour"
 # What the restored database holds of the migrations: a release migrated after the target runs them again.
-live_files
-if [[ -n "$until" && -f "$MIGRATIONS_LOG" ]]; then
-  awk -v until="$until" '$3 <= until' "$MIGRATIONS_LOG" | replace_file "$MIGRATIONS_LOG" 644
-fi
-if [[ -z "$(awk -v image="$(live MIGRATE_IMAGE)" '$1 == image' "$MIGRATIONS_LOG" 2>/dev/null)" ]]; then
-  echo "warning: $(live VERSION) serves, but its migrations ran after the restored point: roll back to the version before it (python -m runner --stack STACK rollback); releasing $(live VERSION) again later runs its migrations again" >&2
-fi
-printf '%s %s %s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$target${value:+:$value}" "${backup_set%% *}" \
-  "${aside#"$data/"}" >>"$APP_DIR/restores.log"
+forget_migrations_after "$until"
+record_restore "$target${value:+:$value}" "${backup_set%% *}" "${aside#"$data/"}"
 release_release_lock
 awk -v from="$down" -v to="$EPOCHREALTIME" \
   'BEGIN { printf "restored; the app was out of traffic for %.1f s\n", to - from }'

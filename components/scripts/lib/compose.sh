@@ -33,16 +33,22 @@ database_container() {
 }
 
 # Runs SQL from stdin as the database's owner, over its local socket inside its container (no password there).
-#   sql [--pass VARIABLE] [psql arguments...]   --pass: hand this variable of ours to psql's environment
+#   sql [--pass VARIABLE] [--database NAME] [psql arguments...]
+#   --pass: hand this variable of ours to psql's environment; --database: another database than the stage's
 sql() {
-  local exec_options=()
+  local exec_options=() database=""
   if [[ "${1:-}" == --pass ]]; then
     exec_options=(--env "$2")
     shift 2
   fi
+  if [[ "${1:-}" == --database ]]; then
+    database="$2"
+    shift 2
+  fi
   # shellcheck disable=SC2016 # expands in the container
   compose exec -T "${exec_options[@]}" postgres \
-    sh -c 'exec psql -XAtq -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" "$@"' psql "$@"
+    sh -c 'database="${1:-$POSTGRES_DB}" && shift && exec psql -XAtq -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$database" "$@"' \
+    psql "$database" "$@"
 }
 
 # Waits until PostgreSQL accepts connections; it is never created or changed here (database.sh does that).
