@@ -5,6 +5,7 @@ a CI runner) and `runner/` (the Automation API's inline program, as on an operat
 """
 
 import pulumi
+import pulumi_command
 
 from components import config, shared_facts
 from components.image import AppImage, AppImageArgs
@@ -27,11 +28,15 @@ def program() -> None:
             registry_password=secrets.registry_password,
         ),
     )
+    # A provider no resource uses: the engine gives it a random ID when it first records it in this stack's state,
+    # and keeps it. The release steps name their state by it, so the server tells an update of this state from one
+    # of another state of the same stack (lib/lock.sh).
+    state_id = pulumi_command.Provider(shared_facts.STATE_MARKER).id
     # A stage that lists its hosts runs on Docker Swarm; any other is its one host, as always.
-    swarm = swarm_stage(stack, image) if plain.server.hosts else None
+    swarm = swarm_stage(stack, state_id, image) if plain.server.hosts else None
     server = swarm or ServerRelease(
         shared_facts.SERVER_RELEASE,
-        ServerReleaseArgs.of(stack, image.app_ref, image.migrate_ref),
+        ServerReleaseArgs.of(stack, state_id, image.app_ref, image.migrate_ref),
     )
 
     # Only the stack that administers the repository declares environments: its own, and each other stage's.
@@ -39,6 +44,7 @@ def program() -> None:
         _declare_github(stack, stack.github, server)
 
     pulumi.export("stage", stack.stage)
+    pulumi.export("stateId", state_id)
     pulumi.export("version", plain.version)
     pulumi.export("imageRef", image.app_ref)
     pulumi.export("migrateImageRef", image.migrate_ref)

@@ -115,8 +115,8 @@ def reported(stdout: str | None, key: str) -> str:
 
 @dataclass(frozen=True)
 class ReleaseArgs:
-    stack_name: str
-    """The stack whose updates send these steps (shared_facts.stack_name)."""
+    stack_name: pulumi.Input[str]
+    """The stack whose updates send these steps, in its state (shared_facts.stack_name)."""
     server: ServerSettings
     app: AppSettings
     release: ReleaseSettings
@@ -129,11 +129,21 @@ class ReleaseArgs:
     backup_secrets: Mapping[str, SecretStr] | None = None
 
     @classmethod
-    def of(cls, stack: StackConfig, app_ref: pulumi.Input[str], migrate_ref: pulumi.Input[str], **more: Any) -> Self:
-        """The release as `stack` declares it, of the image's two digests; `more`: a subclass's own fields."""
+    def of(
+        cls,
+        stack: StackConfig,
+        state_id: pulumi.Input[str],
+        app_ref: pulumi.Input[str],
+        migrate_ref: pulumi.Input[str],
+        **more: Any,
+    ) -> Self:
+        """The release as `stack` declares it, in the state `state_id` names, of the image's two digests; `more`: a
+        subclass's own fields."""
         plain, secrets = stack.plain, stack.secrets
         return cls(
-            stack_name=shared_facts.stack_name(stack.stage),
+            stack_name=pulumi.Output.from_input(state_id).apply(
+                lambda found: shared_facts.stack_name(stack.stage, found)
+            ),
             server=plain.server,
             app=plain.app,
             release=plain.release,
@@ -152,7 +162,7 @@ def release_steps(
     parent: pulumi.Resource,
     name: str,
     args: ReleaseArgs,
-    files: server_files.ServerFiles,
+    files: pulumi.Output[server_files.ServerFiles],
     up: tuple[str, Mapping[str, pulumi.Input[str]]],
     after: list[pulumi.Resource] | None = None,
 ) -> dict[str, remote.Command]:
@@ -213,7 +223,7 @@ def release_steps(
                 )
             )
         ),
-        stdin=server_files.bundle(files),
+        stdin=files.apply(server_files.bundle),
     )
     step("env", create=installed(bin_dir, "env.sh", common), stdin=pulumi.Output.secret(env_file), prints_secrets=True)
     # With backups, pgBackRest's config (the repository's keys, the cipher pass) travels on stdin, like `.env`.
@@ -256,7 +266,7 @@ def release_steps(
         create=installed(bin_dir, up_script, {**common, **refs, **up_flags}),
         triggers=[
             *release_triggers,
-            server_files.switched_with(files),
+            files.apply(server_files.switched_with),
             pulumi.Output.secret(server_files.fingerprint(env_file)),
         ],
     )

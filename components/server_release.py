@@ -26,7 +26,9 @@ class ServerRelease(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ServerReleaseArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kametrix:server_release:ServerRelease", name, None, opts)
-        files = server_files.server_files(args.stack_name, args.app, args.release, args.backup)
+        files = pulumi.Output.from_input(args.stack_name).apply(
+            lambda stack: server_files.server_files(stack, args.app, args.release, args.backup)
+        )
         self.steps = remote_steps.release_steps(self, name, args, files, up=("up.sh", {}))
         self.latest_backup = self.steps["backup"].stdout.apply(lambda out: remote_steps.reported(out, "backup"))
         self.previous_version = self.steps["up"].stdout.apply(lambda out: remote_steps.reported(out, "previous"))

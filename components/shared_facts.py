@@ -42,8 +42,11 @@ DIGEST_REF_PATTERN = rf"^[a-z0-9][a-z0-9._:/-]*@{DIGEST_PATTERN}$"
 RELEASE_PATTERN = rf"^({VERSION_PATTERN.pattern.strip('^$')})@[0-9a-f]{{{RELEASE_DIGEST_LENGTH}}}$"
 URL_PATTERN = r"^http://127\.0\.0\.1:[0-9]{1,5}/[A-Za-z0-9._/?=&-]*$"
 PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
-# The stack a release step's update comes from (`stack_name`): Pulumi runs one update of a stack at a time.
-STACK_PATTERN = r"^[a-z0-9][a-z0-9_-]*/[a-z0-9][a-z0-9_-]*$"
+# The stack a release step's update comes from, in the state it is kept in (`stack_name`): Pulumi runs one update
+# of a stack's state at a time.
+STACK_PATTERN = r"^[a-z0-9][a-z0-9_-]*/[a-z0-9][a-z0-9_-]*@[0-9a-f]{12}$"
+# The program's resource whose engine-given ID names its state (components/program.py).
+STATE_MARKER = "state"
 
 # Each script's flags, in the order the program (or up.sh) writes them. Everything else a step needs it reads from the
 # settings file the files step installs (SETTINGS), so a change of those settings re-runs the files step alone.
@@ -143,9 +146,10 @@ SETTINGS: Mapping[str, tuple[str | None, int]] = {
 SETTINGS_FILE = "settings.env"
 
 
-def stack_name(stage: str) -> str:
-    """The stack whose updates send a stage's release steps: `<project>/<stage>`, one per stage."""
-    return f"{NAMESPACE}/{stage}"
+def stack_name(stage: str, state_id: str) -> str:
+    """The stack whose updates send a stage's release steps, and its state: `<project>/<stage>@<12 hex>`, from the
+    ID the engine gave STATE_MARKER in that state (two states of one stack, as two backends hold, differ)."""
+    return f"{NAMESPACE}/{stage}@{state_id.replace('-', '')[:12]}"
 
 
 def release_name(version: str, app_ref: str) -> str:

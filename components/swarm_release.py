@@ -44,7 +44,9 @@ class SwarmRelease(pulumi.ComponentResource):
             ),
             "monitor-seconds": str(shared_facts.swarm_monitor_seconds(release.health_interval_seconds)),
         }
-        files = swarm_files.server_files_of(args.stack_name, server, args.app, release)
+        files = pulumi.Output.from_input(args.stack_name).apply(
+            lambda stack: swarm_files.server_files_of(stack, server, args.app, release)
+        )
         self.steps = remote_steps.release_steps(
             self, name, args, files, up=("swarm-up.sh", up_flags), after=[args.cluster]
         )
@@ -53,8 +55,8 @@ class SwarmRelease(pulumi.ComponentResource):
         self.register_outputs({"latestBackup": self.latest_backup, "previousVersion": self.previous_version})
 
 
-def swarm_stage(stack: StackConfig, image: AppImage) -> SwarmRelease:
-    """The stage's Swarm as its hosts are listed, then its release on it."""
+def swarm_stage(stack: StackConfig, state_id: pulumi.Input[str], image: AppImage) -> SwarmRelease:
+    """The stage's Swarm as its hosts are listed, then its release on it (`state_id`: ServerRelease's)."""
     plain = stack.plain
     cluster = SwarmCluster(
         "cluster",
@@ -67,5 +69,5 @@ def swarm_stage(stack: StackConfig, image: AppImage) -> SwarmRelease:
     )
     return SwarmRelease(
         shared_facts.SERVER_RELEASE,
-        SwarmReleaseArgs.of(stack, image.app_ref, image.migrate_ref, cluster=cluster.ready),
+        SwarmReleaseArgs.of(stack, state_id, image.app_ref, image.migrate_ref, cluster=cluster.ready),
     )

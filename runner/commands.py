@@ -28,6 +28,8 @@ _LOCKED = "the stack is currently locked by"
 _LOCK_HOLDER = re.compile(r"created by (?P<user>\S+)@(?P<host>\S+) \(pid (?P<pid>\d+)\) at (?P<since>\S+)")
 # Resource types whose steps converge when run again: a pending operation of theirs is safe to clear.
 _STEPS_THAT_CONVERGE = ("command:remote:Command",)
+# The resource whose ID names the stack's state (components/program.py).
+_STATE_MARKER_TYPE = "pulumi:providers:command"
 
 
 @dataclass
@@ -203,22 +205,27 @@ def _clear_interrupted_operations(session: Session, stack: auto.Stack) -> list[s
 def _steps_that_died(session: Session) -> list[str]:
     """A release step killed outright (SIGKILL, or the server restarted) ran no undo, and the engine recorded only
     its failure, so the state keeps its inputs of before: an update back to them would not run it again, and what it
-    changed would stay. The server's release lock names it (marked running, no step holding the mutex, sent by this
-    stack): it is replaced, so that it runs again and converges. Empty when the server cannot be asked."""
-    loaded = _stack_config(session.workspace)
+    changed would stay. The server's release lock names it (marked running, no step holding the mutex, sent by an
+    update of this stack's state): it is replaced, so that it runs again and converges. Empty when the server cannot be asked."""
     try:
         lock = server.read_lock(*_server_access(session))
     except server.ServerUnreachableError as error:
         session.say(f"the server's release lock could not be asked: {error}")
         return []
-    died = lock.get("STEP_STATE") == "running" and lock.get("STEP_RUNS") == "no"
-    if not died or lock.get("STACK") != shared_facts.stack_name(loaded.stage):
+    if lock.get("STEP_STATE") != "running" or lock.get("STEP_RUNS") != "no":
+        return []
+    resources = session.workspace.state().get("resources") or []
+    marker = f"::{shared_facts.STATE_MARKER}"
+    state_ids = [
+        found["id"] for found in resources if found["type"] == _STATE_MARKER_TYPE and found["urn"].endswith(marker)
+    ]
+    if not state_ids or lock.get("STACK") != _stack_name(session, state_ids[0]):
         return []
     step = f"{shared_facts.SERVER_RELEASE}-{lock.get('STEP', '')}"
     urns = [
-        resource["urn"]
-        for resource in session.workspace.state().get("resources") or []
-        if resource["type"] in _STEPS_THAT_CONVERGE and resource["urn"].endswith(f"::{step}")
+        found["urn"]
+        for found in resources
+        if found["type"] in _STEPS_THAT_CONVERGE and found["urn"].endswith(f"::{step}")
     ]
     if urns:
         session.say(
@@ -228,16 +235,18 @@ def _steps_that_died(session: Session) -> list[str]:
     return urns
 
 
-def _end_update(session: Session) -> None:
+def _stack_name(session: Session, state_id: str) -> str:
+    return shared_facts.stack_name(_stack_config(session.workspace).stage, state_id)
+
+
+def _end_update(session: Session, state_id: str) -> None:
     """After an update that did not run `up`: a lock its last step handed on to an `up` that did not come, or left
-    by a step killed outright that this update did not run again, is given back (no other update of the stack can
-    be waiting for it: Pulumi runs one at a time), so the stage is at rest."""
+    by a step killed outright that this update did not run again, is given back (no other update of the stack's state
+    can be waiting for it: Pulumi runs one at a time), so the stage is at rest."""
     if any(urn.endswith(f"::{shared_facts.UP_STEP}") for urn in session.finished):
         return
     try:
-        said = server.end_update(
-            *_server_access(session), shared_facts.stack_name(_stack_config(session.workspace).stage)
-        )
+        said = server.end_update(*_server_access(session), _stack_name(session, state_id))
     except server.ServerUnreachableError as error:
         session.say(f"the server's release lock could not be checked after the update: {error}")
         return
@@ -275,8 +284,8 @@ def up(session: Session, diff: bool = False, confirm: Confirm | None = None) -> 
         stack,
         lambda: stack.up(diff=diff, show_secrets=False, replace=again or None, **session.engine_options()),
     )
-    _end_update(session)
     outputs = {name: value.value for name, value in result.outputs.items()}
+    _end_update(session, str(outputs["stateId"]))
     version = str(outputs.get("version", ""))
     if version and version not in stack_file.recorded_versions(workspace.stack_file):
         stack_file.record(workspace.stack_file, version, outputs["imageRef"], outputs["migrateImageRef"])

@@ -63,7 +63,7 @@ RELEASE = ReleaseSettings.model_validate(
         "requestedBy": REQUESTER,
     }
 )
-STACK = shared_facts.stack_name("local")
+STACK = shared_facts.stack_name("local", "3f1c2a9b-0d1e-4c5f-8a7b-6e5d4c3b2a19")
 BUNDLE = server_files.server_files(STACK, APP, RELEASE)
 PROJECT = APP.compose_project
 POSTGRES = APP.postgres_image

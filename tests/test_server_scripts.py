@@ -1184,13 +1184,14 @@ def test_who_asked_for_a_release_is_checked_before_the_lock_is_touched_even_by_t
     assert not server.locked() and server.file("docker-compose.yml") == compose
 
 
-# A stack other than the one whose updates send the stage's steps (a second state of the stage, say): Pulumi's lock
-# on one state does not serialize its updates with ours.
-ANOTHER_STACK = "another-project/local"
+# The stage's stack in another state (another backend, a break-glass copy): Pulumi's lock on one state does not
+# serialize its updates with those of ours.
+ANOTHER_STACK = STACK.replace("@3f1c2a9b0d1e", "@9e8d7c6b5a49")
 
 
 def hand_on_from_another_stack(server: Server, release: str) -> None:
-    """A step of `release` sent by an update of ANOTHER_STACK ends well, handing the lock on to its next step."""
+    """A step of `release` sent by an update of the stack in another state ends well, handing the lock on to its next
+    step."""
     server.setting("STACK", ANOTHER_STACK)
     assert server.backup(release=release).returncode == 0
     server.setting("STACK", STACK)
@@ -1301,9 +1302,9 @@ def test_a_step_of_another_release_that_fails_leaves_the_lock_it_never_held(serv
     assert refused.returncode == 1 and server.lock()["RELEASE"] == held
 
 
-def test_a_lock_another_stack_handed_on_to_its_next_step_is_not_taken_over(server: Server) -> None:
+def test_a_lock_another_state_handed_on_to_its_next_step_is_not_taken_over(server: Server) -> None:
     """A step that ended well hands the lock on: its release's next step may still come (its runner works on). A step
-    from another stack cannot know that runner is gone, so it is refused until the lock times out."""
+    from another state of the stack cannot know that runner is gone, so it is refused until the lock times out."""
     hand_on_from_another_stack(server, release_of("v7.0.0", OLD))
     refused = server.backup(release=release_of("v8.0.0", NEW))
     assert refused.returncode == 1 and "step backup (pid " in refused.stderr and ", handed-on)" in refused.stderr
@@ -1313,8 +1314,8 @@ def test_a_lock_another_stack_handed_on_to_its_next_step_is_not_taken_over(serve
 def test_a_lock_the_stack_handed_on_is_taken_over_at_once_by_its_next_update(server: Server) -> None:
     """An update that dies between two steps (its CLI killed, a step killed before it took the lock, a connection
     dropped after a step's last write) leaves the lock handed on to a step that never comes (issue 22). A step of the
-    same stack's next update proves that update over: Pulumi runs one update of a stack at a time. So going back is
-    not refused for lockTimeoutMinutes, and nothing but that stack's next update may take the lock."""
+    next update of the same stack and state proves that update over: Pulumi runs one update of a state at a time. So
+    going back is not refused for lockTimeoutMinutes, and nothing but that state's next update may take the lock."""
     server.live("v1.0.0", OLD)
     killed = release_of("v2.0.0", NEW)
     assert server.backup(version="v2.0.0", release=killed, image=NEW).returncode == 0
@@ -1345,7 +1346,7 @@ def test_the_runner_reads_the_lock_as_fields_and_whether_a_step_runs(server: Ser
 def test_an_update_over_gives_back_the_lock_it_left_and_says_why_up_was_awaited(server: Server) -> None:
     """An update whose last step handed the lock on to an `up` that the stack did not run (the server saw work for
     `up` that the stack's inputs did not) leaves it held at rest: the runner, once the update is over, gives it back.
-    Never a lock of another stack, a restore's, or one a running step holds."""
+    Never a lock of another state, a restore's, or one a running step holds."""
     server.live("v1.0.0", OLD)
     assert server.backup(version="v2.0.0", release=release_of("v2.0.0", NEW), image=NEW).returncode == 0
     assert server.run("release-lock.sh", "--end-update", ANOTHER_STACK).stdout == ""
@@ -1358,7 +1359,7 @@ def test_an_update_over_gives_back_the_lock_it_left_and_says_why_up_was_awaited(
     assert f"its last step awaited an up that did not come: {awaited}" in ended.stdout
     assert not server.locked()
     refused = server.run("release-lock.sh", "--end-update", "not a stack")
-    assert refused.returncode == 1 and "stack: allowed <project>/<stack>; received 'not a stack'" in refused.stderr
+    assert refused.returncode == 1 and "stack: allowed <project>/<stack>@<12 hex of its state>; received 'not a stack'" in refused.stderr
 
 
 def test_the_lock_command_shows_the_holder_and_frees_it_only_once_no_step_runs(server: Server) -> None:

@@ -22,7 +22,7 @@ case "$action" in
   --end-update)
     (($# == 2)) || die "$usage"
     ended="$2"
-    require_match stack "$ended" "$STACK_PATTERN" "<project>/<stack>"
+    require_match stack "$ended" "$STACK_PATTERN" "<project>/<stack>@<12 hex of its state>"
     ;;
   *) die "$usage" ;;
 esac

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # The release lock: from a release's first step to the end of its `up`, no step of another release runs.
-#   <appDir>/.release-lock        who holds it: RELEASE, STACK (the stack whose update sent the step; empty for a
-#                                 break-glass script), SINCE, STEP, STEP_STATE (running; restoring; or handed-on once
+#   <appDir>/.release-lock        who holds it: RELEASE, STACK (the stack whose update sent the step, with its state:
+#                                 <project>/<stack>@<id>; empty for a break-glass script), SINCE, STEP, STEP_STATE (running; restoring; or handed-on once
 #                                 it ended and the release's next step may come), PID, BY, REQUESTED_BY; its mtime is
 #                                 the release's last sign of life
 #   <appDir>/.release-lock.mutex  flock held by every running step (and what it starts): one step at a time
@@ -40,7 +40,8 @@ describe_lock_holder() {
     "$(date -u -d "@${since:-0}" +%Y-%m-%dT%H:%M:%SZ)" "$((now - active))"
 }
 
-# Takes the release lock for a step of an update of the stage's stack (STACK, from the settings file): RELEASE's STEP.
+# Takes the release lock for a step of an update of the stage's stack and state (STACK, from the settings file):
+# RELEASE's STEP.
 acquire_update_lock() {
   acquire_release_lock "$1" "$2" running "$STACK"
 }
@@ -50,7 +51,7 @@ acquire_update_lock() {
 # release waits up to LOCK_WAIT_SECONDS for a running step, then takes over a lock whose step died without ending (no
 # step holds the mutex, yet it never ended: killed outright or the server restarted), since its update got that
 # step's failure and sends no further step. A lock handed on to the holder's next step is taken over at once by a
-# step from the same stack: Pulumi runs one update of a stack at a time, so the update that handed it on is over
+# step from the same stack and state: Pulumi runs one update of a state at a time, so the update that handed it on is over
 # (killed between two steps, or it failed where the server could not see it). Anyone else is refused while that
 # release shows signs of life within LOCK_TIMEOUT_SECONDS (settings file), and takes it over once older. A restore
 # that died without ending may have left the database half-restored: only another restore continues it; every
@@ -74,7 +75,7 @@ acquire_release_lock() {
     elif [[ "$held" == running ]]; then
       echo "taking over the release lock of $(describe_lock_holder): that step died without ending, so its update sends no further step" >&2
     elif [[ -n "$sent_by" && "$(value_of STACK "$LOCK_HOLDER")" == "$sent_by" ]]; then
-      echo "taking over the release lock of $(describe_lock_holder): this step comes from a later update of $sent_by, so the one that handed it on is over (Pulumi runs one update of a stack at a time)" >&2
+      echo "taking over the release lock of $(describe_lock_holder): this step comes from a later update of $sent_by, so the one that handed it on is over (Pulumi runs one update of a state at a time)" >&2
     elif (($(date +%s) - $(stat -c %Y "$LOCK_HOLDER") < LOCK_TIMEOUT_SECONDS)); then
       die "$(describe_lock_holder) of $PROJECT is in progress; refusing to start $release. The lock expires after ${LOCK_TIMEOUT_SECONDS}s without a sign of life; to see it or free it once no step of that release runs: bash $APP_DIR/bin/release-lock.sh [--free]"
     else

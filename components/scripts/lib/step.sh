@@ -83,7 +83,7 @@ require_setting() {
       ;;
     COLOUR_URL | BLUE_HEALTH_URL | GREEN_HEALTH_URL) require_match "$key" "$value" "$URL_PATTERN" "an http URL on 127.0.0.1" ;;
     PROJECT) require_match "$key" "$value" "$PROJECT_PATTERN" "a compose project name" ;;
-    STACK) require_match "$key" "$value" "$STACK_PATTERN" "<project>/<stack>, the stack whose updates send the steps" ;;
+    STACK) require_match "$key" "$value" "$STACK_PATTERN" "<project>/<stack>@<12 hex of its state>, the stack whose updates send the steps" ;;
     DATABASE_USER | DATABASE_NAME) require_match "$key" "$value" "$DATABASE_NAME_PATTERN" "a PostgreSQL name" ;;
     REQUESTED_BY) [[ -z "$value" ]] || require_match "$key" "$value" "$REQUESTER_PATTERN" "a run URL and who started it" ;;
     *) die "$SETTINGS_FILE: unknown key '$key'" ;;
