@@ -12,6 +12,7 @@ import pytest
 
 from embedded_default.target import LocalTarget
 from tests.e2e.stage import Stage, explain, staged
+from tests.e2e.test_backups import add_customer, customers
 from tests.e2e.test_releases import app_dir, app_get, on_server, served_version, sql
 
 
@@ -21,14 +22,6 @@ def stage(target: LocalTarget, prepared_stack: Path, pulumi_cli: Path) -> Iterat
         first = created.up("v1.0.0")
         assert first.ok, explain(first)
         yield created
-
-
-def customers(stage: Stage) -> list[str]:
-    return sql(stage, "select name from customers order by id")
-
-
-def add_customer(stage: Stage, name: str) -> None:
-    sql(stage, f"insert into customers (name, phone) values ('{name}', '+4930123456')")  # noqa: S608 - test's own
 
 
 def test_the_dump_a_release_took_before_migrating_restores_exactly_the_rows_it_held(stage: Stage) -> None:
