@@ -30,6 +30,8 @@ _LOCK_HOLDER = re.compile(r"created by (?P<user>\S+)@(?P<host>\S+) \(pid (?P<pid
 _STEPS_THAT_CONVERGE = ("command:remote:Command",)
 # The resource whose ID names the stack's state (components/program.py).
 _STATE_MARKER_TYPE = "pulumi:providers:command"
+# The release a step's command line names.
+_RELEASE_FLAG = re.compile(r"--release (\S+)")
 
 
 @dataclass
@@ -174,7 +176,7 @@ def _with_state_lock(session: Session, stack: auto.Stack, operation: Callable[[]
         return operation()
 
 
-def _clear_interrupted_operations(session: Session, stack: auto.Stack) -> list[str]:
+def _clear_interrupted_operations(session: Session, stack: auto.Stack, deployment: dict[str, Any]) -> list[str]:
     """An update killed mid-step leaves pending operations in the state. Pulumi's documented repair is
     `pulumi refresh` (with --clear-pending-creates for creates). Done here only when every pending operation is
     a release step, which converges when it runs again; anything else is left to the operator.
@@ -182,7 +184,7 @@ def _clear_interrupted_operations(session: Session, stack: auto.Stack) -> list[s
     The interrupted steps, by URN, for the next update to replace: a killed step may have run on on the server (a
     cutover finished), while the state keeps the inputs of its last success, so an update back to those inputs
     would not run it again."""
-    pending = session.workspace.state().get("pending_operations") or []
+    pending = deployment.get("pending_operations") or []
     if not pending:
         return []
     described = [f"{op['resource']['urn']} (interrupted while {op['type']})" for op in pending]
@@ -202,37 +204,52 @@ def _clear_interrupted_operations(session: Session, stack: auto.Stack) -> list[s
     return sorted({op["resource"]["urn"] for op in pending})
 
 
-def _steps_that_died(session: Session) -> list[str]:
-    """A release step killed outright (SIGKILL, or the server restarted) ran no undo, and the engine recorded only
-    its failure, so the state keeps its inputs of before: an update back to them would not run it again, and what it
-    changed would stay. The server's release lock names it (marked running, no step holding the mutex, sent by an
-    update of this stack's state): it is replaced, so that it runs again and converges. Empty when the server cannot be asked."""
+def _steps_to_run_again(session: Session, deployment: dict[str, Any]) -> list[str]:
+    """Steps the server says did what the state does not record, by URN, for the update to replace (so that each
+    runs again, whatever its inputs), as the server's release lock tells them (`release-lock.sh --fields`):
+
+    - a step killed outright (SIGKILL, or the server restarted) ran no undo, and the engine recorded only its failure,
+      so the state keeps its inputs of before: an update back to them would not run it again, and what it changed
+      would stay. The lock names it: marked running, no step holding the mutex, sent by an update of this state;
+    - `up`, when the release that serves is not the one the state says `up` made live: an `up` that went on after
+      its update lost it (a dropped connection) finished a cutover the engine recorded as failed, or a break-glass
+      switch went back. Run again, `up` makes the stack's release serve.
+
+    Empty when the server cannot be asked."""
     try:
         lock = server.read_lock(*_server_access(session))
     except server.ServerUnreachableError as error:
         session.say(f"the server's release lock could not be asked: {error}")
         return []
-    if lock.get("STEP_STATE") != "running" or lock.get("STEP_RUNS") != "no":
-        return []
-    resources = session.workspace.state().get("resources") or []
-    marker = f"::{shared_facts.STATE_MARKER}"
+    steps = {
+        found["urn"].rpartition("::")[2]: found
+        for found in deployment.get("resources") or []
+        if found["type"] in _STEPS_THAT_CONVERGE
+    }
+    again: list[str] = []
+    died = lock.get("STEP_STATE") == "running" and lock.get("STEP_RUNS") == "no"
     state_ids = [
-        found["id"] for found in resources if found["type"] == _STATE_MARKER_TYPE and found["urn"].endswith(marker)
+        found["id"]
+        for found in deployment.get("resources") or []
+        if found["type"] == _STATE_MARKER_TYPE and found["urn"].endswith(f"::{shared_facts.STATE_MARKER}")
     ]
-    if not state_ids or lock.get("STACK") != _stack_name(session, state_ids[0]):
-        return []
-    step = f"{shared_facts.SERVER_RELEASE}-{lock.get('STEP', '')}"
-    urns = [
-        found["urn"]
-        for found in resources
-        if found["type"] in _STEPS_THAT_CONVERGE and found["urn"].endswith(f"::{step}")
-    ]
-    if urns:
+    killed = steps.get(f"{shared_facts.SERVER_RELEASE}-{lock.get('STEP', '')}")
+    if died and killed is not None and state_ids and lock.get("STACK") == _stack_name(session, state_ids[0]):
         session.say(
-            f"the server's release lock says step {step} of {lock.get('RELEASE')} died without ending (killed "
-            "outright): it runs again in this update"
+            f"the server's release lock says step {lock.get('STEP')} of {lock.get('RELEASE')} died without ending "
+            "(killed outright): it runs again in this update"
         )
-    return urns
+        again.append(killed["urn"])
+    up = steps.get(shared_facts.UP_STEP)
+    made_live = _RELEASE_FLAG.search(str((up or {}).get("inputs", {}).get("create", "")))
+    serving = lock.get("LIVE_RELEASE", "")
+    if up is not None and made_live and serving and serving != made_live[1]:
+        session.say(
+            f"{serving} serves, but the state says up made {made_live[1]} live: an update it does not record changed "
+            "what serves, so up runs again in this update"
+        )
+        again.append(up["urn"])
+    return again
 
 
 def _stack_name(session: Session, state_id: str) -> str:
@@ -274,8 +291,9 @@ def up(session: Session, diff: bool = False, confirm: Confirm | None = None) -> 
     """Bring the stack to what its stack file declares; record the released version's digests if they are not."""
     workspace = session.workspace
     stack = workspace.stack()
-    interrupted = _with_state_lock(session, stack, lambda: _clear_interrupted_operations(session, stack))
-    again = sorted({*interrupted, *_steps_that_died(session)})
+    deployment = workspace.state()
+    interrupted = _with_state_lock(session, stack, lambda: _clear_interrupted_operations(session, stack, deployment))
+    again = sorted({*interrupted, *_steps_to_run_again(session, deployment)})
     if confirm is not None:
         preview(session, again)
         confirm()

@@ -4,11 +4,13 @@ would, and frees a state lock only when its holder is gone. Its updates through 
 from __future__ import annotations
 
 import ast
+import io
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 from pulumi import automation as auto
@@ -112,3 +114,53 @@ def test_help_documents_the_operators_tool() -> None:
         [sys.executable, "-m", "runner", "--help"], cwd=PROJECT_DIR, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and "rollback" in done.stdout
+
+
+STATE_ID = "3f1c2a9b-0d1e-4c5f-8a7b-6e5d4c3b2a19"
+STACK = f"kametrix-deploy/local@{STATE_ID.replace('-', '')[:12]}"
+URN = "urn:pulumi:local::kametrix-deploy::kametrix:server_release:ServerRelease$command:remote:Command::server-"
+
+
+def deployment(up_release: str) -> dict[str, object]:
+    """A state as `pulumi stack export` gives it: the state marker, and the steps, `up` last made `up_release` live."""
+    step = "command:remote:Command"
+    return {
+        "resources": [
+            {"urn": "urn:pulumi:local::kametrix-deploy::pulumi:providers:command::state", "id": STATE_ID,
+             "type": "pulumi:providers:command"},
+            {"urn": f"{URN}database", "type": step, "inputs": {"create": "bash database.sh --release v2.0.0@0123"}},
+            {"urn": f"{URN}up", "type": step, "inputs": {"create": f"bash up.sh --release {up_release} --version x"}},
+        ]
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("lock", "up_release", "again"),
+    [
+        # At rest, as the state says: nothing to run again.
+        ({"STEP_STATE": "", "STEP_RUNS": "no", "LIVE_RELEASE": "v2.0.0@0123"}, "v2.0.0@0123", []),
+        # A step killed outright by an update of this state runs again; one another state's update sent does not,
+        # nor one that still runs.
+        ({"STEP_STATE": "running", "STEP_RUNS": "no", "STEP": "database", "STACK": STACK}, "v2.0.0@0123", ["database"]),
+        (
+            {"STEP_STATE": "running", "STEP_RUNS": "no", "STEP": "database", "STACK": STACK[:-1] + "0"},
+            "v2.0.0@0123",
+            [],
+        ),
+        ({"STEP_STATE": "running", "STEP_RUNS": "yes", "STEP": "database", "STACK": STACK}, "v2.0.0@0123", []),
+        # An up that went on after its update lost it (or a break-glass switch) left another release serving.
+        ({"STEP_STATE": "", "STEP_RUNS": "no", "LIVE_RELEASE": "v2.0.0@0123"}, "v1.0.0@4567", ["up"]),
+    ],
+)
+def test_the_next_update_runs_again_each_step_the_server_says_did_what_the_state_does_not_record(
+    monkeypatch: pytest.MonkeyPatch, lock: dict[str, str], up_release: str, again: list[str]
+) -> None:
+    class Loaded:
+        stage = "local"
+
+    monkeypatch.setattr(commands.server, "read_lock", lambda *_: lock)
+    monkeypatch.setattr(commands, "_server_access", lambda _: (None, None))
+    monkeypatch.setattr(commands, "_stack_config", lambda _: Loaded())
+    session = commands.Session(workspace=cast(runner_workspace.Workspace, None), out=io.StringIO())
+    found = commands._steps_to_run_again(session, deployment(up_release))
+    assert found == [f"{URN}{step}" for step in again]

@@ -5,7 +5,8 @@
 # running step holds is never freed. A lock whose step died without ending, or that an update of the stage's stack
 # handed on, needs no freeing before the next release: its step takes it over (lib/lock.sh).
 #   bash <appDir>/bin/release-lock.sh [--free]
-# For the runner: --fields prints the lock as KEY=VALUE lines (RELEASE, STACK, STEP, STEP_STATE; STEP_RUNS=yes|no);
+# For the runner: --fields prints the lock as KEY=VALUE lines (RELEASE, STACK, STEP, STEP_STATE; STEP_RUNS=yes|no),
+# and the release that serves (LIVE_RELEASE);
 # --end-update STACK gives back, once an update of STACK is over, a lock that update left with no step running (a
 # step killed outright, or a lock handed on to an `up` the update did not run), and says why `up` was awaited.
 set -euo pipefail
@@ -48,6 +49,7 @@ case "$action" in
       echo "$key=$(value_of "$key" "$LOCK_HOLDER")"
     done
     echo "STEP_RUNS=$step_runs"
+    echo "LIVE_RELEASE=$(live_release)"
     exit 0
     ;;
   --end-update)
