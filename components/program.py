@@ -8,6 +8,7 @@ import pulumi
 import pulumi_command
 
 from components import config, shared_facts
+from components.database_image import DatabaseImage, DatabaseImageArgs
 from components.image import AppImage, AppImageArgs
 from components.server_release import ServerRelease, ServerReleaseArgs
 from components.swarm_release import SwarmRelease, swarm_stage
@@ -28,6 +29,18 @@ def program() -> None:
             registry_password=secrets.registry_password,
         ),
     )
+    # Backups need pgBackRest in the database's image: the stage runs the one built on app.postgresImage for them.
+    postgres_image: pulumi.Input[str] = plain.app.postgres_image
+    if plain.backup is not None:
+        postgres_image = DatabaseImage(
+            "database-image",
+            DatabaseImageArgs(
+                settings=plain.image,
+                base_image=plain.app.postgres_image,
+                registry_password=secrets.registry_password,
+                provider=image.provider,
+            ),
+        ).ref
     # A provider no resource uses: the engine gives it a random ID when it first records it in this stack's state,
     # and keeps it. The release steps name their state by it, so the server tells an update of this state from one
     # of another state of the same stack (lib/lock.sh).
@@ -36,7 +49,7 @@ def program() -> None:
     swarm = swarm_stage(stack, state_id, image) if plain.server.hosts else None
     server = swarm or ServerRelease(
         shared_facts.SERVER_RELEASE,
-        ServerReleaseArgs.of(stack, state_id, image.app_ref, image.migrate_ref),
+        ServerReleaseArgs.of(stack, state_id, image.app_ref, image.migrate_ref, postgres_image),
     )
 
     # Only the stack that administers the repository declares environments: its own, and each other stage's.

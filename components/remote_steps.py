@@ -123,6 +123,9 @@ class ReleaseArgs:
     version: str
     app_ref: pulumi.Input[str]
     migrate_ref: pulumi.Input[str]
+    postgres_image: pulumi.Input[str]
+    """What the database runs: `app.postgresImage`, or where `backup` is declared the image built on it with
+    pgBackRest (components/database_image.py)."""
     ssh_private_key: SecretStr
     app_secrets: Mapping[str, SecretStr]
     backup: BackupSettings | None = None
@@ -135,10 +138,11 @@ class ReleaseArgs:
         state_id: pulumi.Input[str],
         app_ref: pulumi.Input[str],
         migrate_ref: pulumi.Input[str],
+        postgres_image: pulumi.Input[str],
         **more: Any,
     ) -> Self:
-        """The release as `stack` declares it, in the state `state_id` names, of the image's two digests; `more`: a
-        subclass's own fields."""
+        """The release as `stack` declares it, in the state `state_id` names, of the image's two digests and the
+        database's image; `more`: a subclass's own fields."""
         plain, secrets = stack.plain, stack.secrets
         return cls(
             stack_name=pulumi.Output.from_input(state_id).apply(
@@ -150,6 +154,7 @@ class ReleaseArgs:
             version=plain.version,
             app_ref=app_ref,
             migrate_ref=migrate_ref,
+            postgres_image=postgres_image,
             ssh_private_key=secrets.ssh_private_key,
             app_secrets=secrets.app,
             backup=plain.backup,
@@ -235,7 +240,7 @@ def release_steps(
     )
     step(
         "database",
-        create=installed(bin_dir, "database.sh", {**common, "postgres-image": app.postgres_image, "backups": backups}),
+        create=installed(bin_dir, "database.sh", {**common, "postgres-image": args.postgres_image, "backups": backups}),
         stdin=backup_config,
     )
     backup_mode = release.backup or ("restore-point" if args.backup is not None else "before-migrations")

@@ -69,5 +69,7 @@ def swarm_stage(stack: StackConfig, state_id: pulumi.Input[str], image: AppImage
     )
     return SwarmRelease(
         shared_facts.SERVER_RELEASE,
-        SwarmReleaseArgs.of(stack, state_id, image.app_ref, image.migrate_ref, cluster=cluster.ready),
+        SwarmReleaseArgs.of(
+            stack, state_id, image.app_ref, image.migrate_ref, plain.app.postgres_image, cluster=cluster.ready
+        ),
     )

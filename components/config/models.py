@@ -224,7 +224,9 @@ class AppSettings(Model):
     proxy_image: EnvValue = "nginx:1.28-alpine"
     """The proxy in front of the colours: an nginx image (the release steps reload and drain it as nginx)."""
     postgres_image: EnvValue = "postgres:16-alpine"
-    """The PostgreSQL image."""
+    """The PostgreSQL image. Where `backup` is declared, the database runs this image with pgBackRest added: the
+    building stage builds it (components/database/Dockerfile) and pushes it as `<image.repository>-postgres`, and
+    every stage that declares the same image deploys it."""
     postgres_user: DatabaseName
     """POSTGRES_USER: the database's owner. The app's colours and its migrations log in as roles of their own,
     `<user>_blue`, `<user>_green` and `<user>_migrate`, each acting as the owner."""

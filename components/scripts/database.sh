@@ -60,7 +60,7 @@ running="$([[ -z "$container" ]] || docker inspect --format '{{.Config.Image}}' 
 # An image change is other bytes, not another name for the same ones (a tag pinned by its digest, say).
 pull_missing "$image"
 if [[ "$backups" != none ]] && ! docker run --rm --entrypoint pgbackrest "$image" version >/dev/null 2>&1; then
-  die "the PostgreSQL image $image has no pgBackRest, which the stack's backup section needs; allowed: an image with pgbackrest on its PATH (postgres:16-alpine + apk add pgbackrest, or Debian's postgresql image + apt-get install pgbackrest as embedded_default/backups/postgres/Dockerfile does); nothing was changed"
+  die "the PostgreSQL image $image has no pgBackRest, which the stack's backup section needs; allowed: an image with pgbackrest on its PATH, as the program builds from components/database/Dockerfile on app.postgresImage where backup is declared; nothing was changed"
 fi
 # How the running PostgreSQL reaches its repository ("" before backups, like none).
 reaches="$([[ -z "$container" ]] || docker inspect --format "{{index .Config.Labels \"$BACKUP_LABEL\"}}" "$container")"

@@ -18,8 +18,9 @@ machine. pgBackRest checks a certificate's DNS names only, so the certificate na
 connects to the gateway address (`repo1-storage-host`), checking the certificate against the CA of this folder.
 
 `python -m embedded_default.backups up|down|status` drives it by hand. The database image with pgBackRest is built
-here too (`postgres/Dockerfile` on the target's PostgreSQL image), under its own name, so the target's own image
-keys are untouched.
+here too, as the building stage builds it (components/database_image.py) and under the name it gives, from the
+project's Dockerfile on the target's PostgreSQL image: the local stack deploys what a building stage pushed (the
+stand-in docker provider builds nothing).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedded_default.target import POSTGRES_IMAGE, REGISTRY, LocalTarget
+from components.database_image import DOCKERFILE_DIR, database_image_name
+from embedded_default.target import APP_REPOSITORY, POSTGRES_IMAGE, LocalTarget
 from embedded_default.target.layout import Layout as _TargetLayout
 from embedded_default.target.layout import locked as _locked_target
 from embedded_default.target.layout import write_if_changed
@@ -49,9 +51,10 @@ PORT = 9443
 ENDPOINT = "backup-repository.kametrix.test"
 BUCKET = "kametrix-backups"
 REGION = "us-east-1"
-PGBACKREST_IMAGE = f"{REGISTRY}/kametrix/postgres:15-pgbackrest"
-IMAGE_DIR = Path(__file__).resolve().parent / "postgres"
-HASH_LABEL = "org.kametrix.backups.input-hash"
+DATABASE_IMAGE = database_image_name(APP_REPOSITORY, POSTGRES_IMAGE)
+# The snapshot mirror this machine's apt uses serves Release files past their Valid-Until date.
+APT_OPTIONS = "-o Acquire::Check-Valid-Until=false"
+BASE_LABEL = "org.kametrix.backups.base-image-id"
 
 
 def repository_dir() -> Path:
@@ -78,6 +81,7 @@ class BackupRepository:
     secret_key: str = field(repr=False)
     network: str
     image: str
+    """The database image a stage that archives here runs: the target's PostgreSQL with pgBackRest."""
     data_dir: Path
 
     @property
@@ -97,7 +101,7 @@ class BackupRepository:
             "backup.repository.path": path,
             "backup.repository.caCertificate": self.ca_certificate,
             "backup.repository.dockerNetwork": self.network,
-            "app.postgresImage": self.image,
+            "app.postgresImage": POSTGRES_IMAGE,
         }
 
 
@@ -289,20 +293,21 @@ def _start_daemon(layout: _Layout, key: str, secret: str) -> None:
 
 
 def _ensure_image(target: LocalTarget) -> None:
-    """The target's PostgreSQL with pgBackRest, built on this dockerd and pushed; rebuilt when its inputs change."""
+    """The target's PostgreSQL with pgBackRest, built on this dockerd and pushed; rebuilt when its base's bytes
+    change (its name says the base's name and the Dockerfile only)."""
     base = target.docker("image", "inspect", "--format", "{{.Id}}", POSTGRES_IMAGE).stdout.decode().strip()
-    digest = hashlib.sha256(base.encode() + (IMAGE_DIR / "Dockerfile").read_bytes()).hexdigest()
     found = target.docker(
-        "image", "inspect", "--format", f'{{{{index .Config.Labels "{HASH_LABEL}"}}}}', PGBACKREST_IMAGE, check=False
+        "image", "inspect", "--format", f'{{{{index .Config.Labels "{BASE_LABEL}"}}}}', DATABASE_IMAGE, check=False
     )
-    if found.returncode != 0 or found.stdout.decode().strip() != digest:
+    if found.returncode != 0 or found.stdout.decode().strip() != base:
         target.docker(
-            "build", "--quiet", "--network", "host", "--label", f"{HASH_LABEL}={digest}",
-            "--build-arg", f"POSTGRES_IMAGE={POSTGRES_IMAGE}", "--tag", PGBACKREST_IMAGE, str(IMAGE_DIR),
+            "build", "--quiet", "--network", "host", "--label", f"{BASE_LABEL}={base}",
+            "--build-arg", f"POSTGRES_IMAGE={POSTGRES_IMAGE}", "--build-arg", f"APT_OPTIONS={APT_OPTIONS}",
+            "--tag", DATABASE_IMAGE, str(DOCKERFILE_DIR),
             timeout=900,
         )  # fmt: skip
     # The stage pulls what it does not have; the registry's storage changes with the target's revision.
-    target.docker("push", "--quiet", PGBACKREST_IMAGE, timeout=300, check=False)
+    target.docker("push", "--quiet", DATABASE_IMAGE, timeout=300, check=False)
 
 
 def ensure_backup_repository(target: LocalTarget) -> BackupRepository:
@@ -327,7 +332,7 @@ def ensure_backup_repository(target: LocalTarget) -> BackupRepository:
         access_key=key,
         secret_key=secret,
         network=NETWORK,
-        image=PGBACKREST_IMAGE,
+        image=DATABASE_IMAGE,
         data_dir=layout.data,
     )
 
