@@ -1,7 +1,8 @@
 """Kill-anywhere, the long run (issue 22, outcome 4): episodes of tests/e2e/kill_anywhere.py, each an update through
 the runner interrupted at a random moment by one kind of interruption, then the next update, then every invariant
 checked; with `hey` on the stage's proxy and a writer committing rows throughout. Prints a line per episode as it
-goes, then one table by kind of interruption and operation, and every violation with its seed and episode.
+goes, the table so far every 50 episodes, then one table by kind of interruption and operation, and every violation
+with its seed and episode.
 
     sudo .venv/bin/python scripts/kill_anywhere.py --episodes 1000 --seed 22
     sudo .venv/bin/python scripts/kill_anywhere.py --episodes 30 --seed 22 --first 71   # episodes 71..100 of seed 22
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+TABLE_EVERY = 50
 sys.path.insert(0, str(PROJECT_DIR))
 
 # The project root is on the path only now.
@@ -130,6 +132,9 @@ def main() -> None:
             results.append(result)
             verdict = "converged" if result.converged else f"{len(result.violations)} VIOLATIONS"
             print(f"{result.seconds:6.1f}s {verdict:<14} {result.report()}", flush=True)
+            # A run the machine stops (no SIGTERM first) still leaves its figures, up to the last table.
+            if len(results) % TABLE_EVERY == 0:
+                print(f"\nafter {len(results)} episodes:\n{table(results)}\n", flush=True)
     if not results:
         return
     print()
