@@ -1,35 +1,30 @@
 """The database's image where the stack declares `backup`: its PostgreSQL with pgBackRest, installed by a release.
 
 The building stage builds `components/database/Dockerfile` on `app.postgresImage` and pushes it beside the app, as
-`<image.repository>-postgres:<tag>`; the other stages deploy what it pushed. The tag names the image's inputs (the
-base image and the Dockerfile), so every stage that declares the same base runs the image built from it, and the
-server keeps running the bytes it holds: a rollback needs no registry.
+`<image.repository>-postgres:<tag>`, the tag named by its inputs (components/database_tag.py). A stage deploys it
+by digest, as it deploys the app: a digest recorded under `image.databaseDigests` without the registry (production
+deploys only a recorded one), otherwise the one the registry names now.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
 from pydantic import SecretStr
 
 from components.config import ImageSettings
-from components.image import RegistryError, VersionNotInRegistryError, registry_error
+from components.database_tag import DOCKERFILE_DIR, database_repository, database_tag
+from components.image import DigestChangedError, RegistryError, VersionNotInRegistryError, registry_error
 
-DOCKERFILE_DIR = Path(__file__).parent / "database"
 # The build context as the engine records it: relative to the project, like the app's, so that every machine that
 # runs the update declares the same build.
-BUILD_CONTEXT = "components/database"
-TAG_PREFIX = "pgbackrest-"
+BUILD_CONTEXT = DOCKERFILE_DIR.relative_to(DOCKERFILE_DIR.parents[1]).as_posix()
 
 
-def database_image_name(app_repository: str, base_image: str) -> str:
-    """The image built from `base_image` beside the app's `<registry>/<repository>`: the same inputs, the same tag."""
-    inputs = f"{base_image}\n".encode() + (DOCKERFILE_DIR / "Dockerfile").read_bytes()
-    return f"{app_repository}-postgres:{TAG_PREFIX}{hashlib.sha256(inputs).hexdigest()[:16]}"
+class DatabaseImageMissingError(RegistryError):
+    """The registry holds no database image for the stack's app.postgresImage: nothing is declared on the server."""
 
 
 @dataclass(frozen=True)
@@ -43,18 +38,27 @@ class DatabaseImageArgs:
 
 
 class DatabaseImage(pulumi.ComponentResource):
-    """`ref` is `<registry>/<repository>-postgres:pgbackrest-<inputs>`, known once the image is in the registry."""
+    """`ref` is `<registry>/<repository>-postgres@sha256:<digest>`, what the database step runs; `pinned` is
+    `<registry>/<repository>-postgres:<tag>@sha256:<digest>`, what scripts/record_database_image.py records."""
 
     ref: pulumi.Output[str]
+    pinned: pulumi.Output[str]
 
     def __init__(self, name: str, args: DatabaseImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kametrix:image:DatabaseImage", name, None, opts)
         settings = args.settings
-        image_name = database_image_name(f"{settings.registry}/{settings.repository}", args.base_image)
-        if settings.build is not None:
+        repository = database_repository(f"{settings.registry}/{settings.repository}")
+        tag = database_tag(args.base_image)
+        tagged = f"{repository}:{tag}"
+        lookup = pulumi.InvokeOptions(parent=self, provider=args.provider)
+        recorded = settings.database_digests.get(tag)
+        digest: pulumi.Output[str]
+        if recorded is not None:
+            digest = pulumi.Output.from_input(_verified(tagged, recorded, args, lookup, self))
+        elif settings.build is not None:
             built = docker.Image(
                 f"{name}-build",
-                image_name=image_name,
+                image_name=tagged,
                 build=docker.DockerBuildArgs(
                     context=BUILD_CONTEXT,
                     dockerfile=f"{BUILD_CONTEXT}/Dockerfile",
@@ -68,36 +72,52 @@ class DatabaseImage(pulumi.ComponentResource):
                 ),
                 opts=pulumi.ResourceOptions(parent=self, provider=args.provider),
             )
-            # The name, once the push is done: the database step must not ask the server to pull it before.
-            self.ref = built.repo_digest.apply(lambda _: image_name)
+            digest = built.repo_digest.apply(lambda pushed: pushed.rpartition("@")[2])
         else:
-            _check_pushed(image_name, args, pulumi.InvokeOptions(parent=self, provider=args.provider), self)
-            self.ref = pulumi.Output.from_input(image_name)
-        self.register_outputs({"ref": self.ref})
+            found = _registry_digest(tagged, args, lookup)
+            pulumi.log.warn(
+                f"the database image {tagged} has no digest recorded under image.databaseDigests: deploying what "
+                f"the registry names now. Record it so that this stage always runs these bytes: python "
+                f"scripts/record_database_image.py --stack-file STACK_FILE --image {tagged}@{found}",
+                self,
+            )
+            digest = pulumi.Output.from_input(found)
+        self.ref = digest.apply(lambda pinned: f"{repository}@{pinned}")
+        self.pinned = digest.apply(lambda pinned: f"{tagged}@{pinned}")
+        self.register_outputs({"ref": self.ref, "pinned": self.pinned})
 
 
-def _check_pushed(
-    image_name: str, args: DatabaseImageArgs, lookup: pulumi.InvokeOptions, resource: pulumi.Resource
-) -> None:
-    """A tag the registry does not hold stops the update before the server is asked to pull it; a registry that
-    cannot answer does not (the server may hold the image already)."""
+def _registry_digest(tagged: str, args: DatabaseImageArgs, lookup: pulumi.InvokeOptions) -> str:
+    """Asked now, so that an image never built stops the update before anything is declared on the server."""
     try:
-        docker.get_registry_image(name=image_name, opts=lookup)
+        return docker.get_registry_image(name=tagged, opts=lookup).sha256_digest
     except Exception as error:
-        failure = registry_error(str(error), image_name, args.base_image, args.settings)
+        failure = registry_error(str(error), tagged, args.base_image, args.settings)
         if isinstance(failure, VersionNotInRegistryError):
             raise DatabaseImageMissingError(
-                f"the database image {image_name} is not in the registry ({error}). Allowed: an app.postgresImage "
-                f"that the building stage released with `backup` declared: it builds {image_name} from "
-                f"{BUILD_CONTEXT}/Dockerfile on it. Received app.postgresImage {args.base_image!r}. Release it on the "
-                "building stage first (staging), or declare the app.postgresImage of the stage that built it."
+                f"the database image {tagged} is not in the registry ({error}). Allowed: an app.postgresImage "
+                f"that the building stage released with `backup` declared: it builds {tagged} from "
+                f"{BUILD_CONTEXT}/Dockerfile on it. Received app.postgresImage {args.base_image!r}. Release it on "
+                "the building stage first (staging), or declare the app.postgresImage of the stage that built it."
             ) from None
-        pulumi.log.warn(
-            f"{failure} Deploying {image_name} without the registry's word: the server pulls it only if it does "
-            "not hold it yet.",
-            resource,
+        raise failure from None
+
+
+def _verified(
+    tagged: str, recorded: str, args: DatabaseImageArgs, lookup: pulumi.InvokeOptions, resource: pulumi.Resource
+) -> str:
+    """The recorded digest, unless the registry answers that the tag now names another one. A registry that cannot
+    answer is no reason to stop: the server keeps the image it runs, and a rollback must work while it is down."""
+    try:
+        answered = _registry_digest(tagged, args, lookup)
+    except RegistryError as failure:
+        pulumi.log.warn(f"{failure} Deploying the recorded digest {recorded} without the registry's word.", resource)
+        return recorded
+    if answered != recorded:
+        raise DigestChangedError(
+            f"the database image {tagged} is recorded as {recorded} (image.databaseDigests), but the registry's tag "
+            f"now names {answered}: it was pushed again with other bytes. The update stopped before touching the "
+            "server. To run the recorded bytes, point the tag back at them; to run the new ones, record them "
+            "instead (scripts/record_database_image.py) in a reviewed change."
         )
-
-
-class DatabaseImageMissingError(RegistryError):
-    """The database image for the stack's app.postgresImage was never built: nothing is declared on the server."""
+    return recorded

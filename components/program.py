@@ -30,9 +30,8 @@ def program() -> None:
         ),
     )
     # Backups need pgBackRest in the database's image: the stage runs the one built on app.postgresImage for them.
-    postgres_image: pulumi.Input[str] = plain.app.postgres_image
-    if plain.backup is not None:
-        postgres_image = DatabaseImage(
+    database_image = (
+        DatabaseImage(
             "database-image",
             DatabaseImageArgs(
                 settings=plain.image,
@@ -40,7 +39,10 @@ def program() -> None:
                 registry_password=secrets.registry_password,
                 provider=image.provider,
             ),
-        ).ref
+        )
+        if plain.backup is not None
+        else None
+    )
     # A provider no resource uses: the engine gives it a random ID when it first records it in this stack's state,
     # and keeps it. The release steps name their state by it, so the server tells an update of this state from one
     # of another state of the same stack (lib/lock.sh).
@@ -49,7 +51,13 @@ def program() -> None:
     swarm = swarm_stage(stack, state_id, image) if plain.server.hosts else None
     server = swarm or ServerRelease(
         shared_facts.SERVER_RELEASE,
-        ServerReleaseArgs.of(stack, state_id, image.app_ref, image.migrate_ref, postgres_image),
+        ServerReleaseArgs.of(
+            stack,
+            state_id,
+            image.app_ref,
+            image.migrate_ref,
+            database_image.ref if database_image else plain.app.postgres_image,
+        ),
     )
 
     # Only the stack that administers the repository declares environments: its own, and each other stage's.
@@ -61,6 +69,8 @@ def program() -> None:
     pulumi.export("version", plain.version)
     pulumi.export("imageRef", image.app_ref)
     pulumi.export("migrateImageRef", image.migrate_ref)
+    if database_image is not None:
+        pulumi.export("databaseImageRef", database_image.pinned)
     pulumi.export("appUrl", plain.app.url)
     pulumi.export("latestBackup", server.latest_backup)
     pulumi.export("previousVersion", server.previous_version)

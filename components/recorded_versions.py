@@ -64,3 +64,17 @@ def record_commit(releases: MutableMapping[str, Any], version: str, commit: str)
             "A published version keeps its commit: release the new commit as a new version"
         )
     return False
+
+
+def record_database_digest(digests: MutableMapping[str, Any], tag: str, digest: str) -> bool:
+    """Add `tag` to an `image.databaseDigests` mapping; False when it holds exactly this digest already."""
+    existing = digests.get(tag)
+    if existing is None:
+        digests[tag] = digest
+        return True
+    if existing != digest:
+        raise RecordError(
+            f"{NAMESPACE}:image.databaseDigests.{tag} is recorded as {existing}; received {digest}. A database "
+            "image's tag names its inputs and keeps its bytes: build the new bytes from changed inputs"
+        )
+    return False

@@ -111,6 +111,9 @@ EnvName = Annotated[str, matching(ENV_NAME_PATTERN, ENV_NAME_RULE)]
 AbsolutePath = Annotated[str, matching(r"/[A-Za-z0-9._/-]*", "an absolute path")]
 HttpsUrl = Annotated[str, matching(r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")]
 Digest = Annotated[str, matching(DIGEST_PATTERN, "an image digest sha256:<64 lower-case hex>")]
+# The database image's tag where `backup` is declared (components/database_tag.py): named by its inputs.
+DATABASE_TAG_PATTERN = r"pgbackrest-[0-9a-f]{16}"
+DatabaseTag = Annotated[str, matching(DATABASE_TAG_PATTERN, "a database image tag: pgbackrest-<16 hex>")]
 SshHostKey = Annotated[
     str, matching(r"(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa) [A-Za-z0-9+/=]+", "an SSH public host key line")
 ]

@@ -20,6 +20,7 @@ from components.config.fields import (
     BranchPattern,
     CommitSha,
     DatabaseName,
+    DatabaseTag,
     Digest,
     EnvName,
     EnvValue,
@@ -147,6 +148,10 @@ class ImageSettings(Model):
     digests: dict[Version, VersionDigests] = Field(default_factory=dict)
     """Each version's digests, recorded when it first became releasable (scripts/record_release.py). A recorded
     version deploys exactly these bytes: no build, and a registry whose tag now names other bytes stops the update."""
+    database_digests: dict[DatabaseTag, Digest] = Field(default_factory=dict)
+    """Where `backup` is declared: the digest of each database image (`<repository>-postgres:<tag>`, built by the
+    building stage on app.postgresImage), recorded when it was first built (scripts/record_database_image.py).
+    A recorded tag deploys exactly these bytes, without the registry; production deploys only a recorded one."""
 
 
 class ClusterHost(Model):

@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from components.config.fields import VERSION_PATTERN
 from components.config.models import MAX_REVIEWERS_PER_KIND, AppSettings, GitHubSettings, ImageSettings
 from components.config.problems import Problem, full_key
+from components.database_tag import database_tag
 
 STAGES = ("staging", "production", "local")
 # Sections a stage cannot do without, and why.
@@ -241,6 +242,22 @@ def _production_policy(sections: Sections) -> list[Problem]:
                 "allowed: absent; received a build",
             )
         )
+    image = sections.image.valid("database_digests") if sections.image else None
+    app = sections.app.valid("postgres_image") if sections.app else None
+    if "backup" in sections.declared and image is not None and app is not None:
+        tag = database_tag(app.postgres_image)
+        if tag not in image.database_digests:
+            problems.append(
+                Problem(
+                    full_key("image.databaseDigests"),
+                    "production runs only a database image whose digest is recorded here (a stage with backup "
+                    "runs app.postgresImage with pgBackRest added, built by staging); allowed: "
+                    f"{', '.join(image.database_digests) or 'none recorded yet'}; received app.postgresImage "
+                    f"{app.postgres_image!r}, whose database image is tagged {tag}. Release staging with the same "
+                    "app.postgresImage, then record what it built: python scripts/record_database_image.py "
+                    '--stack-file Pulumi.production.yaml --image "$(pulumi stack output databaseImageRef -s staging)"',
+                )
+            )
     return problems
 
 

@@ -18,9 +18,9 @@ machine. pgBackRest checks a certificate's DNS names only, so the certificate na
 connects to the gateway address (`repo1-storage-host`), checking the certificate against the CA of this folder.
 
 `python -m embedded_default.backups up|down|status` drives it by hand. The database image with pgBackRest is built
-here too, as the building stage builds it (components/database_image.py) and under the name it gives, from the
+here too, as the building stage builds it (components/database_image.py) and under the tag it gives, from the
 project's Dockerfile on the target's PostgreSQL image: the local stack deploys what a building stage pushed (the
-stand-in docker provider builds nothing).
+stand-in docker provider builds nothing), by the digest the registry names.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.database_image import DOCKERFILE_DIR, database_image_name
+from components.database_tag import DOCKERFILE_DIR, database_repository, database_tag
 from embedded_default.target import APP_REPOSITORY, POSTGRES_IMAGE, LocalTarget
 from embedded_default.target.layout import Layout as _TargetLayout
 from embedded_default.target.layout import locked as _locked_target
@@ -51,7 +51,7 @@ PORT = 9443
 ENDPOINT = "backup-repository.kametrix.test"
 BUCKET = "kametrix-backups"
 REGION = "us-east-1"
-DATABASE_IMAGE = database_image_name(APP_REPOSITORY, POSTGRES_IMAGE)
+DATABASE_IMAGE = f"{database_repository(APP_REPOSITORY)}:{database_tag(POSTGRES_IMAGE)}"
 # The snapshot mirror this machine's apt uses serves Release files past their Valid-Until date.
 APT_OPTIONS = "-o Acquire::Check-Valid-Until=false"
 BASE_LABEL = "org.kametrix.backups.base-image-id"
