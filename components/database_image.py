@@ -90,16 +90,25 @@ class DatabaseImage(pulumi.ComponentResource):
 def _registry_digest(tagged: str, args: DatabaseImageArgs, lookup: pulumi.InvokeOptions) -> str:
     """Asked now, so that an image never built stops the update before anything is declared on the server."""
     try:
+        return _asked(tagged, args, lookup)
+    except DatabaseImageMissingError as missing:
+        raise DatabaseImageMissingError(
+            f"{missing}. Allowed: an app.postgresImage that the building stage released with `backup` declared: "
+            f"it builds {tagged} from {BUILD_CONTEXT}/Dockerfile on it. Received app.postgresImage "
+            f"{args.base_image!r}. Release it on the building stage first (staging), or declare the "
+            "app.postgresImage of the stage that built it."
+        ) from None
+
+
+def _asked(tagged: str, args: DatabaseImageArgs, lookup: pulumi.InvokeOptions) -> str:
+    """The digest the registry names for the tag; a tag it does not hold, credentials it refuses and no answer at
+    all told apart (components/image.registry_error)."""
+    try:
         return docker.get_registry_image(name=tagged, opts=lookup).sha256_digest
     except Exception as error:
         failure = registry_error(str(error), tagged, args.base_image, args.settings)
         if isinstance(failure, VersionNotInRegistryError):
-            raise DatabaseImageMissingError(
-                f"the database image {tagged} is not in the registry ({error}). Allowed: an app.postgresImage "
-                f"that the building stage released with `backup` declared: it builds {tagged} from "
-                f"{BUILD_CONTEXT}/Dockerfile on it. Received app.postgresImage {args.base_image!r}. Release it on "
-                "the building stage first (staging), or declare the app.postgresImage of the stage that built it."
-            ) from None
+            raise DatabaseImageMissingError(f"the database image {tagged} is not in the registry ({error})") from None
         raise failure from None
 
 
@@ -109,7 +118,7 @@ def _verified(
     """The recorded digest, unless the registry answers that the tag now names another one. A registry that cannot
     answer is no reason to stop: the server keeps the image it runs, and a rollback must work while it is down."""
     try:
-        answered = _registry_digest(tagged, args, lookup)
+        answered = _asked(tagged, args, lookup)
     except RegistryError as failure:
         pulumi.log.warn(f"{failure} Deploying the recorded digest {recorded} without the registry's word.", resource)
         return recorded

@@ -43,6 +43,9 @@ TEST_SECRETS: dict[str, Any] = {
     "elevenlabsApiKey": "TESTSECRET-elevenlabs-f0ff",
     "sshPrivateKey": TEST_SSH_KEY,
     "registryPassword": "TESTSECRET-registry-token-1357",
+    "backupCipherPass": "TESTSECRET-backup-cipher-pass-0a1b",
+    "backupRepositoryKey": "TESTSECRET-backup-key-2c3d",
+    "backupRepositorySecret": "TESTSECRET-backup-secret-4e5f",
     "githubToken": "TESTSECRET-github-token-2468",
     "githubEnvironmentSecrets": {
         "PULUMI_CONFIG_PASSPHRASE": "TESTSECRET-passphrase-3579",

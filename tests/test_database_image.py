@@ -141,9 +141,9 @@ def test_the_tag_names_the_inputs_so_one_base_shares_it_and_another_base_or_dock
 
 
 def test_without_backups_the_database_runs_app_postgres_image_as_declared() -> None:
-    deployment = kit.run_stack("staging")
+    deployment = kit.run_stack("local")
     assert all(image.name != "database-image-build" for image in deployment.of_type(IMAGE_BUILD))
-    assert database_flag(deployment) == BASE
+    assert database_flag(deployment) == kit.stack_file("local")["config"]["kametrix-deploy:app"]["postgresImage"]
     assert "databaseImageRef" not in deployment.outputs
 
 

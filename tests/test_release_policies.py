@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import re
 import shlex
 import tarfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from pydantic.alias_generators import to_snake
 
 from components import config, shared_facts
+from components.database_tag import database_tag
 from components.image import (
     DigestChangedError,
     RegistryAuthenticationError,
@@ -31,11 +33,13 @@ IMAGE_BUILD = "docker:index/image:Image"
 GOLDEN_PROXY = Path(__file__).parent / "golden" / "proxy"
 STEPS = ["server-files", "server-env", "server-database", "server-backup", "server-migrate", "server-up"]
 REPOSITORY = "ghcr.io/kametrix-org/kametrix/kametrix"
-# What the registry answers: the digests Pulumi.production.yaml records for each tag.
+# The database image staging and production run (both declare backup): postgres:16-alpine with pgBackRest.
+DATABASE_IMAGE = f"{REPOSITORY}-postgres:{database_tag('postgres:16-alpine')}"
+# What the registry answers: the digests Pulumi.production.yaml records for each tag and its database image.
 REGISTRY = {
     f"{REPOSITORY}:{tag}": kit.digest_of(f"{REPOSITORY}:{tag}")
     for tag in ("v1.4.1", "v1.4.1-migrate", "v1.4.2", "v1.4.2-migrate")
-}
+} | {DATABASE_IMAGE: kit.digest_of(DATABASE_IMAGE)}
 V142 = REGISTRY[f"{REPOSITORY}:v1.4.2"]
 LOCAL_REPOSITORY = "127.0.0.1:5000/kametrix/kametrix"
 
@@ -233,27 +237,31 @@ def test_a_recorded_version_is_deployed_whichever_way_the_registry_fails(reporte
 def test_a_recorded_staging_version_is_never_built_again() -> None:
     recorded = kit.stack_file("staging")["config"]["kametrix-deploy:image"]["digests"]["staging-8d2e6b1"]
     deployment = kit.run_stack("staging", overrides={"version": "staging-8d2e6b1"})
-    assert deployment.of_type(IMAGE_BUILD) == [], "a recorded version was built again"
+    built = [r.name for r in deployment.of_type(IMAGE_BUILD)]
+    assert built == ["database-image-build"], f"a recorded version was built again: {built}"
     assert deployment.output("imageRef").endswith(f"@{recorded['app']}")
     assert deployment.output("migrateImageRef").endswith(f"@{recorded['migrate']}")
 
 
-@pytest.mark.parametrize(("stack", "mode"), [("production", "always"), ("staging", "before-migrations")])
-def test_the_backup_step_is_told_the_stages_backup_policy(stack: str, mode: str) -> None:
-    command = steps(kit.run_stack(stack))["server-backup"].plain("create")
-    assert command.endswith(f" --backup {mode} --backup-on-rollback no --backups none"), command
-    asked = kit.run_stack(stack, overrides={"release.backupOnRollback": True})
-    assert (
-        steps(asked)["server-backup"]
-        .plain("create")
-        .endswith(f" --backup {mode} --backup-on-rollback yes --backups none")
-    )
+@pytest.mark.parametrize(
+    ("stack", "mode", "backups"),
+    [("production", "restore-point", "a fingerprint"), ("staging", "restore-point", "a fingerprint"),
+     ("local", "before-migrations", "none")],
+)  # fmt: skip
+def test_the_backup_step_is_told_the_stages_backup_policy(stack: str, mode: str, backups: str) -> None:
+    """Staging and production back up to their repository and mark a restore point; local dumps before migrating."""
+    for on_rollback in ("no", "yes"):
+        deployment = kit.run_stack(stack, overrides={"release.backupOnRollback": on_rollback == "yes"})
+        command = steps(deployment)["server-backup"].plain("create")
+        found = re.search(r" --backup (\S+) --backup-on-rollback (\S+) --backups (\S+)$", command)
+        assert found and found[1] == mode and found[2] == on_rollback, command
+        assert (found[3] == "none") == (backups == "none"), command
 
 
 def test_staging_builds_once_and_pushes_both_stages_of_the_dockerfile() -> None:
     staging = kit.run_stack("staging")
     builds = {r.name: r for r in staging.of_type(IMAGE_BUILD)}
-    assert set(builds) == {"image-app", "image-migrate"}
+    assert set(builds) == {"image-app", "image-migrate", "database-image-build"}
     app, migrate = builds["image-app"], builds["image-migrate"]
     assert app.inputs["imageName"] == f"{REPOSITORY}:staging-3f9c2a1", app.urn
     assert migrate.inputs["imageName"] == f"{REPOSITORY}:staging-3f9c2a1-migrate", migrate.urn
@@ -272,7 +280,7 @@ def test_production_never_builds_it_resolves_existing_versions() -> None:
     deployment = production("v1.4.2")
     assert deployment.of_type(IMAGE_BUILD) == []
     looked_up = sorted(args["name"] for token, args in deployment.invokes if token.endswith("getRegistryImage"))
-    assert looked_up == [f"{REPOSITORY}:v1.4.2", f"{REPOSITORY}:v1.4.2-migrate"]
+    assert looked_up == sorted([f"{REPOSITORY}:v1.4.2", f"{REPOSITORY}:v1.4.2-migrate", DATABASE_IMAGE])
 
 
 def test_the_env_file_travels_on_stdin_as_a_secret_and_its_output_is_hidden() -> None:
@@ -354,7 +362,7 @@ def test_the_files_step_installs_nothing_before_it_holds_the_release_lock() -> N
 def test_the_app_is_reached_only_through_the_proxy_which_sends_traffic_to_the_live_colour() -> None:
     files = server_files(production("v1.4.2"))
     services = yaml.safe_load(files["docker-compose.yml"])["services"]
-    assert set(services) == {"postgres", "app-blue", "app-green", "proxy", "migrate"}
+    assert set(services) == {"postgres", "app-blue", "app-green", "proxy", "migrate", "backup-scheduler"}
     assert services["proxy"]["ports"] == ["127.0.0.1:3000:3000"], "the front proxy's port moved"
     assert services["app-blue"]["ports"] == ["127.0.0.1:3001:3000"]
     assert services["app-green"]["ports"] == ["127.0.0.1:3002:3000"]
@@ -399,6 +407,7 @@ def test_every_stage_runs_the_same_topology_and_only_stage_values_differ() -> No
     staging_app = kit.stack_file("staging")["config"]["kametrix-deploy:app"]
     defaults = config.AppSettings.model_fields
     staging_values = {f"app.{key}": staging_app.get(key, defaults[to_snake(key)].default) for key in STAGE_VALUES}
+    staging_values["backup"] = kit.stack_file("staging")["config"]["kametrix-deploy:backup"]
     as_staging = server_files(kit.run_stack("local", overrides=staging_values))["docker-compose.yml"]
     assert as_staging == server_files(kit.run_stack("staging"))["docker-compose.yml"]
 
@@ -412,8 +421,8 @@ def test_every_stage_runs_the_same_topology_and_only_stage_values_differ() -> No
 def test_the_single_container_layouts_project_and_database_volume_stay() -> None:
     deployment = production("v1.4.2")
     compose = yaml.safe_load(server_files(deployment)["docker-compose.yml"])
-    assert compose["volumes"] == {"postgres-data": {}}
-    assert compose["services"]["postgres"]["volumes"] == ["postgres-data:/var/lib/postgresql/data"]
+    assert "postgres-data" in compose["volumes"], compose["volumes"]
+    assert compose["services"]["postgres"]["volumes"][0] == "postgres-data:/var/lib/postgresql/data"
     for name in STEPS:
         command = steps(deployment)[name].plain("create")
         assert "--app-dir /opt/kametrix --project kametrix " in command, f"{name}: the project changed"

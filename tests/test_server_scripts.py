@@ -106,10 +106,13 @@ def test_the_programs_command_lines_give_each_script_exactly_its_flags_and_relea
 ) -> None:
     """Production's steps as the program declares them (`create`, `stdin`), run in order on a server that has
     nothing yet: each command line gives its script exactly the flags it takes, in their order (parse_flags accepts
-    it), and the release serves."""
+    it), and the release serves. Its backup section aside, with a dump instead: this server has no pgBackRest
+    (tests/e2e/test_backups.py runs those steps on the local target)."""
     app_dir, state = tmp_path / "opt" / "kametrix", tmp_path / "state"
     state.mkdir()
-    deployment = kit.run_stack("production", overrides={"server.appDir": str(app_dir)})
+    deployment = kit.run_stack(
+        "production", overrides={"server.appDir": str(app_dir), "backup": kit.DELETE, "release.backup": "always"}
+    )
     steps = {step.name.removeprefix("server-"): step for step in deployment.of_type("command:remote:Command")}
     assert list(steps) == ["files", "env", "database", "backup", "migrate", "up"]
     server = Server(app_dir, state)

@@ -25,8 +25,15 @@ def host(number: int, role: str = "worker", database: bool = False, **extra: Any
 
 
 THREE_HOSTS = [host(1, "manager", database=True), host(2), host(3)]
-# The one host's keys give way to the list.
-SWARM = {"server.hosts": THREE_HOSTS, "server.host": kit.DELETE, "server.hostKey": kit.DELETE}
+# The one host's keys give way to the list; off-site backups run on one host only (cluster_policy.backup_policy),
+# so a stage on several keeps the release's pg_dump.
+SWARM = {
+    "server.hosts": THREE_HOSTS,
+    "server.host": kit.DELETE,
+    "server.hostKey": kit.DELETE,
+    "backup": kit.DELETE,
+    "release.backup": "before-migrations",
+}
 
 
 def load(stack: str = "production", **overrides: Any) -> config.StackConfig:
@@ -85,6 +92,9 @@ def test_every_host_combination_swarm_cannot_run_is_refused_at_once_naming_key_a
         "received 'app-2.example.net'",
         "kametrix-deploy:server.hosts.2.advertiseAddress: allowed: an address no other host advertises "
         "(server.hosts.1 has it); received '10.0.0.2'",
+        "kametrix-deploy:backup: off-site backups (pgBackRest) run on a stage on one host only; a stage on "
+        "server.hosts keeps the release's pg_dump on its database host (docs/swarm.md); allowed: absent with "
+        "server.hosts; received a backup section",
     ]
 
 
@@ -129,7 +139,7 @@ def test_swarm_tasks_are_counted_only_where_swarm_runs_them() -> None:
 
 def test_a_stage_on_several_hosts_is_refused_off_site_backups_it_would_not_take() -> None:
     backup = {"repository": {"endpoint": "s3.example.net", "bucket": "kametrix-backups"}}
-    found = problems(**SWARM, backup=backup)
+    found = problems(**{**SWARM, "backup": backup})
     assert [problem for problem in found if problem.startswith("kametrix-deploy:backup:")] == [
         "kametrix-deploy:backup: off-site backups (pgBackRest) run on a stage on one host only; a stage on "
         "server.hosts keeps the release's pg_dump on its database host (docs/swarm.md); allowed: absent with "

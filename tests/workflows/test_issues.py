@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.workflows.conftest import Runner, install
-from tests.workflows.model import job, logical_lines
+from tests.workflows.model import Step, job, logical_lines
 
 FAKE_GH = r"""#!/usr/bin/env bash
 # Stand-in for gh: `issue list` answers from $GH_ISSUES; every call is recorded.
@@ -96,3 +96,49 @@ def test_a_rejected_approval_opens_no_deployment_issue() -> None:
             assert f"needs.{job_id}.result == 'failure' && needs.{job_id}.outputs.started == 'true'" in condition, (
                 f"{workflow}: a rejected {job_id} would open the issue: {condition}"
             )
+
+
+def test_the_drift_check_opens_updates_and_closes_its_stages_backups_issue() -> None:
+    drift = job("drift.yml", "drift")
+    script = " ".join(logical_lines(drift.run_text()).split())
+    assert 'upsert-issue --title "Backups need attention: $STAGE" --label backups --close' in script
+    assert 'upsert-issue --title "Backups need attention: $STAGE" --label backups --body-file "$body"' in script
+    condition = backup_check().raw["if"]
+    assert condition == "${{ !cancelled() }}", "a drifted or failed preview still has its backups checked"
+
+
+def backup_check() -> Step:
+    (check,) = [step for step in job("drift.yml", "drift").own_steps() if step.raw.get("name") == "Check the backups"]
+    return check
+
+
+# Stand-in for the program's .venv python: records how the runner was asked, answers as $BACKUPS_ANSWER says.
+FAKE_RUNNER = r"""#!/usr/bin/env bash
+echo "$*" >>"$RUNNER_LOG"
+echo "newest base backup: 20261203-010000F (2 h ago)"
+[[ "$BACKUPS_ANSWER" == fresh ]] || { echo "error: the backups of production need attention: stale" >&2; exit 1; }
+"""
+
+
+@pytest.mark.parametrize(("answer", "status"), [("fresh", "ok"), ("stale", "attention")])
+def test_the_backup_check_asks_the_runner_over_the_stacks_access_and_says_ok_or_attention(
+    stack_runner: Runner, answer: str, status: str
+) -> None:
+    check = backup_check()
+    python = stack_runner.work / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    install(python.parent, "python", FAKE_RUNNER)
+    log = stack_runner.work.parent / "runner.log"
+    result = stack_runner.step(check, {"STAGE": "production", "RUNNER_LOG": str(log), "BACKUPS_ANSWER": answer})
+    assert result.code == 0 and result.outputs == {"status": status}, result.log
+    assert log.read_text() == "-m runner --stack production backups --check\n"
+    assert "newest base backup" in (stack_runner.work.parent / "backups.txt").read_text()
+
+
+def test_a_stage_without_a_backup_section_has_no_backups_to_check(stack_runner: Runner) -> None:
+    check = backup_check()
+    stack_runner.pulumi("config", "rm", "--stack", "production", "--path", "backup")
+    log = stack_runner.work.parent / "runner.log"
+    result = stack_runner.step(check, {"STAGE": "production", "RUNNER_LOG": str(log)})
+    assert result.code == 0 and result.outputs == {"status": "none"}, result.log
+    assert not log.exists(), "the runner was asked about backups the stack does not declare"
