@@ -52,29 +52,13 @@ def record_digests(digests: MutableMapping[str, Any], version: str, recorded: Ve
     return False
 
 
-def record_commit(releases: MutableMapping[str, Any], version: str, commit: str) -> bool:
-    """Add `version` to a `github.releases` mapping; False when it holds exactly this commit already."""
-    existing = releases.get(version)
+def record_once(recorded: MutableMapping[str, Any], key: str, value: str, path: str, why: str) -> bool:
+    """Add `key: value` to the stack file's mapping at `path`; False when it holds exactly this value already, and
+    refused when it holds another (`why` says what never changes)."""
+    existing = recorded.get(key)
     if existing is None:
-        releases[version] = commit
+        recorded[key] = value
         return True
-    if existing != commit:
-        raise RecordError(
-            f"{NAMESPACE}:github.releases.{version} is recorded with commit {existing}; received {commit}. "
-            "A published version keeps its commit: release the new commit as a new version"
-        )
-    return False
-
-
-def record_database_digest(digests: MutableMapping[str, Any], tag: str, digest: str) -> bool:
-    """Add `tag` to an `image.databaseDigests` mapping; False when it holds exactly this digest already."""
-    existing = digests.get(tag)
-    if existing is None:
-        digests[tag] = digest
-        return True
-    if existing != digest:
-        raise RecordError(
-            f"{NAMESPACE}:image.databaseDigests.{tag} is recorded as {existing}; received {digest}. A database "
-            "image's tag names its inputs and keeps its bytes: build the new bytes from changed inputs"
-        )
+    if existing != value:
+        raise RecordError(f"{NAMESPACE}:{path}.{key} is recorded as {existing}; received {value}. {why}")
     return False

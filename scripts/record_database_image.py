@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from components.config import NAMESPACE, ImageSettings
 from components.config.fields import DATABASE_TAG_PATTERN, DIGEST_PATTERN
 from components.database_tag import database_repository
-from components.recorded_versions import RecordError, record_database_digest
+from components.recorded_versions import RecordError, record_once
 from runner.stack_file import mapping_at, stack_yaml
 
 PINNED = re.compile(rf"(?P<repository>[^@\s]+):(?P<tag>{DATABASE_TAG_PATTERN})@(?P<digest>{DIGEST_PATTERN})")
@@ -49,7 +49,8 @@ def record(stack_file: Path, image: str) -> str:
             f"image.repository, with -postgres); received {pinned['repository']}"
         )
     digests = mapping_at(settings, "databaseDigests", str(stack_file), create=True)
-    if not record_database_digest(digests, pinned["tag"], pinned["digest"]):
+    why = "A database image's tag names its inputs and keeps its bytes: build the new bytes from changed inputs"
+    if not record_once(digests, pinned["tag"], pinned["digest"], "image.databaseDigests", why):
         return f"{stack_file}: {pinned['tag']} is already recorded as {pinned['digest']}; nothing changed"
     with stack_file.open("w") as out:
         yaml.dump(document, out)

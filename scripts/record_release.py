@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.config import NAMESPACE
 from components.config.fields import COMMIT_PATTERN
-from components.recorded_versions import RecordError, record_commit, record_digests, version_digests
+from components.recorded_versions import RecordError, record_digests, record_once, version_digests
 from runner.stack_file import mapping_at, stack_yaml
 
 COMMIT = re.compile(COMMIT_PATTERN)
@@ -46,7 +46,10 @@ def record(stack_file: Path, version: str, app: str, migrate: str, commit: str |
     if commit is not None:
         github = mapping_at(config, f"{NAMESPACE}:github", str(stack_file))
         releases = mapping_at(github, "releases", str(stack_file), create=True)
-        changed |= record_commit(releases, version, commit)
+        changed |= record_once(
+            releases, version, commit, "github.releases",
+            "A published version keeps its commit: release the new commit as a new version",
+        )  # fmt: skip
     if not changed:
         return f"{stack_file}: {version} is already recorded with these values; nothing changed"
     with stack_file.open("w") as out:
