@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from components.config import APP_SECRET_KEYS, REGISTRY_KEY, SSH_KEY
+from components.config.secrets import BACKUP_SECRET_KEYS
 from embedded_default import workspace as local_workspace
 from embedded_default.providers import plugins
 from embedded_default.target import LocalTarget
@@ -167,7 +168,7 @@ def staging_on_the_local_target(stage: Stage, folder: Path, plugin_home: Path) -
         subprocess.run([str(stage.cli), *args], cwd=folder, env=env, input=stdin, text=True, check=True)
 
     pulumi("stack", "init", "staging", "--secrets-provider", "passphrase")
-    throwaway = {name: f"throwaway-{name}" for name in APP_SECRET_KEYS}
+    throwaway = {name: f"throwaway-{name}" for name in (*APP_SECRET_KEYS, *BACKUP_SECRET_KEYS)}
     throwaway |= {"googleEncryptionKey": "ab" * 32, REGISTRY_KEY: "throwaway", SSH_KEY: stage.target.ssh_private_key}
     for name, value in throwaway.items():
         pulumi("config", "set", "--secret", "--stack", "staging", name, stdin=value)
