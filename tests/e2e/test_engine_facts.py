@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from components.config import APP_SECRET_KEYS, REGISTRY_KEY, SSH_KEY
-from components.config.secrets import BACKUP_SECRET_KEYS
+from components.config.secrets import BACKUP_CIPHER_KEY, BACKUP_SECRET_KEYS
 from embedded_default import workspace as local_workspace
 from embedded_default.providers import plugins
 from embedded_default.target import LocalTarget
@@ -170,6 +170,7 @@ def staging_on_the_local_target(stage: Stage, folder: Path, plugin_home: Path) -
     pulumi("stack", "init", "staging", "--secrets-provider", "passphrase")
     throwaway = {name: f"throwaway-{name}" for name in (*APP_SECRET_KEYS, *BACKUP_SECRET_KEYS)}
     throwaway |= {"googleEncryptionKey": "ab" * 32, REGISTRY_KEY: "throwaway", SSH_KEY: stage.target.ssh_private_key}
+    throwaway |= {BACKUP_CIPHER_KEY: "throwaway-" + "c" * 32}
     for name, value in throwaway.items():
         pulumi("config", "set", "--secret", "--stack", "staging", name, stdin=value)
     return env
