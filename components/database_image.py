@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from components.config import ImageSettings
 from components.database_tag import DOCKERFILE_DIR, database_repository, database_tag
-from components.image import DigestChangedError, RegistryError, VersionNotInRegistryError, registry_error
+from components.image import RegistryError, VersionNotInRegistryError, recorded_digest, registry_error
 
 # The build context as the engine records it: relative to the project, like the app's, so that every machine that
 # runs the update declares the same build.
@@ -115,18 +115,15 @@ def _asked(tagged: str, args: DatabaseImageArgs, lookup: pulumi.InvokeOptions) -
 def _verified(
     tagged: str, recorded: str, args: DatabaseImageArgs, lookup: pulumi.InvokeOptions, resource: pulumi.Resource
 ) -> str:
-    """The recorded digest, unless the registry answers that the tag now names another one. A registry that cannot
-    answer is no reason to stop: the server keeps the image it runs, and a rollback must work while it is down."""
-    try:
-        answered = _asked(tagged, args, lookup)
-    except RegistryError as failure:
-        pulumi.log.warn(f"{failure} Deploying the recorded digest {recorded} without the registry's word.", resource)
-        return recorded
-    if answered != recorded:
-        raise DigestChangedError(
+    return recorded_digest(
+        recorded,
+        lambda: _asked(tagged, args, lookup),
+        lambda answered: (
             f"the database image {tagged} is recorded as {recorded} (image.databaseDigests), but the registry's tag "
             f"now names {answered}: it was pushed again with other bytes. The update stopped before touching the "
             "server. To run the recorded bytes, point the tag back at them; to run the new ones, record them "
             "instead (scripts/record_database_image.py) in a reviewed change."
-        )
-    return recorded
+        ),
+        f"the recorded digest {recorded}",
+        resource,
+    )

@@ -8,6 +8,7 @@ not recorded yet is built and pushed on a building stage, looked up otherwise.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pulumi
@@ -173,22 +174,35 @@ def registry_error(reported: str, reference: str, version: str, settings: ImageS
 def _verified(
     repository: str, tag: str, version: str, recorded: str, settings: ImageSettings, lookup: pulumi.InvokeOptions
 ) -> str:
-    """The recorded digest, unless the registry answers that the tag now names another one.
-
-    A registry that cannot answer, refuses the credentials or lost the tag is no reason to stop: a rollback must
-    work while it is down, and the server pulls nothing it already has. The warning says which failure it was.
-    """
-    try:
-        answered = _digest(repository, tag, version, settings, lookup)
-    except RegistryError as failure:
-        pulumi.log.warn(f"{failure} Deploying {version}'s recorded digest {recorded} without the registry's word.")
-        return recorded
-    if answered != recorded:
-        raise DigestChangedError(
+    return recorded_digest(
+        recorded,
+        lambda: _digest(repository, tag, version, settings, lookup),
+        lambda answered: (
             f"version {version!r} is recorded as {repository}@{recorded} (image.digests), but the registry's tag "
             f"{repository}:{tag} now names {answered}: the tag was pushed again with other bytes. The update "
             f"stopped before touching the server. To deploy the recorded bytes, point the tag back at them "
             f"(docker pull {repository}@{recorded}, docker tag it as {repository}:{tag}, docker push); to ship "
             "the new bytes, release them as a new version and record its digests (scripts/record_release.py)."
-        )
+        ),
+        f"{version}'s recorded digest {recorded}",
+    )
+
+
+def recorded_digest(
+    recorded: str,
+    ask: Callable[[], str],
+    changed: Callable[[str], str],
+    deploying: str,
+    resource: pulumi.Resource | None = None,
+) -> str:
+    """The recorded digest, unless the registry answers (`ask`) that the tag now names another one (`changed` says
+    so). A registry that cannot answer, refuses the credentials or lost the tag is no reason to stop: a rollback must
+    work while it is down, and the server pulls nothing it already has. The warning says which failure it was."""
+    try:
+        answered = ask()
+    except RegistryError as failure:
+        pulumi.log.warn(f"{failure} Deploying {deploying} without the registry's word.", resource)
+        return recorded
+    if answered != recorded:
+        raise DigestChangedError(changed(answered))
     return recorded
