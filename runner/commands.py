@@ -32,6 +32,8 @@ _STEPS_THAT_CONVERGE = ("command:remote:Command",)
 _STATE_MARKER_TYPE = "pulumi:providers:command"
 # The release a step's command line names.
 _RELEASE_FLAG = re.compile(r"--release (\S+)")
+# The engine's operations that leave a resource as it was.
+_UNCHANGED = (auto.OpType.SAME, auto.OpType.READ, auto.OpType.REFRESH)
 
 
 @dataclass
@@ -45,7 +47,8 @@ class Session:
     out: IO[str] = sys.stdout
     started: float = field(default_factory=time.monotonic)
     finished: set[str] = field(default_factory=set)
-    """The URNs of the resources whose operation the engine finished in this session."""
+    """The URNs of the resources the engine created, updated, replaced or deleted in this session (not those it
+    found unchanged: the engine reports their outputs too)."""
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -57,8 +60,9 @@ class Session:
         print(line, file=sys.stderr, flush=True)
 
     def engine_event(self, event: auto.EngineEvent) -> None:
-        if event.res_outputs_event is not None:
-            self.finished.add(event.res_outputs_event.metadata.urn)
+        done = event.res_outputs_event
+        if done is not None and done.metadata.op not in _UNCHANGED:
+            self.finished.add(done.metadata.urn)
         if self.events is None:
             return
         record = _event_record(event)
@@ -210,7 +214,9 @@ def _steps_to_run_again(session: Session, deployment: dict[str, Any]) -> list[st
 
     - a step killed outright (SIGKILL, or the server restarted) ran no undo, and the engine recorded only its failure,
       so the state keeps its inputs of before: an update back to them would not run it again, and what it changed
-      would stay. The lock names it: marked running, no step holding the mutex, sent by an update of this state;
+      would stay. The lock names it: marked running, no step holding the mutex, sent by an update of this state. A
+      lock that such a step handed on (it was killed after its work, on its way out) names it too: the engine may
+      have recorded that step's failure or its success, and running a step again converges either way;
     - `up`, when the release that serves is not the one the state says `up` made live: an `up` that went on after
       its update lost it (a dropped connection) finished a cutover the engine recorded as failed, or a break-glass
       switch went back. Run again, `up` makes the stack's release serve.
@@ -227,19 +233,22 @@ def _steps_to_run_again(session: Session, deployment: dict[str, Any]) -> list[st
         if found["type"] in _STEPS_THAT_CONVERGE
     }
     again: list[str] = []
-    died = lock.get("STEP_STATE") == "running" and lock.get("STEP_RUNS") == "no"
+    left = lock.get("STEP_STATE") in ("running", "handed-on") and lock.get("STEP_RUNS") == "no"
     state_ids = [
         found["id"]
         for found in deployment.get("resources") or []
         if found["type"] == _STATE_MARKER_TYPE and found["urn"].endswith(f"::{shared_facts.STATE_MARKER}")
     ]
-    killed = steps.get(f"{shared_facts.SERVER_RELEASE}-{lock.get('STEP', '')}")
-    if died and killed is not None and state_ids and lock.get("STACK") == _stack_name(session, state_ids[0]):
-        session.say(
-            f"the server's release lock says step {lock.get('STEP')} of {lock.get('RELEASE')} died without ending "
-            "(killed outright): it runs again in this update"
+    left_by = steps.get(f"{shared_facts.SERVER_RELEASE}-{lock.get('STEP', '')}")
+    if left and left_by is not None and state_ids and lock.get("STACK") == _stack_name(session, state_ids[0]):
+        how = (
+            "died without ending (killed outright)"
+            if lock["STEP_STATE"] == "running"
+            else "handed the lock on to a step of its update that never came"
         )
-        again.append(killed["urn"])
+        step = f"step {lock.get('STEP')} of {lock.get('RELEASE')}"
+        session.say(f"the server's release lock says {step} {how}: it runs again in this update")
+        again.append(left_by["urn"])
     up = steps.get(shared_facts.UP_STEP)
     made_live = _RELEASE_FLAG.search(str((up or {}).get("inputs", {}).get("create", "")))
     serving = lock.get("LIVE_RELEASE", "")

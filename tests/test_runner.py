@@ -148,6 +148,17 @@ def deployment(up_release: str) -> dict[str, object]:
             [],
         ),
         ({"STEP_STATE": "running", "STEP_RUNS": "yes", "STEP": "database", "STACK": STACK}, "v2.0.0@0123", []),
+        # A step killed on its way out, once it had handed the lock on: the engine may have recorded its failure.
+        (
+            {"STEP_STATE": "handed-on", "STEP_RUNS": "no", "STEP": "database", "STACK": STACK},
+            "v2.0.0@0123",
+            ["database"],
+        ),
+        (
+            {"STEP_STATE": "handed-on", "STEP_RUNS": "no", "STEP": "database", "STACK": STACK[:-1] + "0"},
+            "v2.0.0@0123",
+            [],
+        ),
         # An up that went on after its update lost it (or a break-glass switch) left another release serving.
         ({"STEP_STATE": "", "STEP_RUNS": "no", "LIVE_RELEASE": "v2.0.0@0123"}, "v1.0.0@4567", ["up"]),
     ],
@@ -164,3 +175,33 @@ def test_the_next_update_runs_again_each_step_the_server_says_did_what_the_state
     session = commands.Session(workspace=cast(runner_workspace.Workspace, None), out=io.StringIO())
     found = commands._steps_to_run_again(session, deployment(up_release))
     assert found == [f"{URN}{step}" for step in again]
+
+
+def test_a_step_the_engine_found_unchanged_does_not_count_as_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an update whose `up` ran, the lock is the next release's business; after one that left `up` as it was
+    (the engine reports its outputs all the same), the update gives back a lock its last step handed on."""
+    asked: list[str] = []
+
+    def end_update(*args: object) -> str:
+        asked.append(str(args[-1]))
+        return ""
+
+    monkeypatch.setattr(commands.server, "end_update", end_update)
+    monkeypatch.setattr(commands, "_server_access", lambda _: (None, None))
+    monkeypatch.setattr(commands, "_stack_config", lambda _: type("Loaded", (), {"stage": "local"}))
+
+    def session_after(op: auto.OpType) -> commands.Session:
+        session = commands.Session(workspace=cast(runner_workspace.Workspace, None), out=io.StringIO())
+        metadata = auto.StepEventMetadata(
+            op=op, urn=f"{URN}up", type="command:remote:Command", provider="", old=None, new=None, diffs=None,
+            detailed_diff=None, logical=None,
+        )  # fmt: skip
+        session.engine_event(
+            auto.EngineEvent(sequence=1, timestamp=0, res_outputs_event=auto.ResOutputsEvent(metadata))
+        )
+        return session
+
+    commands._end_update(session_after(auto.OpType.UPDATE), STATE_ID)
+    assert asked == []
+    commands._end_update(session_after(auto.OpType.SAME), STATE_ID)
+    assert asked == [STACK]

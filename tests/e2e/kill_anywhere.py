@@ -437,11 +437,14 @@ class RowWriter:
             refused, self.refused = self.refused, 0
         return refused
 
-    def lost(self) -> list[int]:
-        """Acknowledged rows the database no longer has."""
+    def lost(self) -> list[int] | str:
+        """Acknowledged rows the database no longer has; or, when it does not answer, why."""
         with self._lock:
             acknowledged = set(self.acknowledged)
-        present = {int(found) for found in self.psql(ROWS_WRITTEN, timeout=60)}
+        try:
+            present = {int(found) for found in self.psql(ROWS_WRITTEN, timeout=60)}
+        except (TargetError, subprocess.TimeoutExpired) as error:
+            return _one_line(str(error).encode())
         return sorted(acknowledged - present)
 
 
@@ -685,7 +688,7 @@ class KillAnywhere:
             failed = recovery.failed
             result.violate("the recovery update succeeds", (failed.error if failed else recovery.output)[-1500:])
         lost = self.writer.lost()
-        result.rows_lost = len(lost)
+        result.rows_lost = len(lost) if isinstance(lost, list) else 0
         not_at_rest = self.at_rest(lost)
         result.violations += not_at_rest
         outside = {name: count.failed for name, count in result.windows.items() if name not in STATED_WINDOWS}
@@ -778,9 +781,9 @@ class KillAnywhere:
                 "a failed update says truly what keeps serving", f"it said {claimed}; {serving} serves", "item 2"
             )
 
-    def at_rest(self, lost_rows: list[int]) -> list[Violation]:
+    def at_rest(self, lost_rows: list[int] | str) -> list[Violation]:
         """The invariants the stage breaks once an update is over; `lost_rows`: the rows the writer committed that are
-        gone."""
+        gone (`RowWriter.lost`)."""
         stage, violations = self.stage, []
         serving, pinned, recorded = served(stage), str(stage.setting("version")), recorded_version(stage)
         if not serving == pinned == recorded:
@@ -810,7 +813,9 @@ class KillAnywhere:
         pending = pending_operations(stage)
         if pending:
             violations.append(Violation("the stack records no pending operation", ", ".join(pending)))
-        if lost_rows:
+        if isinstance(lost_rows, str):
+            violations.append(Violation("the database answers", lost_rows))
+        elif lost_rows:
             gone = f"{len(lost_rows)} acknowledged rows are gone: {lost_rows[:20]}"
             violations.append(Violation("no committed row is lost", gone))
         return violations
