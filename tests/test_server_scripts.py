@@ -369,7 +369,7 @@ def test_a_new_postgresql_image_that_never_turns_healthy_is_replaced_by_the_old_
     server.fact("postgres_unhealthy", "postgres:17-alpine\n")
     result = server.database("postgres:17-alpine")
     assert result.returncode == 1
-    assert f"PostgreSQL postgres:17-alpine did not turn healthy; putting {POSTGRES} back" in result.stderr
+    assert f"PostgreSQL postgres:17-alpine was not installed; putting {POSTGRES} back" in result.stderr
     assert f"PostgreSQL {POSTGRES} serves again; postgres:17-alpine was not installed" in result.stderr
     assert server.read("postgres_image") == POSTGRES
     calls = server.calls()
@@ -377,6 +377,48 @@ def test_a_new_postgresql_image_that_never_turns_healthy_is_replaced_by_the_old_
     assert index_of(calls, "up", "postgres", "[POSTGRES_IMAGE=postgres:17-alpine]") < put_back, calls
     assert list((server.app_dir / "backups").glob("*-before-postgres-change.dump")), "no backup was taken first"
     assert not server.locked(), "a failed database step kept the release lock"
+
+
+def test_a_postgresql_change_cut_off_by_dockerd_restarting_puts_the_old_one_back_once_dockerd_answers(
+    server: Server,
+) -> None:
+    # dockerd starts again no container it was replacing when it went down: the new one stays created, never run.
+    server.fact("dockerd_restarts_on", "postgres:17-alpine")
+    result = server.database("postgres:17-alpine")
+    assert result.returncode == 1
+    assert f"PostgreSQL {POSTGRES} serves again; postgres:17-alpine was not installed" in result.stderr
+    assert server.read("postgres_image") == POSTGRES and not (server.state / "postgres_stopped").exists()
+    calls = server.calls()
+    put_back = last_index_of(calls, "up", "--force-recreate", "postgres", f"[POSTGRES_IMAGE={POSTGRES}]")
+    assert sum(call.startswith("info") for call in calls[:put_back]) == 3, "it did not wait for dockerd"
+    assert not server.locked()
+
+
+def test_a_stopped_postgresql_is_started_as_it_was_so_that_a_change_is_backed_up_first(server: Server) -> None:
+    server.fact("postgres_stopped", "")
+    result = server.database("postgres:17-alpine")
+    assert result.returncode == 0, result.stderr
+    assert f"PostgreSQL {POSTGRES} did not run: started it as it was" in result.stdout
+    calls = server.calls()
+    started = index_of(calls, "up", "--no-recreate", "postgres", f"[POSTGRES_IMAGE={POSTGRES}]")
+    assert started < index_of(calls, "pg_restore") < index_of(calls, "up", "--force-recreate", "postgres"), calls
+    assert server.read("postgres_image") == "postgres:17-alpine"
+
+
+def test_a_postgresql_a_replace_left_created_from_another_image_is_started_with_the_one_last_installed(
+    server: Server,
+) -> None:
+    # A replace cut off (dockerd restarted, or the step was killed) before its undo: the container is the new one,
+    # created and never started, while postgres.env names the one the step last installed.
+    server.fact("postgres_image", "postgres:17-alpine")
+    server.fact("postgres_stopped", "")
+    (server.app_dir / "postgres.env").write_text(f"POSTGRES_IMAGE={POSTGRES}\n")
+    result = server.database()
+    assert result.returncode == 0, result.stderr
+    assert f"started {POSTGRES}, the image last installed" in result.stdout
+    assert f"PostgreSQL {POSTGRES} runs" in result.stdout
+    assert server.read("postgres_image") == POSTGRES and not (server.state / "postgres_stopped").exists()
+    assert not any("pg_dump" in call for call in server.calls()), "the image last installed needs no backup first"
 
 
 def test_a_postgresql_change_whose_backup_fails_changes_nothing(server: Server) -> None:

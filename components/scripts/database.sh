@@ -2,7 +2,8 @@
 # Keeps the stage's PostgreSQL as the stack declares it, as an operation of its own: never as a side effect of a
 # backup or a migration. Starts it when it does not run; when its image changed, backs the database up first,
 # replaces the container (the database is down while the new one starts: the step says for how long) and, if the
-# new one never turns healthy, puts the old one back. Then makes sure the app's login roles exist.
+# new one is not installed (never healthy, or dockerd restarted meanwhile), puts the old one back. Then makes sure
+# the app's login roles exist.
 # With --backups (how PostgreSQL reaches its repository; `none`: no repository): the image must hold pgBackRest;
 # pgBackRest's config arrives on stdin (it holds the repository's keys) and is installed for the database and its
 # scheduler (lib/pgbackrest.sh); PostgreSQL archives every WAL segment there, and is recreated (its downtime said)
@@ -48,14 +49,45 @@ replace_postgres() {
     'BEGIN { printf "PostgreSQL %s serves; the database was down for %.1f s\n", image, to - from }'
 }
 
+# The undo of a replace: the old PostgreSQL back. What failed may be dockerd itself restarting (a host's restart
+# does that), which starts again no container it was replacing: wait for it.
 put_back() {
-  echo "PostgreSQL $image did not turn healthy; putting $running back" >&2
-  start_postgres "$running"
-  echo "PostgreSQL $running serves again; $image was not installed" >&2
+  local attempt
+  echo "PostgreSQL $image was not installed; putting $running back" >&2
+  for attempt in 1 2 3; do
+    if await_docker && start_postgres "$running"; then
+      echo "PostgreSQL $running serves again; $image was not installed" >&2
+      return 0
+    fi
+    echo "putting PostgreSQL $running back failed (attempt $attempt of 3)" >&2
+    sleep 2
+  done
+  return 1
+}
+
+# A PostgreSQL that does not run is started first, so that a backup before a change can be taken: as it is, or, when
+# a replace that did not end left it created from another image than the one this step last installed
+# (postgres.env), with that one.
+start_stopped_postgres() {
+  local created installed
+  created="$(docker inspect --format '{{.Config.Image}}' "$container")"
+  installed="$(value_of POSTGRES_IMAGE "$APP_DIR/postgres.env")"
+  if [[ -z "$installed" || "$installed" == "$created" ]]; then
+    POSTGRES_IMAGE="$created" compose up --detach --no-deps --no-recreate --wait --wait-timeout 120 postgres >/dev/null
+    echo "PostgreSQL $created did not run: started it as it was"
+  else
+    pull_missing "$installed"
+    start_postgres "$installed"
+    echo "PostgreSQL did not run, left created from $created by a replace that did not end: started $installed, the image last installed"
+  fi
 }
 
 acquire_update_lock "${FLAGS[release]}" database
 container="$(database_container)"
+if [[ -n "$container" && "$(docker inspect --format '{{.State.Status}}' "$container")" != running ]]; then
+  start_stopped_postgres
+  container="$(database_container)"
+fi
 running="$([[ -z "$container" ]] || docker inspect --format '{{.Config.Image}}' "$container")"
 # An image change is other bytes, not another name for the same ones (a tag pinned by its digest, say).
 pull_missing "$image"

@@ -874,7 +874,8 @@ def describe(result: UpdateResult) -> str:
 
 def steps_run(result: UpdateResult) -> str:
     ran = ", ".join(f"{run.name.rpartition('-')[2]}{'' if run.ok else ' (failed)'}" for run in result.runs)
-    return f"ran {ran or 'no step'}; {describe(result)}"
+    why = f" ({_one_line(result.failed.error.encode())[-400:]})" if result.failed else ""
+    return f"ran {ran or 'no step'}; {describe(result)}{why}"
 
 
 def server_snapshot(stage: Stage) -> str:

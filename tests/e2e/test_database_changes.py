@@ -93,7 +93,7 @@ def test_a_postgres_image_that_never_turns_healthy_is_put_back(stage: Stage, tmp
     stage.configure({"app.postgresImage": broken})
     result = stage.up()
     assert not result.ok and result.failed is not None and result.failed.name == "server-database", explain(result)
-    assert "did not turn healthy; putting" in result.failed.error and "serves again" in result.failed.error
+    assert "was not installed; putting" in result.failed.error and "serves again" in result.failed.error
     container = stage.setting("app.dbContainer")
     inspected = stage.target.docker("inspect", "--format", "{{.Config.Image}}", container).stdout.decode().strip()
     assert inspected == running, "the broken image was left in place"

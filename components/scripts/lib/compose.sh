@@ -27,6 +27,18 @@ pull_missing() {
   docker image inspect "$1" >/dev/null 2>&1 || docker pull --quiet "$1"
 }
 
+# Waits until dockerd answers, for DOCKER_WAIT_SECONDS at most (it restarts in seconds); fails if it does not.
+await_docker() {
+  local deadline=$((SECONDS + ${DOCKER_WAIT_SECONDS:-60}))
+  until docker info --format '{{.ServerVersion}}' >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || {
+      echo "dockerd has not answered for ${DOCKER_WAIT_SECONDS:-60}s" >&2
+      return 1
+    }
+    sleep 1
+  done
+}
+
 # The database's container, as compose knows it; empty when there is none.
 database_container() {
   compose ps --all --quiet postgres 2>/dev/null | head -n 1
