@@ -579,6 +579,9 @@ class EpisodeResult:
     writes_refused: int = 0
     dockerd_seconds: float | None = None
     """From dockerd's SIGTERM until the site answered again."""
+    awaited_back: list[str] = field(default_factory=list)
+    """Containers a dockerd restart did not bring back because the database step was replacing them: that step's
+    undo (or its success) must, by the end of the interrupted update."""
     updates: list[str] = field(default_factory=list)
     """Each update of the episode: its command, the steps it ran and how it ended."""
     server: str = ""
@@ -670,6 +673,7 @@ class KillAnywhere:
             interrupted = self.stage.run_interrupted(interrupter, *change.update)
             interrupter.put_back()
             result.interrupted = describe(interrupted)
+            self.check_brought_back(result)
             result.updates.append(f"interrupted update, {' '.join(change.update)}: {steps_run(interrupted)}")
             self.learn(episode.operation, interrupted)
             self.check_claim(result, interrupted)
@@ -751,14 +755,20 @@ class KillAnywhere:
             return SITE_DOWN_WINDOW
         return name
 
-    def restart_dockerd(self, result: EpisodeResult) -> None:
+    def restart_dockerd(self, result: EpisodeResult, replacing_database: bool) -> None:
         """dockerd restarts under the running update. Its restart brings back what ran before (dockerd starts the
-        containers its restart policies name before its API answers), and the site answers again."""
+        containers its restart policies name before its API answers), and the site answers again. PostgreSQL, while
+        the database step replaces it (`replacing_database`), is that step's to bring back (`check_brought_back`):
+        dockerd starts no container that was being created when it stopped."""
         self.load.enter(DOCKERD_WINDOW)
         kept = kept_running(self.stage)
         stopped = time.monotonic()
         self.private.restart_dockerd()
         missing = sorted(kept - set(containers(self.stage, "running")))
+        database = str(self.stage.setting("app.dbContainer"))
+        if replacing_database and database in missing:
+            missing.remove(database)
+            result.awaited_back.append(database)
         if missing:
             result.violate(
                 "dockerd brings back what ran before it restarted",
@@ -773,6 +783,15 @@ class KillAnywhere:
         self.load.enter(SITE_DOWN_WINDOW)
 
     # --- checks
+
+    def check_brought_back(self, result: EpisodeResult) -> None:
+        missing = sorted(set(result.awaited_back) - set(containers(self.stage, "running")))
+        if missing:
+            result.violate(
+                "dockerd brings back what ran before it restarted",
+                f"{', '.join(missing)} not running once the database step that was replacing it ended",
+                "item 9",
+            )
 
     def check_claim(self, result: EpisodeResult, update: UpdateResult) -> None:
         claimed, serving = claimed_to_keep_serving(update), served(self.stage)
@@ -874,7 +893,7 @@ def describe(result: UpdateResult) -> str:
 
 def steps_run(result: UpdateResult) -> str:
     ran = ", ".join(f"{run.name.rpartition('-')[2]}{'' if run.ok else ' (failed)'}" for run in result.runs)
-    why = f" ({_one_line(result.failed.error.encode())[-400:]})" if result.failed else ""
+    why = f" (...{' | '.join(result.failed.error.splitlines())[-1200:]})" if result.failed else ""
     return f"ran {ran or 'no step'}; {describe(result)}{why}"
 
 
@@ -964,7 +983,7 @@ class Interrupter:
         elif kind is Kind.PROXY_REFUSES_RELOAD:
             self.break_idle_colour()
         else:
-            self.harness.restart_dockerd(self.result)
+            self.harness.restart_dockerd(self.result, replacing_database="database" in self.running)
         self.result.hit = where
         return True
 
