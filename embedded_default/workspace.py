@@ -35,12 +35,20 @@ MACHINE_KEYS = ("version", "image.digests", "release.requestedBy")
 OFFLINE = {"PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true"}
 
 
+def file_backend_url(folder: Path) -> str:
+    """The file backend in `folder`, without the attributes file beside each blob (`metadata=skip`). Its storage
+    library rewrites that file in place, empty first, just before it renames the new checkpoint into place, and every
+    command reads it: one that came in between (the next command after a runner was killed, say) failed with
+    `failed to load checkpoint: ... EOF`. The backend reads nothing from it."""
+    return f"file://{folder}?metadata=skip"
+
+
 def engine_environment(work_dir: Path, cli: Path) -> dict[str, str]:
     """What the engine needs for the local stack in `work_dir`: its file backend and passphrase, offline, with the
     stand-in providers (installed into the plugin home first) and no plugin from PATH."""
     plugins.install(cli, PLUGIN_HOME)
     return {
-        "PULUMI_BACKEND_URL": f"file://{work_dir / 'state'}",
+        "PULUMI_BACKEND_URL": file_backend_url(work_dir / "state"),
         "PULUMI_CONFIG_PASSPHRASE_FILE": str(work_dir / "passphrase"),
         "PULUMI_HOME": str(PLUGIN_HOME),
         "PULUMI_IGNORE_AMBIENT_PLUGINS": "true",

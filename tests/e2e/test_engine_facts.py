@@ -158,7 +158,7 @@ def staging_on_the_local_target(stage: Stage, folder: Path, plugin_home: Path) -
     (folder / "Pulumi.staging.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     env = {
         **os.environ,
-        "PULUMI_BACKEND_URL": f"file://{folder / 'state'}",
+        "PULUMI_BACKEND_URL": local_workspace.file_backend_url(folder / "state"),
         "PULUMI_CONFIG_PASSPHRASE": "staging-through-a-stand-in",
         "PULUMI_HOME": str(plugin_home),
         **local_workspace.OFFLINE,
