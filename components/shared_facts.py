@@ -47,6 +47,9 @@ PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 STACK_PATTERN = r"^[a-z0-9][a-z0-9_-]*/[a-z0-9][a-z0-9_-]*@[0-9a-f]{12}$"
 # The program's resource whose engine-given ID names its state (components/program.py).
 STATE_MARKER = "state"
+# How long a step waits for the step that runs before it to end (the release lock's mutex), and the runner for a step
+# its stack's last update left running on the server.
+STEP_WAIT_SECONDS = 120
 
 # Each script's flags, in the order the program (or up.sh) writes them. Everything else a step needs it reads from the
 # settings file the files step installs (SETTINGS), so a change of those settings re-runs the files step alone.
@@ -175,6 +178,7 @@ def facts_sh() -> str:
         "URL_PATTERN": URL_PATTERN,
         "PROJECT_PATTERN": PROJECT_PATTERN,
         "STACK_PATTERN": STACK_PATTERN,
+        "STEP_WAIT_SECONDS": str(STEP_WAIT_SECONDS),
         "REQUESTER_PATTERN": f"^{REQUESTER_PATTERN}$",
         "DATABASE_NAME_PATTERN": f"^{DATABASE_NAME_PATTERN}$",
         "COLOURS": " ".join(COLOURS),

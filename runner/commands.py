@@ -217,6 +217,9 @@ def _steps_to_run_again(session: Session, deployment: dict[str, Any]) -> list[st
       would stay. The lock names it: marked running, no step holding the mutex, sent by an update of this state. A
       lock that such a step handed on (it was killed after its work, on its way out) names it too: the engine may
       have recorded that step's failure or its success, and running a step again converges either way;
+    - a step of this state that still runs on the server, as its update lost the connection (Pulumi runs one update
+      of a state at a time, and this one has not begun): it goes on until it ends or next writes, and may install
+      what the state does not record. It is waited for, as the next step would wait for it, then runs again;
     - `up`, when the release that serves is not the one the state says `up` made live: an `up` that went on after
       its update lost it (a dropped connection) finished a cutover the engine recorded as failed, or a break-glass
       switch went back. Run again, `up` makes the stack's release serve.
@@ -233,20 +236,25 @@ def _steps_to_run_again(session: Session, deployment: dict[str, Any]) -> list[st
         if found["type"] in _STEPS_THAT_CONVERGE
     }
     again: list[str] = []
-    left = lock.get("STEP_STATE") in ("running", "handed-on") and lock.get("STEP_RUNS") == "no"
     state_ids = [
         found["id"]
         for found in deployment.get("resources") or []
         if found["type"] == _STATE_MARKER_TYPE and found["urn"].endswith(f"::{shared_facts.STATE_MARKER}")
     ]
     left_by = steps.get(f"{shared_facts.SERVER_RELEASE}-{lock.get('STEP', '')}")
-    if left and left_by is not None and state_ids and lock.get("STACK") == _stack_name(session, state_ids[0]):
+    ours = bool(state_ids) and lock.get("STACK") == _stack_name(session, state_ids[0])
+    step = f"step {lock.get('STEP')} of {lock.get('RELEASE')}"
+    if ours and left_by is not None and lock.get("STEP_RUNS") == "yes":
+        lock = _await_step(session, step, lock)
+        if lock.get("STEP_RUNS") != "yes":
+            session.say(f"{step} ended: it runs again in this update")
+            again.append(left_by["urn"])
+    elif ours and left_by is not None and lock.get("STEP_STATE") in ("running", "handed-on"):
         how = (
             "died without ending (killed outright)"
             if lock["STEP_STATE"] == "running"
             else "handed the lock on to a step of its update that never came"
         )
-        step = f"step {lock.get('STEP')} of {lock.get('RELEASE')}"
         session.say(f"the server's release lock says {step} {how}: it runs again in this update")
         again.append(left_by["urn"])
     up = steps.get(shared_facts.UP_STEP)
@@ -259,6 +267,24 @@ def _steps_to_run_again(session: Session, deployment: dict[str, Any]) -> list[st
         )
         again.append(up["urn"])
     return again
+
+
+def _await_step(session: Session, step: str, lock: dict[str, str]) -> dict[str, str]:
+    """The release lock once no step runs on the server; as it was last read after STEP_WAIT_SECONDS, or when the
+    server stops answering (the update's own steps then wait for the step, or say why they cannot)."""
+    session.say(
+        f"{step} still runs on the server while no update of its stack does (its connection was lost): waiting up "
+        f"to {shared_facts.STEP_WAIT_SECONDS} s for it to end"
+    )
+    deadline = time.monotonic() + shared_facts.STEP_WAIT_SECONDS
+    while lock.get("STEP_RUNS") == "yes" and time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            lock = server.read_lock(*_server_access(session))
+        except server.ServerUnreachableError as error:
+            session.say(f"the server's release lock could not be asked: {error}")
+            break
+    return lock
 
 
 def _stack_name(session: Session, state_id: str) -> str:

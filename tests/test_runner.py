@@ -139,15 +139,14 @@ def deployment(up_release: str) -> dict[str, object]:
     [
         # At rest, as the state says: nothing to run again.
         ({"STEP_STATE": "", "STEP_RUNS": "no", "LIVE_RELEASE": "v2.0.0@0123"}, "v2.0.0@0123", []),
-        # A step killed outright by an update of this state runs again; one another state's update sent does not,
-        # nor one that still runs.
+        # A step killed outright by an update of this state runs again; one another state's update sent does not
+        # (one that still runs: below).
         ({"STEP_STATE": "running", "STEP_RUNS": "no", "STEP": "database", "STACK": STACK}, "v2.0.0@0123", ["database"]),
         (
             {"STEP_STATE": "running", "STEP_RUNS": "no", "STEP": "database", "STACK": STACK[:-1] + "0"},
             "v2.0.0@0123",
             [],
         ),
-        ({"STEP_STATE": "running", "STEP_RUNS": "yes", "STEP": "database", "STACK": STACK}, "v2.0.0@0123", []),
         # A step killed on its way out, once it had handed the lock on: the engine may have recorded its failure.
         (
             {"STEP_STATE": "handed-on", "STEP_RUNS": "no", "STEP": "database", "STACK": STACK},
@@ -175,6 +174,35 @@ def test_the_next_update_runs_again_each_step_the_server_says_did_what_the_state
     session = commands.Session(workspace=cast(runner_workspace.Workspace, None), out=io.StringIO())
     found = commands._steps_to_run_again(session, deployment(up_release))
     assert found == [f"{URN}{step}" for step in again]
+
+
+@pytest.mark.parametrize(("ends", "again"), [(True, ["database"]), (False, [])])
+def test_a_step_of_the_stack_left_running_by_a_lost_connection_is_waited_for_then_runs_again(
+    monkeypatch: pytest.MonkeyPatch, ends: bool, again: list[str]
+) -> None:
+    """It may install what the state does not record (a PostgreSQL change going on while the update went back);
+    one that does not end in time is left to the update's own steps, which wait for it on the server."""
+    running = {
+        "STEP_STATE": "running",
+        "STEP_RUNS": "yes",
+        "STEP": "database",
+        "STACK": STACK,
+        "RELEASE": "v2.0.0@0123",
+    }
+    after = {"STEP_RUNS": "no", "LIVE_RELEASE": "v2.0.0@0123"} if ends else running
+    reads = iter([running, running, after])
+    clock = iter(range(0, 10_000, 50))
+    monkeypatch.setattr(commands.server, "read_lock", lambda *_: next(reads, after))
+    monkeypatch.setattr(commands.time, "sleep", lambda _: None)
+    monkeypatch.setattr(commands.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(commands, "_server_access", lambda _: (None, None))
+    monkeypatch.setattr(commands, "_stack_config", lambda _: type("Loaded", (), {"stage": "local"}))
+    said = io.StringIO()
+    session = commands.Session(workspace=cast(runner_workspace.Workspace, None), out=said)
+    found = commands._steps_to_run_again(session, deployment("v2.0.0@0123"))
+    assert found == [f"{URN}{step}" for step in again]
+    assert "step database of v2.0.0@0123 still runs on the server" in said.getvalue()
+    assert ("ended: it runs again in this update" in said.getvalue()) is ends
 
 
 def test_a_step_the_engine_found_unchanged_does_not_count_as_run(monkeypatch: pytest.MonkeyPatch) -> None:

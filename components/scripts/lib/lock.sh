@@ -48,7 +48,7 @@ acquire_update_lock() {
 
 # Takes the release lock for RELEASE (or continues it) and names STEP as running (STATE: running, or restoring for
 # bin/restore.sh; SENT_BY: the stack whose update sent the step, empty for a break-glass script). A step of another
-# release waits up to LOCK_WAIT_SECONDS for a running step, then takes over a lock whose step died without ending (no
+# release waits up to STEP_WAIT_SECONDS for a running step, then takes over a lock whose step died without ending (no
 # step holds the mutex, yet it never ended: killed outright or the server restarted), since its update got that
 # step's failure and sends no further step. A lock handed on to the holder's next step is taken over at once by a
 # step from the same stack and state: Pulumi runs one update of a state at a time, so the update that handed it on is over
@@ -57,7 +57,7 @@ acquire_update_lock() {
 # that died without ending may have left the database half-restored: only another restore continues it; every
 # release step is refused until an operator frees the lock.
 acquire_release_lock() {
-  local release="$1" step="$2" state="${3:-running}" sent_by="${4:-}" wait_seconds="${LOCK_WAIT_SECONDS:-120}"
+  local release="$1" step="$2" state="${3:-running}" sent_by="${4:-}" wait_seconds="${LOCK_WAIT_SECONDS:-$STEP_WAIT_SECONDS}"
   local since held
   require_release "$release"
   lock_files
