@@ -411,9 +411,9 @@ def _stack_config(workspace: Workspace) -> config.StackConfig:
 
 
 def _read_stack_config(workspace: Workspace) -> config.StackConfig:
-    stack = workspace.stack()
-    raw = {key: value.value for key, value in stack.get_all_config().items()}
-    secret_keys = {key for key, value in stack.get_all_config().items() if value.secret}
+    values = workspace.stack().get_all_config()
+    raw = {key: value.value for key, value in values.items()}
+    secret_keys = {key for key, value in values.items() if value.secret}
     return config.load(workspace.stack_name, raw, secret_keys)
 
 
