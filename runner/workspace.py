@@ -15,6 +15,7 @@ import os
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +64,23 @@ class Workspace:
     def stack_file(self) -> Path:
         return self.work_dir / f"Pulumi.{self.stack_name}.yaml"
 
+    @cached_property
+    def pulumi_command(self) -> auto.PulumiCommand:
+        """The CLI, made once: each one the Automation API makes runs `pulumi version` first."""
+        return auto.PulumiCommand(root=str(self.cli.parent.parent), skip_version_check=True)
+
     def stack(self) -> auto.Stack:
-        """The stack with the program as its inline program. The local stack is created on first use; a real
-        stage must exist already (`pulumi stack init`, README "One-time setup of a stage")."""
+        """The stack with the program as its inline program (selected once per workspace)."""
+        return self._selected
+
+    @cached_property
+    def _selected(self) -> auto.Stack:
+        """The local stack is created on first use; a real stage must exist already (`pulumi stack init`, README
+        "One-time setup of a stage")."""
         workspace = _MaskedOutputsWorkspace(
             work_dir=str(self.work_dir),
             program=program,
-            pulumi_command=auto.PulumiCommand(root=str(self.cli.parent.parent), skip_version_check=True),
+            pulumi_command=self.pulumi_command,
             env_vars=dict(self.env),
             secrets_provider="passphrase" if self.stack_name == LOCAL else None,
         )
@@ -86,7 +97,7 @@ class Workspace:
     def state(self) -> dict[str, Any]:
         """The stack's deployment as `pulumi stack export` gives it, secrets left encrypted: nothing is decrypted
         (the passphrase's key derivation is the slowest part of a small command)."""
-        done = auto.PulumiCommand(root=str(self.cli.parent.parent), skip_version_check=True).run(
+        done = self.pulumi_command.run(
             ["stack", "export", "--stack", self.stack_name], str(self.work_dir), dict(self.env)
         )
         deployment: dict[str, Any] = json.loads(done.stdout).get("deployment") or {}
