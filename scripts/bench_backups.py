@@ -124,6 +124,9 @@ def measure(sizes_mb: list[int]) -> None:
                     f"{restore_wall:>11.1f}{float(down.group(1)):>8.1f}",
                     flush=True,
                 )
+                steps = "  ".join(f"{run.name.rpartition('-')[2]} {run.seconds:.1f}" for run in after.runs)
+                outside = after.wall - sum(run.seconds for run in after.runs)
+                print(f"          release after, by step (s): {steps}; outside the steps {outside:.1f}", flush=True)
         finally:
             if started_here:
                 remove_backup_repository(target)
