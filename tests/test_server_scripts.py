@@ -32,7 +32,6 @@ from tests.server_bundle import (
     OLD,
     PASSWORD,
     POSTGRES,
-    PROJECT,
     REQUESTER,
     ROLES,
     ROTATED_PASSWORD,
@@ -441,46 +440,6 @@ def database_with_backups(server: Server, image: str = POSTGRES) -> subprocess.C
 
 def backup_calls(server: Server) -> list[str]:
     return [call for call in server.calls() if call.startswith(("backup config:", "pgbackrest:", "scheduler:", "run "))]
-
-
-def test_archiving_is_installed_and_checked_once_then_a_release_that_changes_none_of_it_skips_both(
-    server: Server,
-) -> None:
-    """Installing pgBackRest's config and checking the repository cost seconds; what was checked needs no check."""
-    server.fact("postgres_label", FINGERPRINT)
-    first = database_with_backups(server)
-    assert first.returncode == 0, first.stderr
-    assert "every WAL segment is archived to the backup repository" in first.stdout
-    installed = backup_calls(server)
-    assert [call for call in installed if call.startswith("pgbackrest:")] == [
-        "pgbackrest: stanza-create",
-        "pgbackrest: check",
-    ]
-    assert not any(call.startswith("run ") for call in installed), "the running image was checked for pgBackRest again"
-    assert stat.S_IMODE((server.app_dir / ".backups-checked").stat().st_mode) == 0o600
-    (server.state / "calls.log").write_text("")
-    again = database_with_backups(server)
-    assert again.returncode == 0, again.stderr
-    assert f"with the config last checked (stanza {PROJECT}); not checked again" in again.stdout
-    assert backup_calls(server) == []
-
-
-def test_a_new_compose_file_or_postgresql_is_installed_and_checked_again(server: Server) -> None:
-    server.fact("postgres_label", FINGERPRINT)
-    assert database_with_backups(server).returncode == 0
-    with (server.app_dir / "docker-compose.yml").open("a") as compose:
-        compose.write("# the scheduler's definition changed\n")
-    (server.state / "calls.log").write_text("")
-    again = database_with_backups(server)
-    assert again.returncode == 0, again.stderr
-    assert "pgbackrest: check" in backup_calls(server) and "not checked again" not in again.stdout
-    # Not yet archiving as declared: PostgreSQL is recreated, from an image checked for pgBackRest first.
-    server.fact("postgres_label", "")
-    (server.state / "calls.log").write_text("")
-    recreated = database_with_backups(server)
-    assert recreated.returncode == 0, recreated.stderr
-    calls = backup_calls(server)
-    assert calls[0].startswith("run --rm --entrypoint pgbackrest") and "pgbackrest: check" in calls, calls
 
 
 def test_an_image_without_pgbackrest_is_refused_before_anything_changes(server: Server) -> None:

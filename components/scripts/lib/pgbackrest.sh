@@ -6,7 +6,6 @@
 #   <appDir>/restore-points.log  every restore point a release marked: "NAME VERSION UTC-TIME"
 #   <appDir>/restores.log        every restore: "UTC-TIME TARGET SET ASIDE"
 #   <appDir>/postgres.env        the PostgreSQL image the database step runs (POSTGRES_IMAGE=...)
-#   <appDir>/.backups-checked    what the database step last checked archiving with (backups_checked_file)
 # Sourcing it only defines functions. Needs lib/step.sh and lib/compose.sh.
 
 # pgBackRest in the running database container. A repository that does not answer (a name that does not resolve)
@@ -73,11 +72,6 @@ mark_restore_point() {
 
 restore_points_log() {
   echo "$APP_DIR/restore-points.log"
-}
-
-# What the database step last checked archiving with (a SHA-256; mode 600: the config it hashes holds keys).
-backups_checked_file() {
-  echo "$APP_DIR/.backups-checked"
 }
 
 # Each user table with its row count, "schema.table count" a line, in one snapshot: what restore and the drill print
