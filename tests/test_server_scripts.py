@@ -6,7 +6,6 @@ server's state and runs steps with exactly the flags the program gives them. Eac
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shlex
@@ -422,30 +421,12 @@ def test_a_postgresql_a_replace_left_created_from_another_image_is_started_with_
     assert not any("pg_dump" in call for call in server.calls()), "the image last installed needs no backup first"
 
 
-FINGERPRINT = "0123456789abcdef"
-
-
-def database_with_backups(server: Server, image: str = POSTGRES) -> subprocess.CompletedProcess[str]:
-    """The database step of a stage that declares backups, with its pgBackRest config bundle on stdin."""
-    bundle = server.state / "bundle"
-    if not bundle.exists():
-        bundle.mkdir()
-        for name in ("pgbackrest.conf", "schedule.env"):
-            (bundle / name).write_text(f"{name}\n")
-    tarred = subprocess.run(["tar", "-c", "-C", str(bundle), "."], capture_output=True, check=True).stdout
-    release = release_of("v2.0.0", NEW)
-    config = base64.b64encode(tarred).decode()
-    return server.step("database.sh", release, stdin=config, postgres_image=image, backups=FINGERPRINT)
-
-
-def backup_calls(server: Server) -> list[str]:
-    return [call for call in server.calls() if call.startswith(("backup config:", "pgbackrest:", "scheduler:", "run "))]
-
-
 def test_an_image_without_pgbackrest_is_refused_before_anything_changes(server: Server) -> None:
-    server.fact("postgres_label", FINGERPRINT)
     server.fact("no_pgbackrest", "postgres:17-alpine\n")
-    refused = database_with_backups(server, "postgres:17-alpine")
+    refused = server.step(
+        "database.sh", release_of("v2.0.0", NEW), stdin="a pgBackRest config bundle",
+        postgres_image="postgres:17-alpine", backups="0123456789abcdef",
+    )  # fmt: skip
     assert refused.returncode == 1 and "has no pgBackRest" in refused.stderr, refused.stderr
     assert server.read("postgres_image") == POSTGRES and not any(" up " in call for call in server.calls())
 
