@@ -9,6 +9,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -208,7 +209,16 @@ def _clear_interrupted_operations(session: Session, stack: auto.Stack, deploymen
     return sorted({op["resource"]["urn"] for op in pending})
 
 
-def _steps_to_run_again(session: Session, deployment: dict[str, Any]) -> list[str]:
+def _read_release_lock(session: Session) -> dict[str, str] | None:
+    """The server's release lock (`release-lock.sh --fields`); None, said, when the server cannot be asked."""
+    try:
+        return server.read_lock(*_server_access(session))
+    except server.ServerUnreachableError as error:
+        session.say(f"the server's release lock could not be asked: {error}")
+        return None
+
+
+def _steps_to_run_again(session: Session, deployment: dict[str, Any], lock: dict[str, str] | None) -> list[str]:
     """Steps the server says did what the state does not record, by URN, for the update to replace (so that each
     runs again, whatever its inputs), as the server's release lock tells them (`release-lock.sh --fields`):
 
@@ -224,11 +234,8 @@ def _steps_to_run_again(session: Session, deployment: dict[str, Any]) -> list[st
       its update lost it (a dropped connection) finished a cutover the engine recorded as failed, or a break-glass
       switch went back. Run again, `up` makes the stack's release serve.
 
-    Empty when the server cannot be asked."""
-    try:
-        lock = server.read_lock(*_server_access(session))
-    except server.ServerUnreachableError as error:
-        session.say(f"the server's release lock could not be asked: {error}")
+    Empty when the server could not be asked (`lock` None)."""
+    if lock is None:
         return []
     steps = {
         found["urn"].rpartition("::")[2]: found
@@ -326,9 +333,13 @@ def up(session: Session, diff: bool = False, confirm: Confirm | None = None) -> 
     """Bring the stack to what its stack file declares; record the released version's digests if they are not."""
     workspace = session.workspace
     stack = workspace.stack()
-    deployment = workspace.state()
+    # The state and the server's release lock are read side by side: each waits on a process of its own (the CLI, ssh).
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        asked = reader.submit(_read_release_lock, session)
+        deployment = workspace.state()
+        lock = asked.result()
     interrupted = _with_state_lock(session, stack, lambda: _clear_interrupted_operations(session, stack, deployment))
-    again = sorted({*interrupted, *_steps_to_run_again(session, deployment)})
+    again = sorted({*interrupted, *_steps_to_run_again(session, deployment, lock)})
     if confirm is not None:
         preview(session, again)
         confirm()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pulumi import automation as auto
+from semver import VersionInfo
 
 from components.config import STAGES
 from components.program import program
@@ -66,7 +67,11 @@ class Workspace:
 
     @cached_property
     def pulumi_command(self) -> auto.PulumiCommand:
-        """The CLI, made once: each one the Automation API makes runs `pulumi version` first."""
+        """The CLI, made once: each one the Automation API makes runs `pulumi version` first, unless
+        scripts/install-engine recorded the version of the CLI it installed."""
+        recorded = self.cli.parent.parent / "VERSION"
+        if recorded.is_file():
+            return _InstalledCli(self.cli, VersionInfo.parse(recorded.read_text().strip()))
         return auto.PulumiCommand(root=str(self.cli.parent.parent), skip_version_check=True)
 
     def stack(self) -> auto.Stack:
@@ -105,6 +110,15 @@ class Workspace:
 
     def backend(self) -> str:
         return self.env.get("PULUMI_BACKEND_URL") or os.environ.get("PULUMI_BACKEND_URL") or "(the CLI's login)"
+
+
+class _InstalledCli(auto.PulumiCommand):
+    """The CLI scripts/install-engine installed, with the version it checked and recorded beside it."""
+
+    def __init__(self, cli: Path, version: VersionInfo) -> None:
+        # Not the base's constructor: it runs `pulumi version`.
+        self.command = str(cli)
+        self.version = version
 
 
 class _MaskedOutputsWorkspace(auto.LocalWorkspace):

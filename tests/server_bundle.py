@@ -97,6 +97,7 @@ class Server:
         return {
             "PATH": ":".join([*map(str, folders), os.environ["PATH"]]),
             "FAKE_SERVER": str(self.state),
+            "FAKE_APP_DIR": str(self.app_dir),
             "LOCK_WAIT_SECONDS": "1",
         }
 

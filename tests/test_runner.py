@@ -105,6 +105,21 @@ def test_a_real_stage_never_runs_with_the_stand_ins_plugin_home(monkeypatch: pyt
         runner_workspace.open_workspace("prod")
 
 
+def test_the_cli_is_asked_its_version_only_when_install_engine_recorded_none(tmp_path: Path) -> None:
+    """`pulumi version` costs a quarter second of every runner command; the version install-engine checked is kept."""
+    asked = tmp_path / "asked"
+    cli = tmp_path / "engine" / "bin" / "pulumi"
+    cli.parent.mkdir(parents=True)
+    cli.write_text(f'#!/bin/sh\necho "$*" >>{asked}\necho v3.274.1\n')
+    cli.chmod(0o755)
+    assert str(runner_workspace.Workspace("local", tmp_path, cli).pulumi_command.version) == "3.274.1"
+    assert asked.read_text() == "version\n"
+    (tmp_path / "engine" / "VERSION").write_text("3.274.1\n")
+    asked.unlink()
+    recorded = runner_workspace.Workspace("local", tmp_path, cli).pulumi_command
+    assert (recorded.command, str(recorded.version)) == (str(cli), "3.274.1") and not asked.exists()
+
+
 def test_help_documents_the_operators_tool() -> None:
     text = parser().format_help()
     for command in ("preview", "up", "release", "rollback", "status", "history", "unlock"):
@@ -172,7 +187,7 @@ def test_the_next_update_runs_again_each_step_the_server_says_did_what_the_state
     monkeypatch.setattr(commands, "_server_access", lambda _: (None, None))
     monkeypatch.setattr(commands, "_stack_config", lambda _: Loaded())
     session = commands.Session(workspace=cast(runner_workspace.Workspace, None), out=io.StringIO())
-    found = commands._steps_to_run_again(session, deployment(up_release))
+    found = commands._steps_to_run_again(session, deployment(up_release), commands._read_release_lock(session))
     assert found == [f"{URN}{step}" for step in again]
 
 
@@ -199,7 +214,7 @@ def test_a_step_of_the_stack_left_running_by_a_lost_connection_is_waited_for_the
     monkeypatch.setattr(commands, "_stack_config", lambda _: type("Loaded", (), {"stage": "local"}))
     said = io.StringIO()
     session = commands.Session(workspace=cast(runner_workspace.Workspace, None), out=said)
-    found = commands._steps_to_run_again(session, deployment("v2.0.0@0123"))
+    found = commands._steps_to_run_again(session, deployment("v2.0.0@0123"), commands._read_release_lock(session))
     assert found == [f"{URN}{step}" for step in again]
     assert "step database of v2.0.0@0123 still runs on the server" in said.getvalue()
     assert ("ended: it runs again in this update" in said.getvalue()) is ends

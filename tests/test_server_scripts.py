@@ -6,6 +6,7 @@ server's state and runs steps with exactly the flags the program gives them. Eac
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shlex
@@ -31,6 +32,7 @@ from tests.server_bundle import (
     OLD,
     PASSWORD,
     POSTGRES,
+    PROJECT,
     REQUESTER,
     ROLES,
     ROTATED_PASSWORD,
@@ -421,12 +423,74 @@ def test_a_postgresql_a_replace_left_created_from_another_image_is_started_with_
     assert not any("pg_dump" in call for call in server.calls()), "the image last installed needs no backup first"
 
 
+FINGERPRINT = "0123456789abcdef"
+
+
+def database_with_backups(server: Server, image: str = POSTGRES) -> subprocess.CompletedProcess[str]:
+    """The database step of a stage that declares backups, with its pgBackRest config bundle on stdin."""
+    bundle = server.state / "bundle"
+    if not bundle.exists():
+        bundle.mkdir()
+        for name in ("pgbackrest.conf", "schedule.env"):
+            (bundle / name).write_text(f"{name}\n")
+    tarred = subprocess.run(["tar", "-c", "-C", str(bundle), "."], capture_output=True, check=True).stdout
+    release = release_of("v2.0.0", NEW)
+    config = base64.b64encode(tarred).decode()
+    return server.step("database.sh", release, stdin=config, postgres_image=image, backups=FINGERPRINT)
+
+
+def backup_calls(server: Server) -> list[str]:
+    return [call for call in server.calls() if call.startswith(("backup config:", "pgbackrest:", "scheduler:", "run "))]
+
+
+def test_archiving_is_installed_and_checked_once_then_a_release_that_changes_none_of_it_skips_both(
+    server: Server,
+) -> None:
+    """Installing pgBackRest's config and checking the repository cost seconds; what was checked needs no check."""
+    server.fact("postgres_label", FINGERPRINT)
+    first = database_with_backups(server)
+    assert first.returncode == 0, first.stderr
+    assert "every WAL segment is archived to the backup repository" in first.stdout
+    installed = backup_calls(server)
+    assert [call for call in installed if call.startswith("pgbackrest:")] == [
+        "pgbackrest: stanza-create",
+        "pgbackrest: check",
+    ]
+    assert not any(call.startswith("run ") for call in installed), "the running image was checked for pgBackRest again"
+    assert stat.S_IMODE((server.app_dir / ".backups-checked").stat().st_mode) == 0o600
+    (server.state / "calls.log").write_text("")
+    again = database_with_backups(server)
+    assert again.returncode == 0, again.stderr
+    assert f"with the config last checked (stanza {PROJECT}); not checked again" in again.stdout
+    assert backup_calls(server) == []
+    # A scheduler that does not run (stopped by hand) is started again.
+    (server.state / "scheduler_runs").unlink()
+    assert database_with_backups(server).returncode == 0
+    assert backup_calls(server) == ["scheduler: started"]
+
+
+def test_a_new_compose_file_or_postgresql_is_installed_and_checked_again(server: Server) -> None:
+    server.fact("postgres_label", FINGERPRINT)
+    assert database_with_backups(server).returncode == 0
+    with (server.app_dir / "docker-compose.yml").open("a") as compose:
+        compose.write("# the scheduler's definition changed\n")
+    (server.state / "calls.log").write_text("")
+    again = database_with_backups(server)
+    assert again.returncode == 0, again.stderr
+    assert "pgbackrest: check" in backup_calls(server) and "not checked again" not in again.stdout
+    # Not yet archiving as declared: PostgreSQL is recreated, from an image checked for pgBackRest first.
+    server.fact("postgres_label", "")
+    (server.state / "calls.log").write_text("")
+    recreated = database_with_backups(server)
+    assert recreated.returncode == 0, recreated.stderr
+    calls = backup_calls(server)
+    assert calls[0].startswith("run --rm --entrypoint pgbackrest") and "pgbackrest: check" in calls, calls
+
+
 def test_an_image_without_pgbackrest_is_refused_before_anything_changes(server: Server) -> None:
+    server.fact("postgres_label", FINGERPRINT)
     server.fact("no_pgbackrest", "postgres:17-alpine\n")
-    refused = server.step(
-        "database.sh", release_of("v2.0.0", NEW), stdin="a pgBackRest config bundle",
-        postgres_image="postgres:17-alpine", backups="0123456789abcdef",
-    )  # fmt: skip
+    refused = database_with_backups(server, "postgres:17-alpine")
     assert refused.returncode == 1 and "has no pgBackRest" in refused.stderr, refused.stderr
     assert server.read("postgres_image") == POSTGRES and not any(" up " in call for call in server.calls())
 
@@ -484,6 +548,27 @@ def test_a_release_starts_on_the_idle_colour_and_takes_traffic_only_once_healthy
     assert (record["LIVE_COLOUR"], record["GREEN_IMAGE"], record["BLUE_IMAGE"]) == ("green", NEW, OLD)
     assert server.history() == ["v1.0.0", "v2.0.0"]
     assert not server.locked(), "a finished release kept the lock"
+
+
+def test_a_booting_colour_is_asked_again_without_spending_the_gates_attempts(server: Server) -> None:
+    """Five attempts are the gate (server_bundle); a colour that does not answer yet has used none of them."""
+    server.live("v1.0.0", OLD)
+    server.fact("listening_after", f"{NEW} 8\n")
+    server.fact("healthy_after", f"{NEW} 1\n")
+    result = server.up("v2.0.0", NEW)
+    assert result.returncode == 0, result.stderr
+    assert "healthy on green after 1 attempt(s)" in result.stdout
+    assert server.read("proxy_colour") == "green"
+
+
+def test_a_colour_that_never_answers_fails_the_gate_within_its_attempts_time(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    server.fact("listening_after", f"{NEW} 1000000\n")
+    server.fact("healthy_after", f"{NEW} 1\n")
+    result = server.up("v2.0.0", NEW)
+    assert result.returncode == 1
+    assert "green did not answer within 5s" in result.stderr, result.stderr
+    assert server.read("proxy_colour") == "blue" and server.read("colour_green") == "", "the colour was left running"
 
 
 def test_a_release_that_never_turns_healthy_is_never_switched_to_and_its_colour_cannot_log_in(server: Server) -> None:
@@ -1207,6 +1292,21 @@ def test_the_files_step_installs_each_file_whole_with_its_mode_and_removes_what_
         assert server.mode(path) == mode, path
     assert not any((server.app_dir / leftover).exists() for leftover in leftovers), "a partial file was left"
     assert not unpacked.exists() and not (server.app_dir / ".files.test").exists()
+
+
+def test_the_files_step_leaves_the_files_installed_already_and_puts_back_one_changed_by_hand(server: Server) -> None:
+    """The server's files are what counts, not a record of them: one edited or chmodded by hand is installed again."""
+    release = release_of("v2.0.0", NEW)
+    assert server.files(release).returncode == 0
+    script = server.app_dir / "bin" / "up.sh"
+    script.write_text("# edited by hand\n")
+    settings = server.app_dir / SETTINGS_FILE
+    settings.chmod(0o666)
+    again = server.files(release)
+    assert again.returncode == 0, again.stderr
+    assert f"installed {len(BUNDLE)} files (2 changed)" in again.stdout
+    assert script.read_bytes() == BUNDLE["bin/up.sh"][0] and server.mode(SETTINGS_FILE) == 0o644
+    assert f"installed {len(BUNDLE)} files (0 changed)" in server.files(release).stdout
 
 
 def test_run_time_settings_alone_change_nothing_up_switches_with(server: Server) -> None:

@@ -30,7 +30,7 @@ cleanup
 tables="select format('%I.%I', schemaname, tablename) from pg_tables where schemaname not in ('pg_catalog', 'information_schema')"
 counts="select t || '|' || (xpath('/row/c/text()', query_to_xml('select count(*) as c from ' || t, false, true, '')))[1]::text from ($tables) as l(t) order by 1"
 # One transaction: no write lands between the counts and the restore point.
-live="$(as_postgres psql -XAtq -v ON_ERROR_STOP=1 -h /var/run/postgresql -U "$POSTGRES_USER" -d "$POSTGRES_DB" <<SQL
+live="$(live_sql --file=- <<SQL
 BEGIN;
 SELECT 'LOCK TABLE ' || string_agg(t, ', ') || ' IN SHARE MODE' FROM ($tables) AS l(t) HAVING count(*) > 0 \gexec
 $counts;

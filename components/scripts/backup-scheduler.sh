@@ -28,8 +28,21 @@ tick() {
   set_status SCHEDULER_ALIVE "$(utc_now)"
 }
 
+# PostgreSQL's checkpointer honours archive_timeout only from its first wake-up after PostgreSQL started: until then
+# it sleeps a whole checkpoint_timeout (5 min by default), and a server lost meanwhile loses that much. A reload wakes
+# it, once per start of PostgreSQL (a restart, dockerd's, the host's). Fails while PostgreSQL does not answer.
+wake_checkpointer() {
+  local started
+  started="$(live_sql -c 'select pg_postmaster_start_time()' 2>/dev/null)" || return 1
+  [[ "$started" != "$(status_value POSTGRES_STARTED)" ]] || return 0
+  live_sql -c 'select pg_reload_conf()' >/dev/null && set_status POSTGRES_STARTED "$started"
+}
+
 while true; do
   tick || true
-  sleep 60 &
-  wait $!
+  for ((waited = 0; waited < 60; waited += 5)); do
+    wake_checkpointer || true
+    sleep 5 &
+    wait $!
+  done
 done

@@ -89,17 +89,22 @@ if [[ -n "$container" && "$(docker inspect --format '{{.State.Status}}' "$contai
   container="$(database_container)"
 fi
 running="$([[ -z "$container" ]] || docker inspect --format '{{.Config.Image}}' "$container")"
-# An image change is other bytes, not another name for the same ones (a tag pinned by its digest, say).
 pull_missing "$image"
-if [[ "$backups" != none ]] && ! docker run --rm --entrypoint pgbackrest "$image" version >/dev/null 2>&1; then
-  die "the PostgreSQL image $image has no pgBackRest, which the stack's backup section needs; allowed: an image with pgbackrest on its PATH, as the program builds from components/database/Dockerfile on app.postgresImage where backup is declared; nothing was changed"
-fi
+# An image change is other bytes, not another name for the same ones (a tag pinned by its digest, say).
+same_bytes=no
+[[ -z "$container" || "$(docker inspect --format '{{.Image}}' "$container")" != "$(docker image inspect --format '{{.Id}}' "$image")" ]] ||
+  same_bytes=yes
 # How the running PostgreSQL reaches its repository ("" before backups, like none).
 reaches="$([[ -z "$container" ]] || docker inspect --format "{{index .Config.Labels \"$BACKUP_LABEL\"}}" "$container")"
+# A PostgreSQL that already runs these bytes archiving as declared was created by this step, once they passed.
+if [[ "$backups" != none && ! ("$same_bytes" == yes && "$reaches" == "$backups") ]] &&
+  ! docker run --rm --entrypoint pgbackrest "$image" version >/dev/null 2>&1; then
+  die "the PostgreSQL image $image has no pgBackRest, which the stack's backup section needs; allowed: an image with pgbackrest on its PATH, as the program builds from components/database/Dockerfile on app.postgresImage where backup is declared; nothing was changed"
+fi
 if [[ -z "$running" ]]; then
   POSTGRES_IMAGE="$image" compose up --detach --no-deps --wait --wait-timeout 120 postgres
   echo "PostgreSQL $image started"
-elif [[ "$(docker inspect --format '{{.Image}}' "$container")" != "$(docker image inspect --format '{{.Id}}' "$image")" ]]; then
+elif [[ "$same_bytes" == no ]]; then
   echo "PostgreSQL changes from $running to $image: backing up first"
   dump_database "$(date -u +%Y%m%dT%H%M%SZ)-before-postgres-change.dump"
   replace_postgres
@@ -117,17 +122,29 @@ printf 'POSTGRES_IMAGE=%s\n' "$image" | replace_file "$APP_DIR/postgres.env" 644
 ensure_login_roles
 [[ "$backups" != none ]] || exit 0
 
-install_backup_config "$backup_config"
-sql -v seconds="$(schedule_value ARCHIVE_TIMEOUT_SECONDS)" >/dev/null <<'SQL'
-ALTER SYSTEM SET archive_timeout = :'seconds';
-SELECT pg_reload_conf();
-SQL
-# An unreachable repository never stops this step: a release without migrations goes on, the backup step decides.
-if created="$(pgbr --io-timeout=10 stanza-create 2>&1)" && checked="$(pgbr --io-timeout=10 --archive-timeout=30 check 2>&1)"; then
-  echo "backups: every WAL segment is archived to the backup repository (stanza $PROJECT checked)"
+# The running PostgreSQL's backups as last checked: its container, the config received and the compose file (which
+# defines the scheduler). The same again needs no install and no check: those cost seconds on every release.
+stamped="$(cat "$(backups_checked_file)" 2>/dev/null || true)"
+backups_stamp="$({ database_container && printf '%s\n' "$backup_config" && cat "$APP_DIR/docker-compose.yml"; } | sha256sum)"
+stamped_as_checked=""
+if [[ "$stamped" == "${backups_stamp%% *}" ]]; then
+  stamped_as_checked=yes
+  echo "backups: PostgreSQL archives with the config last checked (stanza $PROJECT); not checked again"
 else
-  echo "warning: the backup repository does not take this database's WAL yet: ${created:-} ${checked:-}" | tr '\n' ' ' >&2
-  echo >&2
+  rm -f "$(backups_checked_file)"
+  install_backup_config "$backup_config"
+  set_archive_timeout
+  # An unreachable repository never stops this step: a release without migrations goes on, the backup step decides.
+  if created="$(pgbr --io-timeout=10 stanza-create 2>&1)" && checked="$(pgbr --io-timeout=10 --archive-timeout=30 check 2>&1)"; then
+    echo "backups: every WAL segment is archived to the backup repository (stanza $PROJECT checked)"
+    printf '%s\n' "${backups_stamp%% *}" | replace_file "$(backups_checked_file)" 600
+  else
+    echo "warning: the backup repository does not take this database's WAL yet: ${created:-} ${checked:-}" | tr '\n' ' ' >&2
+    echo >&2
+  fi
 fi
-# The scheduler takes the first full backup at once, then keeps the schedule (bin/backup-scheduler.sh).
-POSTGRES_IMAGE="$image" compose up --detach --no-deps "$SCHEDULER_SERVICE" 2>&1 | grep -v '^ *Container .* Running$' >&2 || true
+# The scheduler takes the first full backup at once, then keeps the schedule (bin/backup-scheduler.sh). Checked as
+# above, its definition is the one it runs: it needs starting only when it does not run.
+if [[ -z "$stamped_as_checked" || -z "$(service_container "$SCHEDULER_SERVICE")" ]]; then
+  POSTGRES_IMAGE="$image" compose up --detach --no-deps "$SCHEDULER_SERVICE" 2>&1 | grep -v '^ *Container .* Running$' >&2 || true
+fi

@@ -20,10 +20,16 @@ read_settings "$from/$SETTINGS_FILE"
 
 acquire_update_lock "${FLAGS[release]}" files
 mapfile -d '' -t files < <(cd "$from" && find . -type f -printf '%P\0' | sort -z)
+replaced=0
 for file in "${files[@]}"; do
-  mkdir -p "$(dirname "$APP_DIR/$file")"
   mode="$(stat -c %a "$from/$file")"
+  # Most files of a release are the ones installed already: those stay as they are.
+  if cmp -s "$from/$file" "$APP_DIR/$file" && [[ "$(stat -c %a "$APP_DIR/$file")" == "$mode" ]]; then
+    continue
+  fi
+  mkdir -p "$(dirname "$APP_DIR/$file")"
   replace_file "$APP_DIR/$file" "$mode" <"$from/$file"
+  replaced=$((replaced + 1))
 done
 # The digest of what `up` switches with: every file but the settings, which steps read when they run.
 (cd "$from" && find . -type f ! -name "$SETTINGS_FILE" -printf '%P\0' | sort -z | xargs -0 sha256sum) | sha256sum |
@@ -33,4 +39,4 @@ rm -rf "$from"
 find "$APP_DIR" -maxdepth 1 -name '.files.*' -mmin +1440 -exec rm -rf {} +
 # What a step killed outright left half-written: no other step runs now (this one holds the mutex).
 find "$APP_DIR" -maxdepth 2 -name '*.partial.*' -delete
-echo "installed ${#files[@]} files"
+echo "installed ${#files[@]} files ($replaced changed)"

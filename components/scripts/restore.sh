@@ -157,6 +157,13 @@ POSTGRES_IMAGE="$(postgres_image)" compose up --detach --no-deps "$SCHEDULER_SER
 serve_from "$colour"
 UNDO=""
 warn_unless_healthy "$colour"
+# The restored data holds the backup's postgresql.auto.conf, and its WAL goes on from a new timeline.
+set_archive_timeout
+if pgbr --io-timeout=10 --archive-timeout=30 check >/dev/null 2>&1; then
+  echo "the restored database archives its WAL to the repository again"
+else
+  echo "warning: the restored database's WAL does not reach the repository (pgbackrest check): the next release says why" >&2
+fi
 # What the restored database holds of the migrations: a release migrated after the target runs them again.
 forget_migrations_after "$until"
 record_restore "$target${value:+:$value}" "${backup_set%% *}" "${aside#"$data/"}"

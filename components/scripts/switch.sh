@@ -28,6 +28,8 @@ require_digest_ref MIGRATE_IMAGE "$MIGRATE_IMAGE"
 [[ "$settings" == current || "$settings" == live ]] || die "settings: allowed current, live; received '$settings'"
 proxy_dir="$APP_DIR/proxy"
 declare -A health_url=([blue]="$BLUE_HEALTH_URL" [green]="$GREEN_HEALTH_URL")
+# curl's exit statuses for an HTTP error (with --fail) and a timeout: the colour did answer, or hangs.
+readonly CURL_HTTP_ERROR=22 CURL_TIMED_OUT=28
 
 # The colour the proxy sends traffic to; nothing while no proxy runs (first release, old layout).
 serving() {
@@ -92,9 +94,21 @@ if [[ -n "$old" ]] && ! cmp -s "$APP_DIR/.env.$new" "$APP_DIR/.env.$old"; then
 fi
 allow_login "$new" "$APP_DIR/.env.$new"
 COMPOSE_ENV_FILE="$APP_DIR/.env.$new" compose up --detach --no-deps --force-recreate "app-$new"
-for ((attempt = 1; ; attempt++)); do
-  if body="$(curl --silent --fail --max-time 5 "${health_url[$new]}")" &&
-    grep -Eq '"valid"[[:space:]]*:[[:space:]]*true' <<<"$body"; then
+# An attempt is an HTTP answer, or a request that timed out. Until the new colour answers at all (it boots), it is
+# asked again every 0.1 s, within the time its attempts may take: a release waits for the boot, not a whole interval.
+answer_by=$((SECONDS + HEALTH_ATTEMPTS * HEALTH_INTERVAL_SECONDS))
+attempt=0
+while true; do
+  asked=0
+  body="$(curl --silent --fail --max-time 5 "${health_url[$new]}")" || asked=$?
+  if ((asked != 0 && asked != CURL_HTTP_ERROR && asked != CURL_TIMED_OUT)); then
+    ((SECONDS < answer_by)) ||
+      die "$new did not answer within $((HEALTH_ATTEMPTS * HEALTH_INTERVAL_SECONDS))s: $APP_IMAGE; $new is stopped and never received a request"
+    sleep 0.1
+    continue
+  fi
+  attempt=$((attempt + 1))
+  if ((asked == 0)) && grep -Eq '"valid"[[:space:]]*:[[:space:]]*true' <<<"$body"; then
     echo "healthy on $new after $attempt attempt(s): $APP_IMAGE"
     break
   fi
@@ -120,7 +134,7 @@ echo "switched to $new: $version ($APP_IMAGE)"
 [[ -n "$old" ]] || exit 0
 # After the reload, nginx renames each old worker "... is shutting down" until its last request ends.
 for ((waited = 0; waited < DRAIN_SECONDS; waited++)); do
-  compose exec -T proxy sh -c 'grep -qs "^nginx: worker process is shutting down" /proc/[0-9]*/cmdline' || break
+  service_exec proxy sh -c 'grep -qs "^nginx: worker process is shutting down" /proc/[0-9]*/cmdline' || break
   sleep 1
 done
 compose stop "app-$old"

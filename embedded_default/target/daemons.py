@@ -268,8 +268,10 @@ def _sshd_config(layout: Layout) -> str:
             "MaxStartups 64:30:128",
             "LoginGraceTime 30",
             "ClientAliveInterval 30",
-            # Set by the server in every session: no client variable is needed or read.
-            f"SetEnv DOCKER_HOST={layout.docker_host}",
+            # Set by the server in every session: no client variable is needed or read. A home of the target's own:
+            # a session runs none of this machine's shell start-up files (root's .bashrc), as a deploy user's runs
+            # none of a developer's.
+            f"SetEnv DOCKER_HOST={layout.docker_host} HOME={layout.session_home}",
             "Subsystem sftp internal-sftp",
             "",
         ]
@@ -294,6 +296,7 @@ def start_sshd(layout: Layout, target: LocalTarget) -> None:
         raise TargetError(f"127.0.0.1:{SSH_PORT} is taken by a process this target did not start")
     Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
     layout.run.mkdir(parents=True, exist_ok=True)
+    layout.session_home.mkdir(mode=0o700, exist_ok=True)
     run([sshd, "-t", "-f", str(layout.sshd_config)])
     log = layout.logs / "sshd.log"
     log.parent.mkdir(parents=True, exist_ok=True)

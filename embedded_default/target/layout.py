@@ -75,6 +75,7 @@ class Layout:
         self.client_key = self.ssh / "id_ed25519"
         self.authorized_keys = self.ssh / "authorized_keys"
         self.known_hosts = self.ssh / "known_hosts"
+        self.session_home = root / "home"
         self.builds = root / "build"
 
     @property

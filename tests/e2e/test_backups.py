@@ -110,6 +110,17 @@ def test_the_first_release_archives_to_the_repository_and_the_scheduler_takes_a_
     assert "pg_dump      0 " in said, said
 
 
+def test_postgresql_restarted_archives_within_its_archive_timeout_again(stage: Stage) -> None:
+    """PostgreSQL's checkpointer honours archive_timeout only from its first wake-up after a start (it sleeps a whole
+    checkpoint_timeout first: 5 min): without the scheduler's wake-up, nothing would be archived here within 30 s."""
+    on_server(stage, f"docker restart {shlex.quote(stage.setting('app.dbContainer'))}")
+    deadline = time.monotonic() + 60
+    while sql(stage, "select 1") != ["1"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    add_customer(stage, "after-a-restart")
+    wait_archived_past(stage, utc_now(), timeout=30)
+
+
 def test_a_release_with_a_migration_marks_a_restore_point_in_seconds_and_dumps_nothing(stage: Stage) -> None:
     add_customer(stage, "before-v2")
     result = stage.up("v2.0.0")
@@ -134,6 +145,10 @@ def test_a_bad_migration_is_undone_by_restoring_to_just_before_it(stage: Stage) 
     assert "email" not in columns, "the migration's column survived the restore"
     assert "its migrations ran after the restored point: roll back" in result.output
     assert app_get(stage, "/api/health")["status"] == "healthy"
+    # The restored database's WAL goes on from a new timeline, archived within archive_timeout like before.
+    assert "the restored database archives its WAL to the repository again" in result.output
+    add_customer(stage, "after-the-restore")
+    wait_archived_past(stage, utc_now(), timeout=30)
     # The schema is v1's again: back to v1, and v2 released later migrates again, since the server forgot it had.
     back = stage.run("rollback", "--yes")
     assert back.ok and served_version(stage) == "v1.0.0", explain(back)

@@ -24,6 +24,11 @@ job_pgbackrest() {
   as_postgres timeout "$seconds" pgbackrest --stanza="$stanza" "${@:2}"
 }
 
+# psql on the live database, over its socket, as its owner.
+live_sql() {
+  as_postgres psql -XAtq -v ON_ERROR_STOP=1 -h /var/run/postgresql -U "$POSTGRES_USER" -d "$POSTGRES_DB" "$@"
+}
+
 utc_now() {
   date -u +%Y-%m-%dT%H:%M:%SZ
 }

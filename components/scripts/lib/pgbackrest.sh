@@ -6,6 +6,7 @@
 #   <appDir>/restore-points.log  every restore point a release marked: "NAME VERSION UTC-TIME"
 #   <appDir>/restores.log        every restore: "UTC-TIME TARGET SET ASIDE"
 #   <appDir>/postgres.env        the PostgreSQL image the database step runs (POSTGRES_IMAGE=...)
+#   <appDir>/.backups-checked    what the database step last checked archiving with (backups_checked_file)
 # Sourcing it only defines functions. Needs lib/step.sh and lib/compose.sh.
 
 # pgBackRest in the running database container. A repository that does not answer (a name that does not resolve)
@@ -59,19 +60,56 @@ schedule_value() {
   compose exec -T postgres sh -c "sed -n 's/^$1=//p' $BACKUP_CONFIG_DIR/schedule.env"
 }
 
-# Marks a named restore point and makes sure the WAL up to it is in the repository (`pgbackrest check` switches the
-# WAL segment and waits until it is archived). Prints pgBackRest's error and fails when the repository cannot take it.
+# PostgreSQL's archive_timeout as the installed schedule declares it. ALTER SYSTEM keeps it in the data (a restore
+# brings back the backup's: restore.sh sets it again); the reload applies it.
+set_archive_timeout() {
+  sql -v seconds="$(schedule_value ARCHIVE_TIMEOUT_SECONDS)" >/dev/null <<'SQL'
+ALTER SYSTEM SET archive_timeout = :'seconds';
+SELECT pg_reload_conf();
+SQL
+}
+
+# Marks a named restore point and makes sure the WAL up to it is in the repository. One session closes the segment that
+# holds the point (pg_switch_wal) and watches PostgreSQL's archiver until that segment's .ready status file is gone
+# (archive_command, pgBackRest's archive-push, returned 0: it is in the repository) or the archiver fails. pgBackRest's
+# `check` proves the same by listing the repository, a second more; it runs only when the archiver did not confirm in
+# time, to say why. Prints what pgBackRest said and fails when the repository cannot take the WAL.
 mark_restore_point() {
-  local name="$1" said
-  sql -v name="$name" >/dev/null <<<"select pg_create_restore_point(:'name');"
-  said="$(pgbr --io-timeout=10 --archive-timeout=30 check 2>&1)" || {
-    printf '%s\n' "$said" | grep -v '^$'
-    return 1
-  }
+  local name="$1" seconds=30 said
+  sql -v name="$name" -v seconds="$seconds" >/dev/null 2>&1 <<'SQL' && return 0
+SELECT pg_create_restore_point(:'name');
+SELECT set_config('kametrix.since', clock_timestamp()::text, false),
+  set_config('kametrix.deadline', (clock_timestamp() + make_interval(secs => :'seconds'))::text, false);
+SELECT set_config('kametrix.segment', pg_walfile_name(pg_switch_wal()), false);
+DO $$
+DECLARE
+  segment text := current_setting('kametrix.segment');
+BEGIN
+  WHILE pg_stat_file('pg_wal/archive_status/' || segment || '.ready', true) IS NOT NULL LOOP
+    PERFORM pg_stat_clear_snapshot();
+    IF (SELECT last_failed_time >= current_setting('kametrix.since')::timestamptz FROM pg_stat_archiver) THEN
+      RAISE EXCEPTION 'the archiver failed to archive WAL segment %', segment;
+    END IF;
+    IF clock_timestamp() > current_setting('kametrix.deadline')::timestamptz THEN
+      RAISE EXCEPTION 'WAL segment % was not archived in time', segment;
+    END IF;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END
+$$;
+SQL
+  said="$(pgbr --io-timeout=10 --archive-timeout="$seconds" check 2>&1)" && return 0
+  printf '%s\n' "$said" | grep -v '^$'
+  return 1
 }
 
 restore_points_log() {
   echo "$APP_DIR/restore-points.log"
+}
+
+# What the database step last checked archiving with (a SHA-256; mode 600: the config it hashes holds keys).
+backups_checked_file() {
+  echo "$APP_DIR/.backups-checked"
 }
 
 # Each user table with its row count, "schema.table count" a line, in one snapshot: what restore and the drill print
