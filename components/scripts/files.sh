@@ -20,15 +20,15 @@ read_settings "$from/$SETTINGS_FILE"
 
 acquire_update_lock "${FLAGS[release]}" files
 mapfile -d '' -t files < <(cd "$from" && find . -type f -printf '%P\0' | sort -z)
+# Most files of a release are the ones installed already, with their modes: those stay as they are.
+declare -A mode=() installed_mode=()
+while read -r bits file; do mode["$file"]="$bits"; done < <(cd "$from" && stat -c '%a %n' -- "${files[@]}")
+while read -r bits file; do installed_mode["$file"]="$bits"; done < <(cd "$APP_DIR" && stat -c '%a %n' -- "${files[@]}" 2>/dev/null)
 replaced=0
 for file in "${files[@]}"; do
-  mode="$(stat -c %a "$from/$file")"
-  # Most files of a release are the ones installed already: those stay as they are.
-  if cmp -s "$from/$file" "$APP_DIR/$file" && [[ "$(stat -c %a "$APP_DIR/$file")" == "$mode" ]]; then
-    continue
-  fi
+  [[ "${installed_mode[$file]:-}" != "${mode[$file]}" ]] || ! cmp -s "$from/$file" "$APP_DIR/$file" || continue
   mkdir -p "$(dirname "$APP_DIR/$file")"
-  replace_file "$APP_DIR/$file" "$mode" <"$from/$file"
+  replace_file "$APP_DIR/$file" "${mode[$file]}" <"$from/$file"
   replaced=$((replaced + 1))
 done
 # The digest of what `up` switches with: every file but the settings, which steps read when they run.

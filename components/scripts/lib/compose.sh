@@ -142,7 +142,7 @@ stop_stray_colours() {
   live="$(live LIVE_COLOUR)"
   [[ -n "$live" ]] || return 0
   for colour in $COLOURS; do
-    [[ "$colour" != "$live" && -n "$(compose ps --quiet "app-$colour" 2>/dev/null)" ]] || continue
+    [[ "$colour" != "$live" && -n "$(service_container "app-$colour" 2>/dev/null)" ]] || continue
     echo "stopping app-$colour: a switch that did not finish left it running" >&2
     compose stop "app-$colour"
     retire_login "$colour"
