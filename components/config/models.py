@@ -261,7 +261,8 @@ class AppSettings(Model):
 
 class ReleaseSettings(Model):
     health_attempts: Annotated[int, in_range(1, 600, "attempts")] = 30
-    """How often the health gate asks a new colour whether it is healthy before the release fails."""
+    """How often the health gate asks a new colour whether it is healthy before the release fails. An ask counts once
+    the colour answers: until then (it boots) it is asked every 0.1 s, for attempts × interval at most."""
     health_interval_seconds: Annotated[int, in_range(1, 60, "seconds")] = 2
     """Seconds between two of those asks."""
     backups_to_keep: Annotated[int, in_range(1, 1000, "backups")] = 10
