@@ -118,6 +118,10 @@ WRITE_ROW = "insert into kill_anywhere_rows default values returning id"
 ROWS_WRITTEN = "select id from kill_anywhere_rows"
 # A step's duration before this run has seen the step end.
 DEFAULT_STEP_SECONDS = 2.0
+# Of a step's duration as the engine reports it, what is not its script on the server: the SSH session opening before
+# it and closing after it. A moment inside a step is a fraction of the script's run, which a kill must find running.
+SESSION_OPENS_SECONDS = 0.1
+SESSION_CLOSES_SECONDS = 0.05
 # The moments of the CLI and dockerd kinds that are a time since the runner started, not a point in a step.
 TIMED_MOMENT_SHARE = 0.2
 TIMED_MOMENT_SECONDS = 6.0
@@ -961,7 +965,10 @@ class Interrupter:
         step = next((name for name in later if name in self.started), None)
         if step is None:
             return None
-        return self.started[step] + aimed.at * self.harness.expected_seconds(self.episode.operation, step)
+        script = (
+            self.harness.expected_seconds(self.episode.operation, step) - SESSION_OPENS_SECONDS - SESSION_CLOSES_SECONDS
+        )
+        return self.started[step] + SESSION_OPENS_SECONDS + aimed.at * max(script, 0.0)
 
     def where(self) -> str:
         if self.running:

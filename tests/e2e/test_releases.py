@@ -227,8 +227,27 @@ def test_two_releases_of_one_stage_at_once_never_interleave(stage: Stage, prepar
     rival_dir = stage.work_dir.with_name(f"{stage.work_dir.name}-rival")
     local_workspace.copy_prepared(stage.work_dir, rival_dir, stage.cli, {})
     rival = Stage(stage.target, rival_dir, stage.cli)
+    # At once, whatever their speed: the first release's migrate step is held (SIGSTOP) on the server until the
+    # rival's first step is there, waiting for the lock.
+    folder = app_dir(stage)
+    held = f"{folder}/.test-held"
+    hold = (
+        f'until pid="$(pgrep -f -- {shlex.quote(folder + "/bin/[m]igrate[.]sh")} | head -n 1)" && [[ -n "$pid" ]]; do '
+        f'sleep 0.01; done; kill -STOP "$pid"; touch {shlex.quote(held)}; '
+        f"for ((i = 0; i < 1200; i++)); do "
+        f"pgrep -f -- {shlex.quote(folder + '/[.]files[.][^/]*/bin/[f]iles[.]sh')} >/dev/null && break; "
+        "sleep 0.05; done; "
+        f'sleep 0.5; kill -CONT "$pid"; rm -f {shlex.quote(held)}'
+    )
+    holder = threading.Thread(target=on_server, args=(stage, hold))
+    holder.start()
     started = {"v2.0.0": (stage, stage.start("release", "v2.0.0", "--yes"))}
+    deadline = time.monotonic() + 120
+    while "held" not in on_server(stage, f"test -f {shlex.quote(held)} && echo held || true"):
+        assert time.monotonic() < deadline, "the first release's migrate step never ran"
+        time.sleep(0.2)
     started["v1.0.0"] = (rival, rival.start("release", "v1.0.0", "--yes"))
+    holder.join(timeout=180)
     results = {version: owner.finish(process) for version, (owner, process) in started.items()}
 
     winners = [v for v, r in results.items() if r.ok]

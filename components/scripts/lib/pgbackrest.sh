@@ -85,7 +85,8 @@ DO $$
 DECLARE
   segment text := current_setting('kametrix.segment');
 BEGIN
-  WHILE pg_stat_file('pg_wal/archive_status/' || segment || '.ready', true) IS NOT NULL LOOP
+  -- A field of it, not the row: a row IS NOT NULL only when every field is, and `creation` is NULL on Linux.
+  WHILE (pg_stat_file('pg_wal/archive_status/' || segment || '.ready', true)).modification IS NOT NULL LOOP
     PERFORM pg_stat_clear_snapshot();
     IF (SELECT last_failed_time >= current_setting('kametrix.since')::timestamptz FROM pg_stat_archiver) THEN
       RAISE EXCEPTION 'the archiver failed to archive WAL segment %', segment;
