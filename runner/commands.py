@@ -286,11 +286,10 @@ def _await_step(session: Session, step: str, lock: dict[str, str]) -> dict[str, 
     deadline = time.monotonic() + shared_facts.STEP_WAIT_SECONDS
     while lock.get("STEP_RUNS") == "yes" and time.monotonic() < deadline:
         time.sleep(1)
-        try:
-            lock = server.read_lock(*_server_access(session))
-        except server.ServerUnreachableError as error:
-            session.say(f"the server's release lock could not be asked: {error}")
+        asked = _read_release_lock(session)
+        if asked is None:
             break
+        lock = asked
     return lock
 
 
