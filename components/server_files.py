@@ -17,14 +17,7 @@ from pydantic import SecretStr
 
 from components import shared_facts
 from components.config import AppSettings, BackupSettings, ReleaseSettings
-from components.shared_facts import (
-    BACKUP_CONFIG_DIR,
-    BACKUP_LABEL,
-    BACKUP_STATUS_DIR,
-    COLOURS,
-    SCHEDULER_SERVICE,
-    SOCKET_DIR,
-)
+from components.shared_facts import BACKUP_CONFIG_DIR, BACKUP_LABEL, BACKUP_STATUS_DIR, COLOURS, SCHEDULER_SERVICE
 
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
 # The files rendered for the server, with @{name} placeholders (render()).
@@ -196,8 +189,9 @@ def compose_file(app: AppSettings, backup: BackupSettings | None = None) -> str:
     return yaml.safe_dump(document, sort_keys=False)
 
 
-# Where the database and its scheduler find PostgreSQL's data (the image's own path).
+# Where the database and its scheduler find PostgreSQL's data and socket (the images' own paths).
 PGDATA = "/var/lib/postgresql/data"
+SOCKET_DIR = "/var/run/postgresql"
 # Where the scheduler finds the scripts the files step installs.
 SCHEDULER_BIN = "/kametrix/bin"
 

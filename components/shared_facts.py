@@ -79,8 +79,6 @@ BACKUP_SCHEDULE_KEYS = (
     "STALE_AFTER_HOURS",
 )
 BACKUP_STATUS_DIR = "/var/lib/kametrix-backup"
-# Where PostgreSQL's socket is, in its image and in the scheduler's container that shares it.
-SOCKET_DIR = "/var/run/postgresql"
 SCHEDULER_SERVICE = "backup-scheduler"
 # The label that says how the running PostgreSQL reaches its repository: another value means it must be recreated.
 BACKUP_LABEL = "org.kametrix.backup-repository"
@@ -188,7 +186,6 @@ def facts_sh() -> str:
         "BACKUP_CONFIG_DIR": BACKUP_CONFIG_DIR,
         "BACKUP_SCHEDULE_KEYS": " ".join(BACKUP_SCHEDULE_KEYS),
         "BACKUP_STATUS_DIR": BACKUP_STATUS_DIR,
-        "SOCKET_DIR": SOCKET_DIR,
         "SCHEDULER_SERVICE": SCHEDULER_SERVICE,
         "BACKUP_LABEL": BACKUP_LABEL,
         "RESTORE_POINT_PREFIX": RESTORE_POINT_PREFIX,

@@ -26,7 +26,7 @@ job_pgbackrest() {
 
 # psql on the live database, over its socket, as its owner.
 live_sql() {
-  as_postgres psql -XAtq -v ON_ERROR_STOP=1 -h "$SOCKET_DIR" -U "$POSTGRES_USER" -d "$POSTGRES_DB" "$@"
+  as_postgres psql -XAtq -v ON_ERROR_STOP=1 -h /var/run/postgresql -U "$POSTGRES_USER" -d "$POSTGRES_DB" "$@"
 }
 
 utc_now() {
