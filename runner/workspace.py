@@ -22,7 +22,7 @@ from typing import Any
 from pulumi import automation as auto
 from semver import VersionInfo
 
-from components.config import STAGES
+from components.config import NAMESPACE, STAGES
 from components.program import program
 from embedded_default import workspace as local_workspace
 
@@ -89,6 +89,7 @@ class Workspace:
             env_vars=dict(self.env),
             secrets_provider="passphrase" if self.stack_name == LOCAL else None,
         )
+        workspace.checkpoint = file_checkpoint(self.env.get("PULUMI_BACKEND_URL", ""), self.stack_name)
         if self.stack_name == LOCAL:
             return auto.Stack.create_or_select(self.stack_name, workspace)
         try:
@@ -112,6 +113,15 @@ class Workspace:
         return self.env.get("PULUMI_BACKEND_URL") or os.environ.get("PULUMI_BACKEND_URL") or "(the CLI's login)"
 
 
+def file_checkpoint(backend_url: str, stack_name: str) -> Path | None:
+    """Where a file backend (`file://FOLDER[?options]`) keeps the stack's state: one file per stack under its project
+    (the project's name is its config namespace). None for any other backend."""
+    if not backend_url.startswith("file://"):
+        return None
+    folder = Path(backend_url.removeprefix("file://").partition("?")[0])
+    return folder / ".pulumi" / "stacks" / NAMESPACE / f"{stack_name}.json"
+
+
 class _InstalledCli(auto.PulumiCommand):
     """The CLI scripts/install-engine installed, with the version it checked and recorded beside it."""
 
@@ -124,7 +134,17 @@ class _InstalledCli(auto.PulumiCommand):
 class _MaskedOutputsWorkspace(auto.LocalWorkspace):
     """The stack's outputs as `pulumi stack output` prints them, secret ones masked. `Stack.up` reads them after
     every update; the runner uses only plain ones, so no secret output is decrypted into it (nor does it wait for
-    the passphrase's key derivation that decrypting costs)."""
+    the passphrase's key derivation that decrypting costs).
+
+    A stack whose checkpoint is this file in a file backend is not selected: every command the Automation API runs
+    names its stack (`--stack`), so `pulumi stack select` would only check that it exists, a CLI run of its own."""
+
+    checkpoint: Path | None = None
+
+    def select_stack(self, stack_name: str) -> None:
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            return
+        super().select_stack(stack_name)
 
     def stack_outputs(self, stack_name: str) -> auto.OutputMap:
         done = self.pulumi_command.run(

@@ -120,6 +120,32 @@ def test_the_cli_is_asked_its_version_only_when_install_engine_recorded_none(tmp
     assert (recorded.command, str(recorded.version)) == (str(cli), "3.274.1") and not asked.exists()
 
 
+def test_a_stack_whose_checkpoint_is_a_file_here_is_used_without_selecting_it(pulumi_cli: Path, tmp_path: Path) -> None:
+    """Every command the Automation API runs names its stack: `pulumi stack select` would only check that the stack
+    exists, a CLI run of its own (a quarter second of each release) where its checkpoint file shows it."""
+    for name in ("Pulumi.yaml", "Pulumi.local.yaml"):
+        (tmp_path / name).write_text((PROJECT_DIR / name).read_text())
+    asked = tmp_path / "asked"
+    cli = tmp_path / "engine" / "bin" / "pulumi"
+    cli.parent.mkdir(parents=True)
+    cli.write_text(f'#!/bin/sh\necho "$*" >>{asked}\nexec {pulumi_cli} "$@"\n')
+    cli.chmod(0o755)
+    (tmp_path / "state").mkdir()
+    backend = local_workspace.file_backend_url(tmp_path / "state")
+    env = {"PULUMI_BACKEND_URL": backend, "PULUMI_CONFIG_PASSPHRASE": "x", **local_workspace.OFFLINE}
+    checkpoint = runner_workspace.file_checkpoint(backend, "local")
+    assert checkpoint == tmp_path / "state" / ".pulumi" / "stacks" / "kametrix-deploy" / "local.json"
+
+    runner_workspace.Workspace("local", tmp_path, cli, env).stack()
+    assert "stack select" in asked.read_text() and checkpoint.is_file()
+    asked.unlink()
+    workspace = runner_workspace.Workspace("local", tmp_path, cli, env)
+    workspace.stack()
+    assert "manifest" in workspace.state()
+    assert "stack select" not in asked.read_text()
+    assert runner_workspace.file_checkpoint("s3://bucket/state", "production") is None
+
+
 def test_help_documents_the_operators_tool() -> None:
     text = parser().format_help()
     for command in ("preview", "up", "release", "rollback", "status", "history", "unlock"):

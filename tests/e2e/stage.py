@@ -31,6 +31,7 @@ from components.config import NAMESPACE
 from embedded_default import workspace as local_workspace
 from embedded_default.target import LocalTarget, registry_digest
 from runner import stack_file
+from runner.workspace import file_checkpoint
 from tests.kit import PROJECT_DIR
 
 COMMAND = "command:remote:Command"
@@ -187,7 +188,9 @@ class Stage:
         return dict(json.loads(self.pulumi("stack", "output", "--json", "--stack", "local")))
 
     def state_file(self) -> Path:
-        return self.work_dir / "state" / ".pulumi" / "stacks" / "kametrix-deploy" / "local.json"
+        checkpoint = file_checkpoint(local_workspace.file_backend_url(self.work_dir / "state"), "local")
+        assert checkpoint is not None
+        return checkpoint
 
     # --- updates through the runner ---------------------------------------------------------------------------
 
