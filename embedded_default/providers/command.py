@@ -22,14 +22,15 @@ authentication, an encrypted private key. The stand-in authenticates with `conne
 from __future__ import annotations
 
 import asyncio
-import logging
+import importlib
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import asyncssh
 from pulumi.provider.experimental.property_value import PropertyValue
 
 from embedded_default.providers.standin import (
@@ -42,7 +43,6 @@ from embedded_default.providers.standin import (
     Properties,
     ProviderError,
     StandinProvider,
-    dial_tcp,
     diff_properties,
     is_unknown,
     plain,
@@ -51,6 +51,11 @@ from embedded_default.providers.standin import (
     urn_name,
     urn_type,
 )
+
+if TYPE_CHECKING:
+    import asyncssh
+
+SSH_SESSION = "embedded_default.providers.ssh_session"
 
 TYPE = "command:remote:Command"
 OUTPUTS = ("stdout", "stderr")
@@ -135,11 +140,20 @@ class Outputs:
 class CommandProvider(StandinProvider):
     package = "command"
     implements = f"{TYPE} (private-key SSH, no proxy)"
+    _ssh_session: asyncio.Future[ModuleType] | None = None
+
+    def ssh_session(self) -> asyncio.Future[ModuleType]:
+        """ssh_session.py (asyncssh), imported in a thread from the first check of a command on, while the engine
+        goes on to diff it: not before, so that it does not slow the plugin's start-up."""
+        if self._ssh_session is None:
+            self._ssh_session = asyncio.ensure_future(asyncio.to_thread(importlib.import_module, SSH_SESSION))
+        return self._ssh_session
 
     async def check(self, urn: str, olds: Properties, news: Properties) -> Checked:
         self.require_local(urn)
         if urn_type(urn) != TYPE:
             raise self.refuse(f"the resource type {urn_type(urn)}")
+        self.ssh_session()
         inputs = present(news)
         failures = [failure for key, value in inputs.items() for failure in self._input_failures(key, value)]
         connection = inputs.get("connection")
@@ -260,13 +274,16 @@ class CommandProvider(StandinProvider):
     async def dial(self, urn: str, connection: Connection) -> asyncssh.SSHClientConnection:
         """`dialWithRetry`: every failure is retried (host-key mismatch included) until `dialErrorLimit` failures
         (-1: no limit), waiting 0.1 s, then 1.5 times longer each time, at most 5 s."""
-        options = _ssh_options(connection)
+        await self.ssh_session()
+        from embedded_default.providers import ssh_session
+
+        options = ssh_session.client_options(connection)
         limit = connection.dial_error_limit
         failed = 0
         delay = 0.1
         while True:
             try:
-                return await _dial_once(connection, options)
+                return await ssh_session.dial_once(connection, options)
             except DialError as failure:
                 if limit > -1 and failed + 1 > limit:
                     raise ProviderError(f"after {failed} failed attempts: {failure}") from None
@@ -302,9 +319,11 @@ class CommandProvider(StandinProvider):
             stdout=step.logging in ("stdout", "stdoutAndStderr"),
             stderr=step.logging in ("stderr", "stdoutAndStderr"),
         )
-        output = _Output(live)
+        from embedded_default.providers import ssh_session
+
+        output = ssh_session.Output(live.feed)
         try:
-            channel = await _open_session(client, command, variables, refused, output)
+            channel = await ssh_session.open_session(client, command, variables, refused, output)
             if step.stdin:
                 channel.write(step.stdin.encode())
             # x/crypto sends EOF once stdin is written, or at once without stdin: a command reading stdin never
@@ -369,135 +388,12 @@ def _step(properties: Properties) -> Step:
 # --- SSH ---------------------------------------------------------------------------------------------------------
 
 
-def _ssh_options(connection: Connection) -> asyncssh.SSHClientConnectionOptions:
-    """The real provider's `SSHConfig`: the private key, and the host key pinned (`ssh.FixedHostKey`, only that
-    key's algorithms offered) or not checked at all. Nothing else is read: no ~/.ssh/config, no agent."""
-    try:
-        key = asyncssh.import_private_key(connection.private_key)
-    except asyncssh.KeyImportError as error:
-        # x/crypto's wording; asyncssh's message holds nothing of the key.
-        reason = "this private key is passphrase protected" if "assphrase" in str(error) else "no key found"
-        raise ProviderError(f"ssh: {reason}") from None
-    pinned = _host_key(connection.host_key) if connection.host_key is not None else None
-    return asyncssh.SSHClientConnectionOptions(
-        username=connection.user,
-        client_keys=[key],
-        known_hosts=None if pinned is None else ([pinned], [], [], [], [], [], []),
-        server_host_key_algs="default" if pinned is None else [alg.decode() for alg in pinned.sig_algorithms],
-        config=[],
-        agent_path=None,
-        password_auth=False,
-        kbdint_auth=False,
-        gss_auth=False,
-        gss_kex=False,
-        host_based_auth=False,
-        x509_trusted_certs=None,
-        # x/crypto has no time limit on the handshake: perDialTimeout bounds the TCP connect only.
-        login_timeout=0,
-    )
-
-
-def _host_key(line: str) -> asyncssh.SSHKey:
-    """`ssh.ParseAuthorizedKey`: an authorized_keys line, options and comment allowed."""
-    tokens = line.split()
-    for start in range(len(tokens) - 1):
-        try:
-            return asyncssh.import_public_key(f"{tokens[start]} {tokens[start + 1]}")
-        except (asyncssh.KeyImportError, ValueError):
-            continue
-    raise ProviderError("failed to parse host key: ssh: no key found")
-
-
-async def _dial_once(
-    connection: Connection, options: asyncssh.SSHClientConnectionOptions
-) -> asyncssh.SSHClientConnection:
-    timeout = connection.per_dial_timeout or None  # 0: no maximum
-    sock = await asyncio.to_thread(dial_tcp, connection.host, connection.port, timeout)
-    try:
-        return await asyncssh.connect(sock=sock, host=connection.host, port=connection.port, options=options)
-    except (asyncssh.Error, OSError) as error:
-        sock.close()
-        raise DialError(f"ssh: handshake failed: {_handshake_reason(error)}") from None
-
-
-def _handshake_reason(error: Exception) -> str:
-    """x/crypto's reason for a failed handshake."""
-    if isinstance(error, asyncssh.HostKeyNotVerifiable):
-        return "ssh: host key mismatch"
-    if isinstance(error, asyncssh.PermissionDenied):
-        return "ssh: unable to authenticate, attempted methods [none publickey], no supported methods remain"
-    if isinstance(error, asyncssh.ConnectionLost | asyncssh.DisconnectError | ConnectionResetError):
-        return "EOF"
-    return str(error) or type(error).__name__
-
-
 async def _cancelled_within(cancelled: asyncio.Event, seconds: float) -> bool:
     try:
         await asyncio.wait_for(cancelled.wait(), seconds)
     except TimeoutError:
         return False
     return True
-
-
-class _SessionChannel(asyncssh.SSHClientChannel[bytes]):
-    """A session channel whose `env` requests want a reply, as x/crypto's `Session.Setenv` sends them (asyncssh
-    sends them without), and that learns the replies before it sends `exec`: so a variable the server refuses
-    (no `AcceptEnv`) is known before the command could start."""
-
-    def __init__(
-        self,
-        client: asyncssh.SSHClientConnection,
-        names: list[str],
-        refused: Callable[[list[str]], Awaitable[None]],
-    ) -> None:
-        options = client._options
-        client._update_recv_pktlen(options.max_pktsize)
-        super().__init__(
-            client,
-            asyncio.get_running_loop(),
-            client._utf8_decode_errors,
-            None,
-            "strict",
-            options.window,
-            options.max_pktsize,
-        )
-        self._names = names
-        self._refused = refused
-        self._replies: list[asyncio.Future[bool]] = []
-
-    def _send_request(self, request: bytes, *args: bytes, want_reply: bool = False) -> None:
-        if request == b"env":
-            reply: asyncio.Future[bool] = self._loop.create_future()
-            self._request_waiters.append(reply)
-            self._replies.append(reply)
-            want_reply = True
-        super()._send_request(request, *args, want_reply=want_reply)
-
-    async def _make_request(self, request: bytes, *args: bytes) -> bool | None:
-        if request == b"exec":
-            accepted = [await reply for reply in self._replies]
-            refused = [name for name, ok in zip(self._names, accepted, strict=True) if not ok]
-            if refused:
-                try:
-                    await self._refused(refused)
-                except ProviderError:
-                    self.close()
-                    raise
-        return await super()._make_request(request, *args)
-
-
-async def _open_session(
-    client: asyncssh.SSHClientConnection,
-    command: str,
-    variables: dict[str, str],
-    refused: Callable[[list[str]], Awaitable[None]],
-    output: _Output,
-) -> _SessionChannel:
-    """What asyncssh's `create_session` does, with the channel above: env requests, then `exec` of the command."""
-    channel = _SessionChannel(client, list(variables), refused)
-    env = {name.encode(): value.encode() for name, value in variables.items()}
-    await channel.create(lambda: output, command, None, env, False, None, None, {}, False, None, None, False, False)
-    return channel
 
 
 class _LiveLog:
@@ -530,21 +426,6 @@ class _LiveLog:
         while (line := await self._lines.get()) is not None:
             # bufio.ScanLines drops a trailing carriage return.
             await self._log.info(_text(line).removesuffix("\r"), self._urn, ephemeral=True)
-
-
-class _Output(asyncssh.SSHClientSession[bytes]):
-    def __init__(self, live: _LiveLog) -> None:
-        self.stdout = bytearray()
-        self.stderr = bytearray()
-        self.combined = bytearray()
-        """stdout and stderr in the order they arrived: what a failed command's error shows."""
-        self._live = live
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        from_stderr = datatype == asyncssh.EXTENDED_DATA_STDERR
-        (self.stderr if from_stderr else self.stdout).extend(data)
-        self.combined.extend(data)
-        self._live.feed(data, from_stderr)
 
 
 def _exit_error(status: int | None, signal: tuple[str, bool, str, str] | None) -> str | None:
@@ -590,8 +471,6 @@ def go_quote(text: str) -> str:
 
 
 def main() -> None:
-    # asyncssh logs to Python's logging; a plugin's stderr reaches the engine's output, so it stays quiet.
-    logging.getLogger("asyncssh").disabled = True
     serve(lambda log: CommandProvider(version("pulumi-command"), log), sys.argv[1:])
 
 
