@@ -43,12 +43,15 @@ def program() -> None:
         if plain.backup is not None
         else None
     )
-    # A provider no resource uses: the engine gives it a random ID when it first records it in this stack's state,
-    # and keeps it. The release steps name their state by it, so the server tells an update of this state from one
-    # of another state of the same stack (lib/lock.sh).
-    state_id = pulumi_command.Provider(shared_facts.STATE_MARKER).id
+    # The provider every step runs on, so that an update starts one command plugin, not this one and a default one.
+    # The engine gives it a random ID when it first records it in this stack's state, and keeps it: the release steps
+    # name their state by it, so the server tells an update of this state from one of another state of the same stack
+    # (lib/lock.sh).
+    steps_provider = pulumi_command.Provider(shared_facts.STATE_MARKER)
+    on_steps_provider = pulumi.ResourceOptions(providers=[steps_provider])
+    state_id = steps_provider.id
     # A stage that lists its hosts runs on Docker Swarm; any other is its one host, as always.
-    swarm = swarm_stage(stack, state_id, image) if plain.server.hosts else None
+    swarm = swarm_stage(stack, state_id, image, on_steps_provider) if plain.server.hosts else None
     server = swarm or ServerRelease(
         shared_facts.SERVER_RELEASE,
         ServerReleaseArgs.of(
@@ -58,6 +61,7 @@ def program() -> None:
             image.migrate_ref,
             database_image.ref if database_image else plain.app.postgres_image,
         ),
+        on_steps_provider,
     )
 
     # Only the stack that administers the repository declares environments: its own, and each other stage's.

@@ -55,8 +55,11 @@ class SwarmRelease(pulumi.ComponentResource):
         self.register_outputs({"latestBackup": self.latest_backup, "previousVersion": self.previous_version})
 
 
-def swarm_stage(stack: StackConfig, state_id: pulumi.Input[str], image: AppImage) -> SwarmRelease:
-    """The stage's Swarm as its hosts are listed, then its release on it (`state_id`: ServerRelease's)."""
+def swarm_stage(
+    stack: StackConfig, state_id: pulumi.Input[str], image: AppImage, opts: pulumi.ResourceOptions
+) -> SwarmRelease:
+    """The stage's Swarm as its hosts are listed, then its release on it (`state_id`: ServerRelease's; `opts`: the
+    provider their steps run on)."""
     plain = stack.plain
     cluster = SwarmCluster(
         "cluster",
@@ -66,10 +69,12 @@ def swarm_stage(stack: StackConfig, state_id: pulumi.Input[str], image: AppImage
             drain_timeout_seconds=shared_facts.swarm_drain_timeout(plain.release.drain_seconds),
             ssh_private_key=stack.secrets.ssh_private_key,
         ),
+        opts,
     )
     return SwarmRelease(
         shared_facts.SERVER_RELEASE,
         SwarmReleaseArgs.of(
             stack, state_id, image.app_ref, image.migrate_ref, plain.app.postgres_image, cluster=cluster.ready
         ),
+        opts,
     )

@@ -26,6 +26,7 @@ from components.image import (
 from components.server_files import LIBRARIES
 from tests import kit
 from tests.kit import Deployment, Resource
+from tests.test_swarm_config import SWARM
 
 COMMAND = "command:remote:Command"
 RELEASE = "github:index/release:Release"
@@ -303,6 +304,18 @@ def test_no_step_can_undo_a_release_and_none_relies_on_ssh_environment() -> None
         assert "delete" not in resource.inputs, f"{resource.urn} has a delete command"
         assert "environment" not in resource.inputs, f"{resource.urn} needs AcceptEnv on the server"
         assert resource.inputs["addPreviousOutputInEnv"] is False, resource.urn
+
+
+@pytest.mark.parametrize("overrides", [{}, SWARM], ids=["one host", "swarm"])
+def test_every_step_runs_on_the_provider_whose_id_names_the_state(overrides: dict[str, Any]) -> None:
+    """An update then starts one command plugin: the engine loads a plugin per provider, one after the other, and
+    a default provider beside the marker would be a second one before the first step."""
+    deployment = kit.run_stack("local", overrides=overrides)
+    marker = deployment.one("pulumi:providers:command", shared_facts.STATE_MARKER)
+    commands = deployment.of_type(COMMAND)
+    assert len(commands) >= 6
+    for resource in commands:
+        assert resource.provider.startswith(f"{marker.urn}::"), f"{resource.urn} runs on {resource.provider}"
 
 
 def test_every_step_pins_the_servers_host_key_and_keeps_its_ssh_key_secret() -> None:
