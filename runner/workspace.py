@@ -14,12 +14,14 @@ import json
 import os
 import subprocess
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pulumi import automation as auto
+from pulumi.automation._stack import StackInitMode  # not exported; the SDK is pinned (requirements.txt)
 from semver import VersionInfo
 
 from components.config import NAMESPACE, STAGES
@@ -91,9 +93,9 @@ class Workspace:
         )
         workspace.checkpoint = file_checkpoint(self.env.get("PULUMI_BACKEND_URL", ""), self.stack_name)
         if self.stack_name == LOCAL:
-            return auto.Stack.create_or_select(self.stack_name, workspace)
+            return _Stack(self.stack_name, workspace, StackInitMode.CREATE_OR_SELECT)
         try:
-            return auto.Stack.select(self.stack_name, workspace)
+            return _Stack(self.stack_name, workspace, StackInitMode.SELECT)
         except auto.errors.StackNotFoundError:
             raise RunnerError(
                 f"stack {self.stack_name!r} does not exist in the backend {self.backend()!r}; create it once (README, "
@@ -120,6 +122,38 @@ def file_checkpoint(backend_url: str, stack_name: str) -> Path | None:
         return None
     folder = Path(backend_url.removeprefix("file://").partition("?")[0])
     return folder / ".pulumi" / "stacks" / NAMESPACE / f"{stack_name}.json"
+
+
+class _Stack(auto.Stack):
+    """`Stack.up` reads the stack's outputs, then its last update (`pulumi stack history`), one CLI run after the
+    other once the update is over; here an update's two reads run side by side."""
+
+    _update_shows_secrets: bool | None = None
+    """While `up` runs: whether it shows secrets, as its read of the last update then does."""
+    _last_update: Future[list[auto.UpdateSummary]] | None = None
+
+    def up(self, *args: Any, **kwargs: Any) -> auto.UpResult:
+        self._update_shows_secrets = bool(kwargs.get("show_secrets", True))
+        try:
+            return super().up(*args, **kwargs)
+        finally:
+            self._update_shows_secrets = None
+            self._last_update = None
+
+    def outputs(self) -> auto.OutputMap:
+        if self._update_shows_secrets is None:
+            return super().outputs()
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            last_update = reader.submit(self.history, page_size=1, show_secrets=self._update_shows_secrets)
+            outputs = super().outputs()
+        self._last_update = last_update
+        return outputs
+
+    def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
+        if self._last_update is None or show_secrets != self._update_shows_secrets:
+            return super().info(show_secrets)
+        history = self._last_update.result()
+        return history[0] if history else None
 
 
 class _InstalledCli(auto.PulumiCommand):

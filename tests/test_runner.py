@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import cast
 
+import pulumi
 import pytest
 from pulumi import automation as auto
 
@@ -144,6 +145,45 @@ def test_a_stack_whose_checkpoint_is_a_file_here_is_used_without_selecting_it(pu
     assert "manifest" in workspace.state()
     assert "stack select" not in asked.read_text()
     assert runner_workspace.file_checkpoint("s3://bucket/state", "production") is None
+
+
+def test_an_updates_outputs_and_its_summary_are_read_side_by_side(pulumi_cli: Path, tmp_path: Path) -> None:
+    """`Stack.up` reads both once the update is over, each a CLI run: they overlap, and the result is the same."""
+    (tmp_path / "Pulumi.yaml").write_text((PROJECT_DIR / "Pulumi.yaml").read_text())
+    (tmp_path / "state").mkdir()
+    runs = tmp_path / "runs"
+    cli = tmp_path / "engine" / "bin" / "pulumi"
+    cli.parent.mkdir(parents=True)
+    cli.write_text(
+        f'#!/bin/sh\necho "start $(date +%s.%N) $*" >>{runs}\n'
+        # A slow read of the outputs: the summary's read starts within it only if the two run side by side.
+        'case "$*" in *"stack output"*) sleep 1 ;; esac\n'
+        f'{pulumi_cli} "$@"\nstatus=$?\n'
+        f'echo "end $(date +%s.%N) $*" >>{runs}\nexit $status\n'
+    )
+    cli.chmod(0o755)
+    (tmp_path / "engine" / "VERSION").write_text("3.274.1\n")
+    env = {
+        "PULUMI_BACKEND_URL": local_workspace.file_backend_url(tmp_path / "state"),
+        "PULUMI_CONFIG_PASSPHRASE": "x",
+        **local_workspace.OFFLINE,
+    }
+    workspace = runner_workspace.Workspace("local", tmp_path, cli, env)
+    stack = workspace.stack()
+    stack.workspace.program = lambda: pulumi.export("answer", 42)
+    result = stack.up(show_secrets=False)
+    assert result.outputs["answer"].value == 42
+    assert result.summary.kind == "update" and result.summary.result == "succeeded"
+    times = {}
+    for line in runs.read_text().splitlines():
+        edge, moment, *words = line.split()
+        if words[:2] == ["--non-interactive", "stack"] and words[2] in ("output", "history"):
+            times[(words[2], edge)] = float(moment)
+    overlap = (
+        times[("history", "start")] < times[("output", "end")]
+        and times[("output", "start")] < times[("history", "end")]
+    )
+    assert overlap, times
 
 
 def test_help_documents_the_operators_tool() -> None:
