@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from pulumi import automation as auto
 from components import config, shared_facts
 from components.config import NAMESPACE
 from runner import server, stack_file
-from runner.workspace import RunnerError, Workspace
+from runner.workspace import PROGRAM_MODULE, RunnerError, Workspace
 
 T = TypeVar("T")
 # The engine's words for a stack another update holds (the file and S3 backends' lock).
@@ -333,8 +334,10 @@ def up(session: Session, diff: bool = False, confirm: Confirm | None = None) -> 
     workspace = session.workspace
     stack = workspace.stack()
     # The state and the server's release lock are read side by side: each waits on a process of its own (the CLI, ssh).
-    with ThreadPoolExecutor(max_workers=1) as reader:
+    # Meanwhile the program's module is imported, which the update runs next.
+    with ThreadPoolExecutor(max_workers=2) as reader:
         asked = reader.submit(_read_release_lock, session)
+        reader.submit(importlib.import_module, PROGRAM_MODULE)
         deployment = workspace.state()
         lock = asked.result()
     interrupted = _with_state_lock(session, stack, lambda: _clear_interrupted_operations(session, stack, deployment))

@@ -28,7 +28,9 @@ DIGEST = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
 
 
-def test_main_py_and_the_runner_run_the_same_program_function(pulumi_cli: Path, tmp_path: Path) -> None:
+def test_main_py_and_the_runner_run_the_same_program_function(
+    pulumi_cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     main = ast.parse((PROJECT_DIR / "__main__.py").read_text())
     statements = [
         node for node in main.body if not isinstance(node, ast.Expr) or not isinstance(node.value, ast.Constant)
@@ -40,7 +42,12 @@ def test_main_py_and_the_runner_run_the_same_program_function(pulumi_cli: Path, 
     env = {"PULUMI_BACKEND_URL": f"file://{tmp_path}", "PULUMI_CONFIG_PASSPHRASE": "x", **local_workspace.OFFLINE}
     stack = runner_workspace.Workspace("local", tmp_path, pulumi_cli, env).stack()
     assert isinstance(stack.workspace, auto.LocalWorkspace)
-    assert stack.workspace.program is program.program
+    assert stack.workspace.program is runner_workspace.run_program
+    assert program.__name__ == runner_workspace.PROGRAM_MODULE
+    ran = []
+    monkeypatch.setattr(program, "program", lambda: ran.append(True))
+    runner_workspace.run_program()
+    assert ran == [True]
 
 
 def stack_file_copy(tmp_path: Path) -> Path:
