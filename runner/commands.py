@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from pulumi import automation as auto
 from components import config, shared_facts
 from components.config import NAMESPACE
 from runner import server, stack_file
-from runner.workspace import PROGRAM_MODULE, RunnerError, Workspace
+from runner.workspace import RunnerError, Workspace, program_module
 
 T = TypeVar("T")
 # The engine's words for a stack another update holds (the file and S3 backends' lock).
@@ -337,7 +336,7 @@ def up(session: Session, diff: bool = False, confirm: Confirm | None = None) -> 
     # Meanwhile the program's module is imported, which the update runs next.
     with ThreadPoolExecutor(max_workers=2) as reader:
         asked = reader.submit(_read_release_lock, session)
-        reader.submit(importlib.import_module, PROGRAM_MODULE)
+        reader.submit(program_module)
         deployment = workspace.state()
         lock = asked.result()
     interrupted = _with_state_lock(session, stack, lambda: _clear_interrupted_operations(session, stack, deployment))

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pulumi import automation as auto
@@ -127,10 +128,15 @@ def file_checkpoint(backend_url: str, stack_name: str) -> Path | None:
 PROGRAM_MODULE = "components.program"
 
 
+def program_module() -> ModuleType:
+    """The program's module, imported on first use: with the provider SDKs it imports it is a fifth of the runner's
+    start-up, which an update spends instead beside its first reads."""
+    return importlib.import_module(PROGRAM_MODULE)
+
+
 def run_program() -> None:
-    """The program, as `__main__.py` runs it. Its module is imported on the first run: with the provider SDKs it
-    imports it is a fifth of the runner's start-up, which an update spends instead beside its first reads."""
-    importlib.import_module(PROGRAM_MODULE).program()
+    """The program, as `__main__.py` runs it."""
+    program_module().program()
 
 
 class _Stack(auto.Stack):

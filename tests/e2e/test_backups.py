@@ -113,8 +113,8 @@ def test_the_first_release_archives_to_the_repository_and_the_scheduler_takes_a_
 def test_postgresql_restarted_archives_within_its_archive_timeout_again(stage: Stage) -> None:
     """PostgreSQL's checkpointer honours archive_timeout only from its first wake-up after a start (it sleeps a whole
     checkpoint_timeout first: 5 min): without the scheduler's wake-up, nothing would be archived here within 30 s."""
-    on_server(stage, f"docker restart {shlex.quote(stage.setting('app.dbContainer'))}")
     container = stage.setting("app.dbContainer")
+    on_server(stage, f"docker restart {shlex.quote(container)}")
     deadline = time.monotonic() + 60
     # Until PostgreSQL is up again its socket is missing and psql fails: ask again, without raising.
     while stage.target.docker("exec", container, "pg_isready", "--quiet", check=False).returncode != 0:
