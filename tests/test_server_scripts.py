@@ -1053,6 +1053,74 @@ def test_a_step_that_ends_an_update_without_up_stops_a_colour_a_killed_switch_le
     assert not server.locked()
 
 
+def killed_past_its_reload(server: Server) -> str:
+    """What a switch of the live release (v1.0.0 on blue) to new settings on green leaves when it is killed outright
+    after the proxy's reload, before the record: green serves with the new settings, the record says blue. The
+    stack's settings are the old ones again (an update going back); returns them."""
+    server.live("v1.0.0", OLD)
+    new_settings = dot_env(FEATURE="on")
+    (server.app_dir / ".env.green").write_text(new_settings)
+    server.fact("colour_green", OLD)
+    server.fact("env_green", new_settings)
+    server.fact(f"login_{ROLES['green']}", PASSWORD)
+    (server.app_dir / "proxy" / "live.conf").write_text(server.file("proxy/green.conf"))
+    server.fact("proxy_colour", "green")
+    return server.file(".env")
+
+
+def test_a_step_that_ends_an_update_without_up_never_stops_the_colour_the_proxy_serves_and_hands_on_to_up(
+    server: Server,
+) -> None:
+    """The update going back to the old settings: its env step changes nothing the record knows of, but the proxy
+    serves another colour than the record says, so `up` has work; stopping green here failed every request until
+    `up` had started blue (kill-anywhere, stop 28's CI)."""
+    settings = killed_past_its_reload(server)
+    ended = server.env(settings, release=release_of("v1.0.0", OLD))
+    assert ended.returncode == 0, ended.stderr
+    assert server.read("colour_green") == OLD, "the colour taking traffic was stopped"
+    assert server.lock()["STEP_STATE"] == "handed-on"
+    awaited = server.run("release-lock.sh", "--end-update", STACK)
+    reason = "the proxy sends traffic to green, not to the live colour blue: a switch did not finish"
+    assert f"its last step awaited an up that did not come: {reason}" in awaited.stdout, awaited.stdout
+
+
+def test_up_after_a_switch_killed_past_its_reload_lets_the_proxy_drain_the_colour_it_recreates(server: Server) -> None:
+    """The proxy's old workers may still hold requests on blue, which the killed switch moved traffic away from:
+    they end before blue is recreated with the settings going back."""
+    settings = killed_past_its_reload(server)
+    assert server.env(settings, release=release_of("v1.0.0", OLD)).returncode == 0
+    server.fact("healthy_after", f"{OLD} 1\n")
+    server.fact("draining", "1")
+    result = server.up("v1.0.0", OLD)
+    assert result.returncode == 0, result.stderr
+    calls = server.calls()
+    drain_checks = [i for i, call in enumerate(calls) if "shutting" in call]
+    assert drain_checks and drain_checks[0] < index_of(calls, "up", "app-blue"), "blue was recreated undrained"
+    assert (server.read("proxy_colour"), server.read("colour_blue"), server.read("colour_green")) == ("blue", OLD, "")
+    assert server.record()["LIVE_COLOUR"] == "blue" and server.file(".env.blue") == settings
+    assert not server.locked()
+
+
+def test_a_stray_colour_the_proxy_serves_is_left_running_whatever_the_record_says(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    server.fact("colour_green", NEW)
+    server.fact("proxy_colour", "green")
+    (server.app_dir / "proxy" / "live.conf").write_text(server.file("proxy/green.conf"))
+    # Reached by a step's end only when the proxy's answer changes between `up_follows` and this: called directly.
+    libraries = " ".join(f"source {server.app_dir}/bin/lib/{name}.sh;" for name in ("step", "live", "compose"))
+    script = f"set -euo pipefail; {libraries} use_app_dir {server.app_dir}; read_settings; stop_stray_colours"
+    ended = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        env=server.environment(),
+        timeout=60,
+        check=False,
+    )
+    assert ended.returncode == 0, ended.stderr
+    assert "the proxy sends traffic to it: left running" in ended.stderr and server.read("colour_green") == NEW
+
+
 def test_a_handover_that_fails_gives_the_lock_back_and_fails_the_step(server: Server, tmp_path: Path) -> None:
     failing = tmp_path / "failing"
     failing.mkdir()

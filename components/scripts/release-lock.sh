@@ -34,15 +34,6 @@ exec 8>"$LOCK_MUTEX"
 step_runs=no
 flock -n 8 || step_runs=yes
 
-# Why the last step handed the lock on: what `up` would have had to do (lib/live.sh, up_follows).
-awaited_up() {
-  local release
-  release="$(value_of RELEASE "$LOCK_HOLDER")"
-  [[ "$release" == "$(live_release)" ]] || echo "$release is not the live release ($(live_release))"
-  live_settings_current || echo "the live colour does not run the current .env"
-  [[ "$(installed_files_digest)" == "$(live FILES_DIGEST)" ]] || echo "the installed files are not those up switched with"
-}
-
 case "$action" in
   --fields)
     for key in RELEASE STACK STEP STEP_STATE; do
@@ -58,7 +49,11 @@ case "$action" in
     [[ "$held" != restoring ]] || exit 0
     echo "the update of $ended is over; giving back the release lock it left: $(describe_lock_holder)"
     if [[ "$held" == handed-on ]]; then
-      echo "its last step awaited an up that did not come: $(awaited_up | paste -sd ';' | sed 's/;/; /g')"
+      # The settings (the proxy's address) are read for the reason alone, in its subshell: the lock goes back anyway.
+      echo "its last step awaited an up that did not come: $(
+        [[ ! -f "$APP_DIR/$SETTINGS_FILE" ]] || read_settings
+        up_work "$(value_of RELEASE "$LOCK_HOLDER")"
+      )"
     fi
     rm -f "$LOCK_HOLDER"
     exit 0

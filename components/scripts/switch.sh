@@ -31,17 +31,12 @@ declare -A health_url=([blue]="$BLUE_HEALTH_URL" [green]="$GREEN_HEALTH_URL")
 # curl's exit statuses for an HTTP error (with --fail) and a timeout: the colour did answer, or hangs.
 readonly CURL_HTTP_ERROR=22 CURL_TIMED_OUT=28
 
-# The colour the proxy sends traffic to; nothing while no proxy runs (first release, old layout).
-serving() {
-  curl --silent --fail --max-time 2 "$COLOUR_URL" || true
-}
-
 # Whether the proxy names COLOUR within 10 s. Asked every 0.1 s: nginx takes up a reload in a few hundredths of a
 # second, and the cutover waits for this answer.
 proxy_names() {
   local colour="$1" tries
   for ((tries = 0; tries < 100; tries++)); do
-    [[ "$(serving)" == "$colour" ]] && return 0
+    [[ "$(serving_colour)" == "$colour" ]] && return 0
     sleep 0.1
   done
   return 1
@@ -67,14 +62,13 @@ undo_switch() {
 # again for up to 10 s, since after a switch killed past its reload it serves another colour than the one recorded,
 # and recreating that colour would fail every request until it is up. Only a proxy that still does not answer, or
 # none running (the first switch), leaves it to the record.
-current="$(serving)"
+current="$(serving_colour)"
 if [[ -z "$current" && -n "$(compose ps --quiet --status running proxy 2>/dev/null)" ]]; then
   for ((tries = 0; tries < 20 && ${#current} == 0; tries++)); do
     sleep 0.5
-    current="$(serving)"
+    current="$(serving_colour)"
   done
 fi
-[[ " $COLOURS " == *" $current "* ]] || current=""
 old="${current:-$(live LIVE_COLOUR)}"
 new=blue
 [[ "$old" != blue ]] || new=green
@@ -93,6 +87,9 @@ if [[ -n "$old" ]] && ! cmp -s "$APP_DIR/.env.$new" "$APP_DIR/.env.$old"; then
   echo "starting $new with settings that differ from those $old runs with"
 fi
 allow_login "$new" "$APP_DIR/.env.$new"
+# A switch killed past its reload left the idle colour running, and the proxy's old workers may still hold requests
+# on it: they end before it is recreated.
+[[ -z "$(service_container "app-$new" 2>/dev/null)" ]] || await_drain
 COMPOSE_ENV_FILE="$APP_DIR/.env.$new" compose up --detach --no-deps --force-recreate "app-$new"
 # An attempt is an HTTP answer, or a request that timed out. Until the new colour answers at all (it boots), it is
 # asked again every 0.1 s, within the time its attempts may take: a release waits for the boot, not a whole interval.
@@ -132,10 +129,6 @@ make_live "$version" "$APP_IMAGE" "$MIGRATE_IMAGE" "$new"
 echo "switched to $new: $version ($APP_IMAGE)"
 
 [[ -n "$old" ]] || exit 0
-# After the reload, nginx renames each old worker "... is shutting down" until its last request ends.
-for ((waited = 0; waited < DRAIN_SECONDS; waited++)); do
-  service_exec proxy sh -c 'grep -qs "^nginx: worker process is shutting down" /proc/[0-9]*/cmdline' || break
-  sleep 1
-done
+await_drain
 compose stop "app-$old"
 retire_login "$old"

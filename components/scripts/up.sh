@@ -31,7 +31,7 @@ already_live() {
   [[ "$(live_release)" == "$release" ]] && live_settings_current &&
     [[ "$(installed_files_digest)" == "$(live FILES_DIGEST)" ]] &&
     [[ -n "$(compose ps --quiet --status running "app-$colour")" ]] &&
-    [[ "$(curl --silent --fail --max-time 2 "$COLOUR_URL" || true)" == "$colour" ]]
+    [[ "$(serving_colour)" == "$colour" ]]
 }
 if already_live; then
   echo "$version is live on $(live LIVE_COLOUR) with the current settings and files: nothing to switch"

@@ -116,7 +116,7 @@ WRITE_INTERVAL_SECONDS = 0.5
 CREATE_ROWS = "create table if not exists kill_anywhere_rows (id bigserial primary key, at timestamptz default now())"
 WRITE_ROW = "insert into kill_anywhere_rows default values returning id"
 ROWS_WRITTEN = "select id from kill_anywhere_rows"
-# A step's duration before this run has seen the step end.
+# A step's duration before this run has seen the step end in any operation.
 DEFAULT_STEP_SECONDS = 2.0
 # Of a step's duration as the engine reports it, what is not its script on the server: the SSH session opening before
 # it and closing after it. A moment inside a step is a fraction of the script's run, which a kill must find running.
@@ -657,6 +657,7 @@ class KillAnywhere:
     def release(self, version: str) -> None:
         released = self.stage.up(version)
         assert released.ok, explain(released)
+        self.learn(Operation.RELEASE, released)
 
     def end(self) -> None:
         self.writer.stop()
@@ -751,7 +752,13 @@ class KillAnywhere:
                 self.step_seconds[key] = min(step.seconds, self.step_seconds.get(key, step.seconds))
 
     def expected_seconds(self, operation: Operation, step: str) -> float:
-        return self.step_seconds.get((operation, step), DEFAULT_STEP_SECONDS)
+        """As long as the step took in this operation; not seen in it yet, as in any other (the same script runs),
+        the releases `begin` made among them."""
+        learned = self.step_seconds.get((operation, step))
+        if learned is not None:
+            return learned
+        elsewhere = [seconds for (_, name), seconds in self.step_seconds.items() if name == step]
+        return min(elsewhere, default=DEFAULT_STEP_SECONDS)
 
     def window(self, name: str) -> str:
         """`name`, unless the site has not answered since dockerd restarted."""

@@ -90,7 +90,7 @@ def test_an_update_under_which_dockerd_restarts_is_finished_by_the_next_one(
         fixed(Operation.RELEASE, "", Kind.KILL_CLI, Moment("migrate", 0.0), Recovery.BACK),
         # The database step killed outright: the state keeps its inputs of before, so the update back would not run
         # it; the runner replaces it on the lock's word, and it gives the lock back (seed 24, episodes 29 and 40).
-        fixed(Operation.DATABASE, "app.postgresImage", Kind.KILL_STEP, Moment("database", 0.3), Recovery.BACK),
+        fixed(Operation.DATABASE, "app.postgresImage", Kind.KILL_STEP, Moment("database", 0.5), Recovery.BACK),
     ],
     ids=str,
 )

@@ -27,6 +27,16 @@ pull_missing() {
   docker image inspect "$1" >/dev/null 2>&1 || docker pull --quiet "$1"
 }
 
+# Lets the proxy's old workers finish the requests they hold on the colour a reload moved traffic away from: at most
+# DRAIN_SECONDS. After a reload, nginx renames each old worker "... is shutting down" until its last request ends.
+await_drain() {
+  local waited
+  for ((waited = 0; waited < DRAIN_SECONDS; waited++)); do
+    service_exec proxy sh -c 'grep -qs "^nginx: worker process is shutting down" /proc/[0-9]*/cmdline' || return 0
+    sleep 1
+  done
+}
+
 # Waits until dockerd answers, for DOCKER_WAIT_SECONDS at most (it restarts in seconds); fails if it does not.
 await_docker() {
   local deadline=$((SECONDS + ${DOCKER_WAIT_SECONDS:-60}))
@@ -136,13 +146,18 @@ retire_migrations_login() {
   retire_login migrate
 }
 
-# Stops every colour but the live one: what a switch killed outright may have left running.
+# Stops every colour but the live one: what a switch killed outright may have left running. Never the colour the
+# proxy sends traffic to, whatever the record says: `up` puts the two in line.
 stop_stray_colours() {
   local live colour
   live="$(live LIVE_COLOUR)"
   [[ -n "$live" ]] || return 0
   for colour in $COLOURS; do
     [[ "$colour" != "$live" && -n "$(service_container "app-$colour" 2>/dev/null)" ]] || continue
+    if [[ "$(serving_colour)" == "$colour" ]]; then
+      echo "warning: app-$colour is not the recorded live colour ($live), but the proxy sends traffic to it: left running" >&2
+      continue
+    fi
     echo "stopping app-$colour: a switch that did not finish left it running" >&2
     compose stop "app-$colour"
     retire_login "$colour"

@@ -108,12 +108,37 @@ live_settings_current() {
   [[ -n "$colour" ]] && cmp -s "$APP_DIR/.env" "$APP_DIR/.env.$colour"
 }
 
-# Whether `up` has work in this update: the release is not the live one, the live colour does not run the current
-# settings, or the installed files are not those `up` switched with last. An update back to the live release after
+# The colour the proxy sends traffic to, as it answers (it names the colour itself, whether that colour runs or not);
+# nothing while no proxy runs or answers, or it names no colour (a restore's maintenance; Swarm's proxy has no such
+# answer). It is ahead of the record (LIVE_COLOUR) after a switch killed between the proxy's reload and the record.
+serving_colour() {
+  local answer
+  [[ -n "${COLOUR_URL:-}" ]] || return 0
+  answer="$(curl --silent --fail --max-time 2 "$COLOUR_URL" || true)"
+  [[ -z "$answer" || " $COLOURS " != *" $answer "* ]] || echo "$answer"
+}
+
+# Why `up` has work in an update of RELEASE, the first reason found; nothing when it has none: the release is not the
+# live one, the live colour does not run the current settings, the installed files are not those `up` switched with
+# last, or the proxy sends traffic to another colour than the record says. An update back to the live release after
 # one that stopped before `up` has none: its last step gives the lock back.
+up_work() {
+  local release="$1" served
+  if [[ "$release" != "$(live_release)" ]]; then
+    echo "$release is not the live release ($(live_release))"
+  elif ! live_settings_current; then
+    echo "the live colour does not run the current .env"
+  elif [[ "$(installed_files_digest)" != "$(live FILES_DIGEST)" ]]; then
+    echo "the installed files are not those up switched with"
+  else
+    served="$(serving_colour)"
+    [[ -z "$served" || "$served" == "$(live LIVE_COLOUR)" ]] ||
+      echo "the proxy sends traffic to $served, not to the live colour $(live LIVE_COLOUR): a switch did not finish"
+  fi
+}
+
 up_follows() {
-  [[ "$RELEASE_LOCK_OWNER" != "$(live_release)" ]] || ! live_settings_current ||
-    [[ "$(installed_files_digest)" != "$(live FILES_DIGEST)" ]]
+  [[ -n "$(up_work "$RELEASE_LOCK_OWNER")" ]]
 }
 
 # Prints which release applied IMAGE's migrations on this server ("VERSION at TIME"); fails if none did.
