@@ -24,13 +24,12 @@ require_digest_ref MIGRATE_IMAGE "$migrate_image"
 acquire_update_lock "$release" up
 pull_missing "$app_image"
 was_live="$(live VERSION)" was_colour="$(live LIVE_COLOUR)"
-# The live release as declared, its colour running and the proxy naming it: an update run again after its switch.
+# The live release as declared (no work for `up`), its colour running and the proxy naming it: an update run again
+# after its switch.
 already_live() {
   local colour
   colour="$(live LIVE_COLOUR)"
-  [[ "$(live_release)" == "$release" ]] && live_settings_current &&
-    [[ "$(installed_files_digest)" == "$(live FILES_DIGEST)" ]] &&
-    [[ -n "$(compose ps --quiet --status running "app-$colour")" ]] &&
+  [[ -z "$(up_work "$release")" && -n "$(compose ps --quiet --status running "app-$colour")" ]] &&
     [[ "$(serving_colour)" == "$colour" ]]
 }
 if already_live; then
