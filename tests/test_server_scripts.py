@@ -487,6 +487,34 @@ def test_a_new_compose_file_or_postgresql_is_installed_and_checked_again(server:
     assert calls[0].startswith("run --rm --entrypoint pgbackrest") and "pgbackrest: check" in calls, calls
 
 
+def scanned(tmp_path: Path, bin_dir: Path, info: str, status: str = "") -> str:
+    """The scheduler's status file after `scan` read a repository whose `pgbackrest info` says `info`."""
+    (tmp_path / "status.env").write_text(status)
+    script = (
+        f"set -euo pipefail; source {bin_dir}/lib/backup-job.sh; BACKUP_STATUS_DIR={tmp_path}; "
+        'job_pgbackrest() { printf "%s" "$INFO"; }; scan; echo "FULL_AT=$FULL_AT NEWEST_AT=$NEWEST_AT"'
+    )
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env={**os.environ, "INFO": info}, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout + (tmp_path / "status.env").read_text()
+
+
+def test_the_scheduler_says_no_base_backup_until_the_first_one_has_ended(tmp_path: Path, bin_dir: Path) -> None:
+    """Before the first full backup ends, `pgbackrest info` lists none: the status said a blank newest backup, which
+    `status` printed as one (stop 28's fresh run)."""
+    empty = "stanza: kametrix\n    status: error (no valid backups)\n"
+    said = scanned(tmp_path, bin_dir, empty, status="NEWEST_BACKUP=20261201-010000F 2026-12-01T01:00:00Z\n")
+    assert "FULL_AT=0 NEWEST_AT=0" in said and "NEWEST_BACKUP=\n" in said, said
+    listed = (
+        "stanza: kametrix\n    status: ok\n\n        full backup: 20261203-185900F\n"
+        "            timestamp start/stop: 2026-12-03 18:59:00+00 / 2026-12-03 18:59:30+00\n"
+    )
+    said = scanned(tmp_path, bin_dir, listed)
+    assert "NEWEST_BACKUP=20261203-185900F 2026-12-03T18:59:30Z" in said and "NEWEST_AT=0" not in said, said
+
+
 def test_an_image_without_pgbackrest_is_refused_before_anything_changes(server: Server) -> None:
     server.fact("postgres_label", FINGERPRINT)
     server.fact("no_pgbackrest", "postgres:17-alpine\n")

@@ -86,6 +86,11 @@ scan() {
     return 1
   }
   set_status REPOSITORY "answering at $(utc_now)"
+  # None yet (the first full one still running), or none left: the status says none, not a blank.
+  [[ -n "$found" ]] || {
+    set_status NEWEST_BACKUP ""
+    return 0
+  }
   # shellcheck disable=SC2034 # FULL_AT and NEWEST_AT are the scheduler's
   while read -r type label at; do
     [[ "$type" != full ]] || FULL_AT="$at"
