@@ -71,12 +71,15 @@ def server(tmp_path: Path) -> Server:
     return server
 
 
-def bash(bin_dir: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """`script` run by bash with the bundle's step library sourced, `$1`... being `args`."""
+def bash(bin_dir: Path, script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`script` run by bash with the bundle's step library sourced, `$1`... being `args` (and `env` its environment:
+    a server's, for its fakes)."""
     return subprocess.run(
         ["bash", "-c", f"source {bin_dir}/lib/step.sh; {script}", "bash", *args],
         capture_output=True,
         text=True,
+        env=env,
+        timeout=60,
         check=False,
     )
 
@@ -491,12 +494,10 @@ def scanned(tmp_path: Path, bin_dir: Path, info: str, status: str = "") -> str:
     """The scheduler's status file after `scan` read a repository whose `pgbackrest info` says `info`."""
     (tmp_path / "status.env").write_text(status)
     script = (
-        f"set -euo pipefail; source {bin_dir}/lib/backup-job.sh; BACKUP_STATUS_DIR={tmp_path}; "
-        'job_pgbackrest() { printf "%s" "$INFO"; }; scan; echo "FULL_AT=$FULL_AT NEWEST_AT=$NEWEST_AT"'
+        f"set -euo pipefail; source {bin_dir}/lib/backup-job.sh; BACKUP_STATUS_DIR=$1 listed=$2; "
+        'job_pgbackrest() { printf "%s" "$listed"; }; scan; echo "FULL_AT=$FULL_AT NEWEST_AT=$NEWEST_AT"'
     )
-    done = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, env={**os.environ, "INFO": info}, check=False
-    )
+    done = bash(bin_dir, script, str(tmp_path), info)
     assert done.returncode == 0, done.stderr
     return done.stdout + (tmp_path / "status.env").read_text()
 
@@ -1135,16 +1136,10 @@ def test_a_stray_colour_the_proxy_serves_is_left_running_whatever_the_record_say
     server.fact("proxy_colour", "green")
     (server.app_dir / "proxy" / "live.conf").write_text(server.file("proxy/green.conf"))
     # Reached by a step's end only when the proxy's answer changes between `up_follows` and this: called directly.
-    libraries = " ".join(f"source {server.app_dir}/bin/lib/{name}.sh;" for name in ("step", "live", "compose"))
+    bin_dir = server.app_dir / "bin"
+    libraries = " ".join(f"source {bin_dir}/lib/{name}.sh;" for name in ("live", "compose"))
     script = f"set -euo pipefail; {libraries} use_app_dir {server.app_dir}; read_settings; stop_stray_colours"
-    ended = subprocess.run(
-        ["bash", "-c", script],
-        capture_output=True,
-        text=True,
-        env=server.environment(),
-        timeout=60,
-        check=False,
-    )
+    ended = bash(bin_dir, script, env=server.environment())
     assert ended.returncode == 0, ended.stderr
     assert "the proxy sends traffic to it: left running" in ended.stderr and server.read("colour_green") == NEW
 
