@@ -175,19 +175,20 @@ def release_steps(
     first for `after`): files, env, database, backup, migrate, then `up` (its script and the flags it takes beyond
     the release's), by step name.
 
-    Every step of an update names its release: the release lock passes from step to step of one release and refuses
-    the steps of another until `up`, or the last step of an update with no `up`, ends it. What a step reads when it
-    runs (timeouts, the health gate, who asked) is in the settings file the files step installs, so changing it
-    re-runs nothing else; the `.env` travels on stdin.
+    The stage's steps (files, env, database) do not name the release, so a new version runs only the release's
+    steps (backup, migrate, up), which do. The release lock passes from step to step of an update of the stack and
+    refuses the steps of anyone else until `up`, or the last step of an update with no `up`, ends it (lib/lock.sh).
+    What a step reads when it runs (timeouts, the health gate, who asked) is in the settings file the files step
+    installs, so changing it re-runs nothing else; the `.env` travels on stdin.
     """
     server, app, release = args.server, args.app, args.release
     ssh = connection(server, args.ssh_private_key)
     app_dir = server.app_dir
     bin_dir = f"{app_dir}/bin"
     env_file = server_files.env_file(app, args.app_secrets)
+    stage: dict[str, pulumi.Input[str]] = {"app-dir": app_dir, "project": app.compose_project}
     common: dict[str, pulumi.Input[str]] = {
-        "app-dir": app_dir,
-        "project": app.compose_project,
+        **stage,
         "release": pulumi.Output.from_input(args.app_ref).apply(
             lambda ref: shared_facts.release_name(args.version, ref)
         ),
@@ -220,7 +221,7 @@ def release_steps(
     )
     step(
         "files",
-        create=installed(bin_dir, "files.sh", {**common, "from": "STAGED"}).apply(
+        create=installed(bin_dir, "files.sh", {**stage, "from": "STAGED"}).apply(
             lambda line: (
                 unpack
                 + line.replace("--from STAGED", '--from "$staged"').replace(
@@ -230,7 +231,7 @@ def release_steps(
         ),
         stdin=files.apply(server_files.bundle),
     )
-    step("env", create=installed(bin_dir, "env.sh", common), stdin=pulumi.Output.secret(env_file), prints_secrets=True)
+    step("env", create=installed(bin_dir, "env.sh", stage), stdin=pulumi.Output.secret(env_file), prints_secrets=True)
     # With backups, pgBackRest's config (the repository's keys, the cipher pass) travels on stdin, like `.env`.
     backups = server_files.backup_fingerprint(app, args.backup)
     backup_config = (
@@ -240,7 +241,7 @@ def release_steps(
     )
     step(
         "database",
-        create=installed(bin_dir, "database.sh", {**common, "postgres-image": args.postgres_image, "backups": backups}),
+        create=installed(bin_dir, "database.sh", {**stage, "postgres-image": args.postgres_image, "backups": backups}),
         stdin=backup_config,
     )
     backup_mode = release.backup or ("restore-point" if args.backup is not None else "before-migrations")

@@ -36,6 +36,7 @@ COLOURS = ("blue", "green")
 # The program's component for the release on the server, and its last step, which makes a release live.
 SERVER_RELEASE = "server"
 UP_STEP = f"{SERVER_RELEASE}-up"
+DATABASE_STEP = f"{SERVER_RELEASE}-database"
 # How a release is named: its version and the first hex digits of its app image's digest (v1.2.3@0123456789ab).
 RELEASE_DIGEST_LENGTH = 12
 DIGEST_REF_PATTERN = rf"^[a-z0-9][a-z0-9._:/-]*@{DIGEST_PATTERN}$"
@@ -53,13 +54,15 @@ STEP_WAIT_SECONDS = 120
 
 # Each script's flags, in the order the program (or up.sh) writes them. Everything else a step needs it reads from the
 # settings file the files step installs (SETTINGS), so a change of those settings re-runs the files step alone.
-COMMON_FLAGS = ("app-dir", "project", "release")
+# The stage's steps (files, env, database) do not name the release: a new version runs only the release's steps.
+STAGE_FLAGS = ("app-dir", "project")
+COMMON_FLAGS = (*STAGE_FLAGS, "release")
 RELEASE_FLAGS = ("version", "app-image", "migrate-image")
 SCRIPT_FLAGS: Mapping[str, tuple[str, ...]] = {
-    "files.sh": (*COMMON_FLAGS, "from"),
-    "env.sh": COMMON_FLAGS,
+    "files.sh": (*STAGE_FLAGS, "from"),
+    "env.sh": STAGE_FLAGS,
     # `backups`: none, or the fingerprint of how PostgreSQL reaches its backup repository (BACKUP_LABEL).
-    "database.sh": (*COMMON_FLAGS, "postgres-image", "backups"),
+    "database.sh": (*STAGE_FLAGS, "postgres-image", "backups"),
     "backup.sh": (*COMMON_FLAGS, *RELEASE_FLAGS, "backups-to-keep", "backup", "backup-on-rollback", "backups"),
     "migrate.sh": (*COMMON_FLAGS, *RELEASE_FLAGS),
     "up.sh": (*COMMON_FLAGS, *RELEASE_FLAGS),

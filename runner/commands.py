@@ -230,6 +230,8 @@ def _steps_to_run_again(session: Session, deployment: dict[str, Any], lock: dict
     - a step of this state that still runs on the server, as its update lost the connection (Pulumi runs one update
       of a state at a time, and this one has not begun): it goes on until it ends or next writes, and may install
       what the state does not record. It is waited for, as the next step would wait for it, then runs again;
+    - the database step, when the stage's PostgreSQL does not run: only that step starts it, and a release does not
+      run it (it names no release);
     - `up`, when the release that serves is not the one the state says `up` made live: an `up` that went on after
       its update lost it (a dropped connection) finished a cutover the engine recorded as failed, or a break-glass
       switch went back. Run again, `up` makes the stack's release serve.
@@ -250,7 +252,7 @@ def _steps_to_run_again(session: Session, deployment: dict[str, Any], lock: dict
     ]
     left_by = steps.get(f"{shared_facts.SERVER_RELEASE}-{lock.get('STEP', '')}")
     ours = bool(state_ids) and lock.get("STACK") == _stack_name(session, state_ids[0])
-    step = f"step {lock.get('STEP')} of {lock.get('RELEASE')}"
+    step = f"step {lock.get('STEP')} of {lock.get('RELEASE') or 'the stage'}"
     if ours and left_by is not None and lock.get("STEP_RUNS") == "yes":
         lock = _await_step(session, step, lock)
         if lock.get("STEP_RUNS") != "yes":
@@ -264,6 +266,10 @@ def _steps_to_run_again(session: Session, deployment: dict[str, Any], lock: dict
         )
         session.say(f"the server's release lock says {step} {how}: it runs again in this update")
         again.append(left_by["urn"])
+    database = steps.get(shared_facts.DATABASE_STEP)
+    if database is not None and lock.get("DATABASE_RUNS") == "no":
+        session.say("the stage's PostgreSQL does not run on the server: the database step runs again to start it")
+        again.append(database["urn"])
     up = steps.get(shared_facts.UP_STEP)
     made_live = _RELEASE_FLAG.search(str((up or {}).get("inputs", {}).get("create", "")))
     serving = lock.get("LIVE_RELEASE", "")

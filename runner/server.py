@@ -79,8 +79,8 @@ def read_state(server: ServerSettings, private_key: SecretStr) -> ServerState:
 
 def read_lock(server: ServerSettings, private_key: SecretStr) -> dict[str, str]:
     """The release lock as `release-lock.sh --fields` gives it: RELEASE, STACK, STEP, STEP_STATE (all empty when it
-    is free), STEP_RUNS (yes or no) and LIVE_RELEASE (the release that serves); nothing before the files step
-    installed the scripts."""
+    is free), STEP_RUNS (yes or no), LIVE_RELEASE (the release that serves) and DATABASE_RUNS (yes, no, or empty
+    before the files step installed the settings); nothing before the files step installed the scripts."""
     app_dir = shlex.quote(server.app_dir)
     answer = ssh(
         server, private_key, f"[ ! -f {app_dir}/bin/release-lock.sh ] || bash {app_dir}/bin/release-lock.sh --fields"

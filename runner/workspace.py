@@ -14,9 +14,11 @@ import importlib
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
@@ -139,25 +141,69 @@ def run_program() -> None:
     program_module().program()
 
 
+# The type of a program's root resource, whose outputs are the stack's.
+STACK_TYPE = "pulumi:pulumi:Stack"
+# How long an update's outputs may take to arrive on its event stream after the CLI exited.
+EVENTS_SETTLE_SECONDS = 2.0
+
+
+class _UpdateEvents:
+    """What an update's own events say of its end: the stack's outputs (masked, as the engine streams them without
+    --show-secrets) and its summary, the last event of an update that ran."""
+
+    def __init__(self) -> None:
+        self.stack_outputs: Mapping[str, Any] | None = None
+        self.summary: auto.events.SummaryEvent | None = None
+        self.ended = threading.Event()
+        self.began = datetime.now(UTC)
+
+    def seen(self, event: auto.EngineEvent) -> None:
+        done = event.res_outputs_event
+        if done is not None and done.metadata.type == STACK_TYPE and done.metadata.new is not None:
+            self.stack_outputs = done.metadata.new.outputs or {}
+        if event.summary_event is not None:
+            self.summary = event.summary_event
+            self.ended.set()
+
+
 class _Stack(auto.Stack):
-    """`Stack.up` reads the stack's outputs, then its last update (`pulumi stack history`), one CLI run after the
-    other once the update is over; here an update's two reads run side by side."""
+    """`Stack.up` reads the stack's outputs, then its last update (`pulumi stack history`), two CLI runs once the
+    update is over; here an update that streams its events (`on_event`) takes both from them instead, and one that
+    does not reads them side by side."""
 
     _update_shows_secrets: bool | None = None
     """While `up` runs: whether it shows secrets, as its read of the last update then does."""
     _last_update: Future[list[auto.UpdateSummary]] | None = None
+    _events: _UpdateEvents | None = None
 
     def up(self, *args: Any, **kwargs: Any) -> auto.UpResult:
         self._update_shows_secrets = bool(kwargs.get("show_secrets", True))
+        caller = kwargs.get("on_event")
+        if caller is not None and not self._update_shows_secrets:
+            events = self._events = _UpdateEvents()
+
+            def on_event(event: auto.EngineEvent) -> None:
+                events.seen(event)
+                caller(event)
+
+            kwargs["on_event"] = on_event
         try:
             return super().up(*args, **kwargs)
         finally:
             self._update_shows_secrets = None
             self._last_update = None
+            self._events = None
 
     def outputs(self) -> auto.OutputMap:
         if self._update_shows_secrets is None:
             return super().outputs()
+        events = self._events
+        if events is not None and events.ended.wait(EVENTS_SETTLE_SECONDS) and events.stack_outputs is not None:
+            return {
+                name: auto.OutputValue(value=value, secret=value == SECRET_MASK)
+                for name, value in events.stack_outputs.items()
+            }
+        self._events = None
         with ThreadPoolExecutor(max_workers=1) as reader:
             last_update = reader.submit(self.history, page_size=1, show_secrets=self._update_shows_secrets)
             outputs = super().outputs()
@@ -165,6 +211,18 @@ class _Stack(auto.Stack):
         return outputs
 
     def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
+        events = self._events
+        if events is not None and events.summary is not None and show_secrets == self._update_shows_secrets:
+            return auto.UpdateSummary(
+                kind="update",
+                start_time=events.began,
+                message="",
+                environment={},
+                config={},
+                result="succeeded",
+                end_time=datetime.now(UTC),
+                resource_changes=events.summary.resource_changes,
+            )
         if self._last_update is None or show_secrets != self._update_shows_secrets:
             return super().info(show_secrets)
         history = self._last_update.result()

@@ -112,18 +112,20 @@ class Server:
             check=False,
         )
 
-    def arguments(self, script: str, release: str, flags: dict[str, str]) -> list[str]:
-        """`--name value` for exactly the flags `script` takes, in their order, as the program writes them."""
-        values = {"app-dir": str(self.app_dir), "project": PROJECT, "release": release}
+    def arguments(self, script: str, release: str | None, flags: dict[str, str]) -> list[str]:
+        """`--name value` for exactly the flags `script` takes, in their order, as the program writes them (a stage
+        step's, `release` None, name no release)."""
+        values = {"app-dir": str(self.app_dir), "project": PROJECT}
+        values |= {} if release is None else {"release": release}
         values |= {name.replace("_", "-"): value for name, value in flags.items()}
         names = SCRIPT_FLAGS[script]
         assert set(values) == set(names), f"{script} takes {names}; the test gives {tuple(values)}"
         return [part for name in names for part in (f"--{name}", values[name])]
 
-    def step(self, script: str, release: str, stdin: str = "", **flags: str) -> subprocess.CompletedProcess[str]:
+    def step(self, script: str, release: str | None, stdin: str = "", **flags: str) -> subprocess.CompletedProcess[str]:
         return self.run(script, *self.arguments(script, release, flags), stdin=stdin)
 
-    def files(self, release: str, note: str = "", **settings: str) -> subprocess.CompletedProcess[str]:
+    def files(self, note: str = "", **settings: str) -> subprocess.CompletedProcess[str]:
         """The files step as the program runs it: the bundle unpacked into a folder of its own, then files.sh."""
         staged = self.app_dir / ".files.test"
         install(staged, BUNDLE)
@@ -131,15 +133,13 @@ class Server:
         if note:
             with (staged / server_files.COMPOSE_FILE).open("a") as compose:
                 compose.write(f"# {note}\n")
-        return self.step("files.sh", release, **{"from": str(staged)})
+        return self.step("files.sh", None, **{"from": str(staged)})
 
-    def env(self, stdin: str, release: str = release_of("v2.0.0", OLD)) -> subprocess.CompletedProcess[str]:
-        return self.step("env.sh", release, stdin=stdin)
+    def env(self, stdin: str) -> subprocess.CompletedProcess[str]:
+        return self.step("env.sh", None, stdin=stdin)
 
-    def database(
-        self, image: str = POSTGRES, release: str = release_of("v2.0.0", NEW)
-    ) -> subprocess.CompletedProcess[str]:
-        return self.step("database.sh", release, postgres_image=image, backups="none")
+    def database(self, image: str = POSTGRES) -> subprocess.CompletedProcess[str]:
+        return self.step("database.sh", None, postgres_image=image, backups="none")
 
     def backup(
         self,

@@ -32,7 +32,8 @@ COMMAND = "command:remote:Command"
 RELEASE = "github:index/release:Release"
 IMAGE_BUILD = "docker:index/image:Image"
 GOLDEN_PROXY = Path(__file__).parent / "golden" / "proxy"
-STEPS = ["server-files", "server-env", "server-database", "server-backup", "server-migrate", "server-up"]
+RELEASE_STEPS = ["server-backup", "server-migrate", "server-up"]
+STEPS = ["server-files", "server-env", "server-database", *RELEASE_STEPS]
 REPOSITORY = "ghcr.io/kametrix-org/kametrix/kametrix"
 # The database image staging and production run (both declare backup): postgres:16-alpine with pgBackRest.
 DATABASE_IMAGE = f"{REPOSITORY}-postgres:{database_tag('postgres:16-alpine')}"
@@ -87,12 +88,17 @@ def test_the_server_only_ever_runs_an_image_pinned_by_digest() -> None:
     assert deployment.output("imageRef") == f"{REPOSITORY}@{V142}"
 
 
-def test_every_step_of_a_release_runs_under_that_releases_lock_and_nothing_else_changes() -> None:
+def test_a_new_version_changes_only_the_release_s_steps_each_naming_the_release() -> None:
+    """The stage's steps (files, env, database) have nothing to do for a new version: they name no release, so a
+    release runs backup, migrate and up alone, under that release's lock."""
     changed = changed_between(production("v1.4.1"), production("v1.4.2"))
-    assert changed == set(STEPS), changed
+    assert changed == set(RELEASE_STEPS), changed
     for step in steps(production("v1.4.2")).values():
         flags = shlex.split(step.plain("create").rpartition("bash ")[2])
-        assert flags[flags.index("--release") + 1] == f"v1.4.2@{V142[7:19]}", f"{step.urn} does not name its release"
+        if step.urn.rpartition("::")[2] in RELEASE_STEPS:
+            assert flags[flags.index("--release") + 1] == f"v1.4.2@{V142[7:19]}", f"{step.urn} names no release"
+        else:
+            assert "--release" not in flags, f"{step.urn} names the release: a new version would run it"
 
 
 def settings_of(deployment: Deployment) -> dict[str, str]:
@@ -438,7 +444,7 @@ def test_the_single_container_layouts_project_and_database_volume_stay() -> None
     assert compose["services"]["postgres"]["volumes"][0] == "postgres-data:/var/lib/postgresql/data"
     for name in STEPS:
         command = steps(deployment)[name].plain("create")
-        assert "--app-dir /opt/kametrix --project kametrix " in command, f"{name}: the project changed"
+        assert "--app-dir /opt/kametrix --project kametrix " in f"{command} ", f"{name}: the project changed"
 
 
 def test_the_drain_time_bounds_the_proxy_and_reaches_the_switch_at_the_next_cutover() -> None:

@@ -216,7 +216,7 @@ def deployment(up_release: str) -> dict[str, object]:
         "resources": [
             {"urn": "urn:pulumi:local::kametrix-deploy::pulumi:providers:command::state", "id": STATE_ID,
              "type": "pulumi:providers:command"},
-            {"urn": f"{URN}database", "type": step, "inputs": {"create": "bash database.sh --release v2.0.0@0123"}},
+            {"urn": f"{URN}database", "type": step, "inputs": {"create": "bash database.sh --postgres-image x"}},
             {"urn": f"{URN}up", "type": step, "inputs": {"create": f"bash up.sh --release {up_release} --version x"}},
         ]
     }  # fmt: skip
@@ -248,6 +248,13 @@ def deployment(up_release: str) -> dict[str, object]:
         ),
         # An up that went on after its update lost it (or a break-glass switch) left another release serving.
         ({"STEP_STATE": "", "STEP_RUNS": "no", "LIVE_RELEASE": "v2.0.0@0123"}, "v1.0.0@4567", ["up"]),
+        # PostgreSQL does not run: only the database step starts it, and a new version alone does not run that step.
+        (
+            {"STEP_STATE": "", "STEP_RUNS": "no", "LIVE_RELEASE": "v2.0.0@0123", "DATABASE_RUNS": "no"},
+            "v2.0.0@0123",
+            ["database"],
+        ),
+        ({"STEP_STATE": "", "STEP_RUNS": "no", "LIVE_RELEASE": "v2.0.0@0123", "DATABASE_RUNS": ""}, "v2.0.0@0123", []),
     ],
 )
 def test_the_next_update_runs_again_each_step_the_server_says_did_what_the_state_does_not_record(

@@ -437,9 +437,8 @@ def database_with_backups(server: Server, image: str = POSTGRES) -> subprocess.C
         for name in ("pgbackrest.conf", "schedule.env"):
             (bundle / name).write_text(f"{name}\n")
     tarred = subprocess.run(["tar", "-c", "-C", str(bundle), "."], capture_output=True, check=True).stdout
-    release = release_of("v2.0.0", NEW)
     config = base64.b64encode(tarred).decode()
-    return server.step("database.sh", release, stdin=config, postgres_image=image, backups=FINGERPRINT)
+    return server.step("database.sh", None, stdin=config, postgres_image=image, backups=FINGERPRINT)
 
 
 def backup_calls(server: Server) -> list[str]:
@@ -975,7 +974,7 @@ def test_env_installs_the_settings_whole_while_the_live_colour_keeps_its_own_cop
     assert server.file(".env.blue") == dot_env() and server.mode(".env.blue") == 0o600
     assert sorted(path.name for path in server.app_dir.glob(".env*")) == [".env", ".env.blue"]
     assert server.calls() == [], "env.sh moved traffic"
-    assert server.lock()["RELEASE"] == release_of("v2.0.0", OLD), "the lock does not pass on to the update's up"
+    assert server.lock()["STEP_STATE"] == "handed-on", "the lock does not pass on to the update's up"
 
 
 def test_a_settings_only_change_moves_colours_behind_the_gate_once(server: Server) -> None:
@@ -996,7 +995,7 @@ def test_settings_only_the_new_version_accepts_start_with_it_in_one_cutover(serv
     server.live("v1.0.0", OLD)
     server.fact("healthy_after", f"{OLD} 1\n{NEW} 1\n")
     server.fact("rejects", f"{OLD} FEATURE=\n")
-    assert server.env(dot_env(FEATURE="on"), release=release_of("v2.0.0", NEW)).returncode == 0
+    assert server.env(dot_env(FEATURE="on")).returncode == 0
     result = server.up("v2.0.0", NEW)
     assert result.returncode == 0, result.stderr
     calls = server.calls()
@@ -1050,7 +1049,7 @@ def test_an_unchanged_env_restarts_nothing_and_removes_what_the_staging_steps_le
 
 def test_before_the_first_release_the_env_is_installed_at_once(server: Server) -> None:
     (server.app_dir / ".env").unlink()
-    result = server.env(dot_env(), release=release_of("v1.0.0", NEW))
+    result = server.env(dot_env())
     assert result.returncode == 0 and ".env installed" in result.stdout
     assert server.file(".env") == dot_env() and server.mode(".env") == 0o600
 
@@ -1104,7 +1103,7 @@ def test_a_step_that_ends_an_update_without_up_never_stops_the_colour_the_proxy_
     serves another colour than the record says, so `up` has work; stopping green here failed every request until
     `up` had started blue (kill-anywhere, stop 28's CI)."""
     settings = killed_past_its_reload(server)
-    ended = server.env(settings, release=release_of("v1.0.0", OLD))
+    ended = server.env(settings)
     assert ended.returncode == 0, ended.stderr
     assert server.read("colour_green") == OLD, "the colour taking traffic was stopped"
     assert server.lock()["STEP_STATE"] == "handed-on"
@@ -1117,7 +1116,7 @@ def test_up_after_a_switch_killed_past_its_reload_lets_the_proxy_drain_the_colou
     """The proxy's old workers may still hold requests on blue, which the killed switch moved traffic away from:
     they end before blue is recreated with the settings going back."""
     settings = killed_past_its_reload(server)
-    assert server.env(settings, release=release_of("v1.0.0", OLD)).returncode == 0
+    assert server.env(settings).returncode == 0
     server.fact("healthy_after", f"{OLD} 1\n")
     server.fact("draining", "1")
     result = server.up("v1.0.0", OLD)
@@ -1339,29 +1338,56 @@ def test_backup_refuses_an_unknown_policy(server: Server, mode: str, on_rollback
 
 
 def test_the_lock_passes_through_every_step_of_one_update_and_ends_with_up(server: Server) -> None:
+    """The stage steps name no release (a new version alone runs none of them); the release's first step continues
+    the lock they handed on, silently, as the next step of the same update."""
     release = release_of("v2.0.0", NEW)
     server.live("v1.0.0", OLD)
     server.fact("healthy_after", f"{NEW} 1\n")
     holders = []
     for step in (
-        lambda: server.files(release, note=f"rendered for {release}"),
-        lambda: server.env(dot_env(FEATURE="on"), release=release),
-        lambda: server.database(release=release),
+        lambda: server.files(note="rendered for v2.0.0"),
+        lambda: server.env(dot_env(FEATURE="on")),
+        lambda: server.database(),
         lambda: server.backup(release=release),
         lambda: server.migrate("v2.0.0", NEW),
     ):
         result = step()
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0 and "taking over" not in result.stderr, result.stderr
         holders.append(server.lock())
     assert [holder["STEP"] for holder in holders] == ["files", "env", "database", "backup", "migrate"]
-    assert {holder["RELEASE"] for holder in holders} == {release}
+    assert [holder["RELEASE"] for holder in holders] == ["", "", "", release, release]
+    assert {holder["STACK"] for holder in holders} == {STACK}
     assert len({holder["SINCE"] for holder in holders}) == 1, "the lock's start moved between steps"
     up = server.up("v2.0.0", NEW)
     assert up.returncode == 0, up.stderr
     assert not server.locked()
-    assert server.file("docker-compose.yml").endswith(f"# rendered for {release}\n")
+    assert server.file("docker-compose.yml").endswith("# rendered for v2.0.0\n")
     assert not (server.app_dir / ".files.test").exists(), "the unpacked bundle was left behind"
     assert server.record()["FILES_DIGEST"] == server.file(".files-digest").strip(), "up did not record its files"
+
+
+def test_a_stage_step_takes_over_a_lock_an_earlier_update_of_its_stack_handed_on_and_says_so(server: Server) -> None:
+    """A stage step comes first in an update: a lock a release's step of its stack handed on was left by an earlier
+    update, which is over (Pulumi runs one update of a state at a time)."""
+    server.live("v1.0.0", OLD)
+    assert server.backup(release=release_of("v2.0.0", NEW)).returncode == 0
+    files = server.files(note="the next update's files")
+    assert files.returncode == 0, files.stderr
+    assert f"taking over the release lock of release {release_of('v2.0.0', NEW)}" in files.stderr
+    assert "this step comes from a later update of" in files.stderr
+    assert server.lock()["RELEASE"] == "" and server.lock()["STEP"] == "files"
+
+
+def test_a_stage_step_of_another_state_is_refused_a_stage_lock_and_a_failed_one_leaves_it(server: Server) -> None:
+    server.live("v1.0.0", OLD)
+    assert server.files(note="the other state's files", STACK=ANOTHER_STACK).returncode == 0
+    server.setting("STACK", STACK)
+    held = server.lock()
+    assert held["STACK"] == ANOTHER_STACK and held["STEP_STATE"] == "handed-on"
+    refused = server.env(dot_env(FEATURE="on"))
+    assert refused.returncode == 1 and "refusing to start the stage step env" in refused.stderr, refused.stderr
+    assert f"the stage steps (an update of {ANOTHER_STACK})" in refused.stderr
+    assert server.lock() == held, "the other state's lock was touched"
 
 
 def test_the_files_step_installs_each_file_whole_with_its_mode_and_removes_what_killed_steps_left(
@@ -1374,7 +1400,7 @@ def test_the_files_step_installs_each_file_whole_with_its_mode_and_removes_what_
     unpacked.mkdir()
     two_days_ago = time.time() - 2 * 86400
     os.utime(unpacked, (two_days_ago, two_days_ago))
-    result = server.files(release_of("v2.0.0", NEW), note="new")
+    result = server.files(note="new")
     assert result.returncode == 0, result.stderr
     assert f"installed {len(BUNDLE)} files" in result.stdout
     for path, (content, mode) in BUNDLE.items():
@@ -1387,34 +1413,32 @@ def test_the_files_step_installs_each_file_whole_with_its_mode_and_removes_what_
 
 def test_the_files_step_leaves_the_files_installed_already_and_puts_back_one_changed_by_hand(server: Server) -> None:
     """The server's files are what counts, not a record of them: one edited or chmodded by hand is installed again."""
-    release = release_of("v2.0.0", NEW)
-    assert server.files(release).returncode == 0
+    assert server.files().returncode == 0
     script = server.app_dir / "bin" / "up.sh"
     script.write_text("# edited by hand\n")
     settings = server.app_dir / SETTINGS_FILE
     settings.chmod(0o666)
-    again = server.files(release)
+    again = server.files()
     assert again.returncode == 0, again.stderr
     assert f"installed {len(BUNDLE)} files (2 changed)" in again.stdout
     assert script.read_bytes() == BUNDLE["bin/up.sh"][0] and server.mode(SETTINGS_FILE) == 0o644
-    assert f"installed {len(BUNDLE)} files (0 changed)" in server.files(release).stdout
+    assert f"installed {len(BUNDLE)} files (0 changed)" in server.files().stdout
 
 
 def test_run_time_settings_alone_change_nothing_up_switches_with(server: Server) -> None:
-    release = release_of("v1.0.0", OLD)
     server.live("v1.0.0", OLD)
-    assert server.files(release).returncode == 0
+    assert server.files().returncode == 0
     digest = server.file(".files-digest").strip()
     assert server.locked(), "the live release never switched with these files, yet the lock did not wait for up"
     # What up then records, as it gives the lock back.
     with (server.app_dir / "release.env").open("a") as record:
         record.write(f"FILES_DIGEST={digest}\n")
     (server.app_dir / ".release-lock").unlink()
-    settings = server.files(release, DRAIN_SECONDS="60", HEALTH_ATTEMPTS="9")
+    settings = server.files(DRAIN_SECONDS="60", HEALTH_ATTEMPTS="9")
     assert settings.returncode == 0, settings.stderr
     assert "DRAIN_SECONDS=60\n" in server.file(SETTINGS_FILE) and server.file(".files-digest").strip() == digest
     assert not server.locked(), "a change of the run-time settings alone waits for a cutover"
-    files = server.files(release, note="a new compose file")
+    files = server.files(note="a new compose file")
     assert files.returncode == 0 and server.file(".files-digest").strip() != digest
     assert server.locked(), "new files do not wait for up's cutover"
 
@@ -1430,7 +1454,7 @@ def test_the_lock_says_which_release_holds_it_which_step_who_runs_it_and_since_w
 
 def test_who_asked_for_a_release_is_checked_before_the_lock_is_touched_even_by_the_files_step(server: Server) -> None:
     compose = server.file("docker-compose.yml")
-    result = server.files(release_of("v2.0.0", NEW), note="not to be installed", REQUESTED_BY="alice'; rm -rf /")
+    result = server.files(note="not to be installed", REQUESTED_BY="alice'; rm -rf /")
     assert result.returncode == 1 and "REQUESTED_BY: allowed a run URL" in result.stderr, result.stderr
     assert not server.locked() and server.file("docker-compose.yml") == compose
 
@@ -1454,11 +1478,12 @@ def test_another_release_in_progress_is_refused_even_by_the_files_step(server: S
     hand_on_from_another_stack(server, release_of("v7.0.0", OLD))
     compose = server.file("docker-compose.yml")
     mine = release_of("v8.0.0", NEW)
-    result = server.files(mine, note="not to be installed") if script == "files" else server.backup(release=mine)
+    result = server.files(note="not to be installed") if script == "files" else server.backup(release=mine)
     assert result.returncode == 1
     holder = f"release {release_of('v7.0.0', OLD)} (an update of {ANOTHER_STACK}) requested by {REQUESTER}"
     assert f"{holder}, step backup (pid " in result.stderr
-    assert f"of kametrix is in progress; refusing to start {mine}" in result.stderr
+    refused = "the stage step files" if script == "files" else mine
+    assert f"of kametrix is in progress; refusing to start {refused}" in result.stderr
     assert "bin/release-lock.sh" in result.stderr, "the message does not say how to see or free the lock"
     assert server.lock()["RELEASE"] == release_of("v7.0.0", OLD), "the other release lost its lock"
     assert server.file("docker-compose.yml") == compose, "files were installed under another release's lock"
@@ -1468,7 +1493,7 @@ def test_a_step_of_another_release_waits_for_a_running_step_and_is_refused(serve
     hand_on_from_another_stack(server, release_of("v7.0.0", OLD))
     compose = server.file("docker-compose.yml")
     with server.step_running():
-        result = server.files(release_of("v8.0.0", NEW), note="not to be installed")
+        result = server.files(note="not to be installed")
     assert result.returncode == 1 and "another step has been running for over 1s" in result.stderr
     assert server.file("docker-compose.yml") == compose
 
@@ -1535,21 +1560,20 @@ def test_a_step_that_fails_before_taking_the_lock_ends_its_release_s_lock_for_th
     further step, so the lock ends with it, and going back to the live release is not refused for
     lockTimeoutMinutes."""
     server.live("v1.0.0", OLD)
-    release = release_of("v2.0.0", NEW)
-    assert server.files(release, note="v2.0.0's files").returncode == 0
-    assert server.env(dot_env(), release=release).returncode == 0
+    assert server.files(note="v2.0.0's files").returncode == 0
+    assert server.env(dot_env()).returncode == 0
     assert server.lock()["STEP_STATE"] == "handed-on"
-    refused = server.step("database.sh", release, postgres_image=POSTGRES, backups="0123456789abcdef")
+    refused = server.step("database.sh", None, postgres_image=POSTGRES, backups="0123456789abcdef")
     assert refused.returncode == 1 and "no pgBackRest config came on stdin" in refused.stderr, refused.stderr
     assert not server.locked(), "the failed update's lock was kept"
-    back = server.files(release_of("v1.0.0", OLD), note="v1.0.0's files again")
+    back = server.files(note="v1.0.0's files again")
     assert back.returncode == 0, back.stderr
 
 
 def test_a_step_of_another_release_that_fails_leaves_the_lock_it_never_held(server: Server) -> None:
     held = release_of("v7.0.0", OLD)
     hand_on_from_another_stack(server, held)
-    refused = server.env("", release=release_of("v8.0.0", NEW))
+    refused = server.env("")
     assert refused.returncode == 1 and server.lock()["RELEASE"] == held
 
 
@@ -1582,17 +1606,29 @@ def test_a_lock_the_stack_handed_on_is_taken_over_at_once_by_its_next_update(ser
 
 
 def test_the_runner_reads_the_lock_as_fields_and_whether_a_step_runs(server: Server) -> None:
+    (server.app_dir / SETTINGS_FILE).rename(server.state / "settings")
     assert server.run("release-lock.sh", "--fields").stdout.splitlines() == [
-        "RELEASE=", "STACK=", "STEP=", "STEP_STATE=", "STEP_RUNS=no", "LIVE_RELEASE="
+        "RELEASE=", "STACK=", "STEP=", "STEP_STATE=", "STEP_RUNS=no", "LIVE_RELEASE=", "DATABASE_RUNS="
     ]  # fmt: skip
+    (server.state / "settings").rename(server.app_dir / SETTINGS_FILE)
     server.live("v1.0.0", OLD)
     assert server.backup(release=release_of("v7.0.0", OLD)).returncode == 0
     with server.step_running():
         fields = dict(line.split("=", 1) for line in server.run("release-lock.sh", "--fields").stdout.splitlines())
     assert fields == {
         "RELEASE": release_of("v7.0.0", OLD), "STACK": STACK, "STEP": "backup", "STEP_STATE": "handed-on",
-        "STEP_RUNS": "yes", "LIVE_RELEASE": release_of("v1.0.0", OLD),
+        "STEP_RUNS": "yes", "LIVE_RELEASE": release_of("v1.0.0", OLD), "DATABASE_RUNS": "yes",
     }  # fmt: skip
+
+
+def test_the_runner_learns_that_postgresql_does_not_run_which_only_the_database_step_starts(server: Server) -> None:
+    """A release runs no stage step: the runner asks whether PostgreSQL runs, to run the database step again."""
+    server.fact("postgres_stopped", "")
+    fields = dict(line.split("=", 1) for line in server.run("release-lock.sh", "--fields").stdout.splitlines())
+    assert fields["DATABASE_RUNS"] == "no"
+    server.setting("PROJECT", "Not A Project")
+    fields = dict(line.split("=", 1) for line in server.run("release-lock.sh", "--fields").stdout.splitlines())
+    assert fields["DATABASE_RUNS"] == "" and fields["STEP_RUNS"] == "no", "bad settings hid the lock"
 
 
 def test_an_update_over_gives_back_the_lock_it_left_and_says_why_up_was_awaited(server: Server) -> None:

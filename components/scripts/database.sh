@@ -82,7 +82,7 @@ start_stopped_postgres() {
   fi
 }
 
-acquire_update_lock "${FLAGS[release]}" database
+acquire_stage_lock database
 container="$(database_container)"
 if [[ -n "$container" && "$(docker inspect --format '{{.State.Status}}' "$container")" != running ]]; then
   start_stopped_postgres

@@ -16,7 +16,7 @@ begin_step
 read_settings
 # The lock first, before the input arrives: a step killed outright while it reads leaves the lock marked running, which
 # the next release takes over at once; one that refuses its input ends the release's lock (lib/lock.sh).
-acquire_update_lock "${FLAGS[release]}" env
+acquire_stage_lock env
 
 umask 077
 candidate="$(mktemp "$APP_DIR/.env.partial.XXXXXX")"

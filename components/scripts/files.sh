@@ -18,7 +18,7 @@ from="${FLAGS[from]}"
 # The lock is taken with the settings being installed: their lock timeout and who asked for this release.
 read_settings "$from/$SETTINGS_FILE"
 
-acquire_update_lock "${FLAGS[release]}" files
+acquire_stage_lock files
 mapfile -d '' -t files < <(cd "$from" && find . -type f -printf '%P\0' | sort -z)
 # Most files of a release are the ones installed already, with their modes: those stay as they are.
 declare -A mode=() installed_mode=()

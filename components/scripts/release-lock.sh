@@ -6,7 +6,8 @@
 # handed on, needs no freeing before the next release: its step takes it over (lib/lock.sh).
 #   bash <appDir>/bin/release-lock.sh [--free]
 # For the runner: --fields prints the lock as KEY=VALUE lines (RELEASE, STACK, STEP, STEP_STATE; STEP_RUNS=yes|no),
-# and the release that serves (LIVE_RELEASE);
+# the release that serves (LIVE_RELEASE), and whether the stage's PostgreSQL runs (DATABASE_RUNS=yes|no; empty before
+# the first files step), which only the database step starts: a release does not run it;
 # --end-update STACK gives back, once an update of STACK is over, a lock that update left with no step running (a
 # step killed outright, or a lock handed on to an `up` the update did not run), and says why `up` was awaited.
 set -euo pipefail
@@ -16,6 +17,8 @@ source "$(dirname "$0")/lib/step.sh"
 source "$(dirname "$0")/lib/lock.sh"
 # shellcheck source=lib/live.sh
 source "$(dirname "$0")/lib/live.sh"
+# shellcheck source=lib/compose.sh
+source "$(dirname "$0")/lib/compose.sh"
 usage="usage: release-lock.sh [--free | --fields | --end-update STACK] (received '$*')"
 action="${1:-show}" ended=""
 case "$action" in
@@ -41,6 +44,15 @@ case "$action" in
     done
     echo "STEP_RUNS=$step_runs"
     echo "LIVE_RELEASE=$(live_release)"
+    database_runs=""
+    if [[ -f "$APP_DIR/$SETTINGS_FILE" ]]; then
+      # In a subshell: settings that fail their check leave the answer empty, the lock's fields stay readable.
+      database_runs="$(
+        read_settings
+        if [[ -n "$(service_container postgres)" ]]; then echo yes; else echo no; fi
+      )" || database_runs=""
+    fi
+    echo "DATABASE_RUNS=$database_runs"
     exit 0
     ;;
   --end-update)

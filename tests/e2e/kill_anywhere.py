@@ -100,12 +100,13 @@ STAGE_SETTINGS = {"release.healthAttempts": 8}
 GOOD_VERSIONS = ("v1.0.0", "v2.0.0")
 NEVER_HEALTHY = "v3.0.0"
 MIGRATION_FAILS = "v4.0.0"
-# The release steps the moments aim at, in the order an update runs them (docs/server-states.md), by the engine's
-# names for them without the component's (server-up: up). The last is the cutover, where the proxy reloads. A step
-# the program runs besides these is hit by a moment aimed at the step before it that ends first; a step renamed is
-# never aimed at, and the episodes aimed at it are "missed" (the CI sample fails on that).
+# The steps the moments aim at, in the order an update runs them (docs/server-states.md), by the engine's names for
+# them without the component's (server-up: up). The last is the cutover, where the proxy reloads. A moment aimed at a
+# step the update does not run (a new version runs no stage step: files, env, database) hits the next one it runs; a
+# step the program runs besides these is hit by a moment aimed at the step before it that ends first; a step renamed
+# is never aimed at, and the episodes aimed at it are "missed" (the CI sample fails on that).
 CUTOVER_STEP = UP_STEP.removeprefix(f"{SERVER_RELEASE}-")
-RELEASE_STEPS = ("files", "env", "database", "backup", "migrate", CUTOVER_STEP)
+UPDATE_STEPS = ("files", "env", "database", "backup", "migrate", CUTOVER_STEP)
 LOAD_RATE = 40
 # How long the shared target's registry may be away (another test run stopped it).
 REGISTRY_BACK_SECONDS = 120
@@ -227,7 +228,7 @@ def plan(
     elif kind is Kind.PROXY_REFUSES_RELOAD:
         moment = Moment(CUTOVER_STEP, round(draw.random(), 2))
     else:
-        moment = Moment(draw.choice(RELEASE_STEPS), round(draw.random(), 2))
+        moment = Moment(draw.choice(UPDATE_STEPS), round(draw.random(), 2))
     recovery = Recovery.BACK if operation is Operation.FAILED_RELEASE else draw.choice(recoveries)
     flags = [
         flag
@@ -968,7 +969,7 @@ class Interrupter:
         aimed = self.episode.moment
         if aimed.step is None:
             return self.stage.started_at + aimed.at
-        later = RELEASE_STEPS[RELEASE_STEPS.index(aimed.step) :]
+        later = UPDATE_STEPS[UPDATE_STEPS.index(aimed.step) :]
         step = next((name for name in later if name in self.started), None)
         if step is None:
             return None

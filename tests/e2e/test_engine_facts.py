@@ -95,7 +95,7 @@ def test_a_changed_setting_reruns_only_what_depends_on_it(stage: Stage) -> None:
 def test_a_failed_step_is_run_again_by_the_next_update_and_nothing_else(stage: Stage) -> None:
     failed = stage.up("v4.0.0")
     assert failed.failed is not None and failed.failed.name == "server-migrate", explain(failed)
-    assert failed.ran() == ALL_STEPS[:-1], explain(failed)
+    assert failed.ran() == ["server-backup", "server-migrate"], explain(failed)
     again = stage.up()
     assert again.failed is not None and again.failed.name == "server-migrate", explain(again)
     assert again.ran() == ["server-migrate"], "a step that succeeded ran again"

@@ -80,8 +80,9 @@ def test_an_update_under_which_dockerd_restarts_is_finished_by_the_next_one(
 @pytest.mark.parametrize(
     "episode",
     [
-        # A dropped session's next write ends the step through its undo, which gives the lock back.
-        fixed(Operation.RELEASE, "", Kind.DROP_CONNECTION, Moment("files", 0.0), Recovery.BACK),
+        # A dropped session's next write ends the step through its undo, which gives the lock back: the release's
+        # first step (a new version runs no stage step).
+        fixed(Operation.RELEASE, "", Kind.DROP_CONNECTION, Moment("backup", 0.0), Recovery.BACK),
         # A step killed outright (SIGKILL: no trap runs) leaves the lock marked running with no step holding its
         # mutex: the step back takes it over at once (item 1).
         fixed(Operation.FAILED_RELEASE, NEVER_HEALTHY, Kind.KILL_STEP, Moment("migrate", 0.5), Recovery.BACK),

@@ -118,12 +118,12 @@ serving_colour() {
   [[ -z "$answer" || " $COLOURS " != *" $answer "* ]] || echo "$answer"
 }
 
-# Why `up` has work in an update of RELEASE, the first reason found; nothing when it has none: the release is not the
-# live one, the live colour does not run the current settings, the installed files are not those `up` switched with
+# Why `up` has work in an update of RELEASE (empty: the live release, whose files, settings and database a stage step
+# installs), the first reason found; nothing when it has none: the release is not the live one, the live colour does not run the current settings, the installed files are not those `up` switched with
 # last, or the proxy sends traffic to another colour than the record says. An update back to the live release after
 # one that stopped before `up` has none: its last step gives the lock back.
 up_work() {
-  local release="$1" served
+  local release="${1:-$(live_release)}" served
   if [[ "$release" != "$(live_release)" ]]; then
     echo "$release is not the live release ($(live_release))"
   elif ! live_settings_current; then

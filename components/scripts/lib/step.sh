@@ -101,8 +101,8 @@ value_of() {
 use_app_dir() {
   APP_DIR="$1"
   [[ "$APP_DIR" =~ ^/[A-Za-z0-9._/-]+$ ]] || die "app-dir: allowed an absolute path; received '$APP_DIR'"
-  # shellcheck disable=SC2034 # the release this step holds the lock for: lib/lock.sh
-  UNDO="" PARTIAL_FILE="" RELEASE_LOCK_OWNER=""
+  # shellcheck disable=SC2034 # whether this step holds the lock, and for which release: lib/lock.sh
+  UNDO="" PARTIAL_FILE="" RELEASE_LOCK_OWNER="" HOLDS_RELEASE_LOCK=""
 }
 
 read_settings() {
@@ -157,7 +157,7 @@ end_step() {
     set +e
     [[ -z "$UNDO" ]] || "$UNDO"
     release_release_lock
-    [[ -n "$RELEASE_LOCK_OWNER" ]] || end_handed_on_lock "${FLAGS[release]:-}"
+    [[ -n "$HOLDS_RELEASE_LOCK" ]] || end_handed_on_lock "${FLAGS[release]:-}"
   fi
   exit "$status"
 }
