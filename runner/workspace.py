@@ -199,10 +199,7 @@ class _Stack(auto.Stack):
             return super().outputs()
         events = self._events
         if events is not None and events.ended.wait(EVENTS_SETTLE_SECONDS) and events.stack_outputs is not None:
-            return {
-                name: auto.OutputValue(value=value, secret=value == SECRET_MASK)
-                for name, value in events.stack_outputs.items()
-            }
+            return _masked_outputs(events.stack_outputs)
         self._events = None
         with ThreadPoolExecutor(max_workers=1) as reader:
             last_update = reader.submit(self.history, page_size=1, show_secrets=self._update_shows_secrets)
@@ -257,8 +254,12 @@ class _MaskedOutputsWorkspace(auto.LocalWorkspace):
         done = self.pulumi_command.run(
             ["stack", "output", "--json", "--stack", stack_name], self.work_dir, dict(self.env_vars)
         )
-        masked: dict[str, Any] = json.loads(done.stdout)
-        return {name: auto.OutputValue(value=value, secret=value == SECRET_MASK) for name, value in masked.items()}
+        return _masked_outputs(json.loads(done.stdout))
+
+
+def _masked_outputs(masked: Mapping[str, Any]) -> auto.OutputMap:
+    """Outputs as the engine prints them without --show-secrets: a secret one is its mask."""
+    return {name: auto.OutputValue(value=value, secret=value == SECRET_MASK) for name, value in masked.items()}
 
 
 def open_workspace(stack_name: str, work_dir: Path | None = None) -> Workspace:

@@ -119,8 +119,9 @@ serving_colour() {
 }
 
 # Why `up` has work in an update of RELEASE (empty: the live release, whose files, settings and database a stage step
-# installs), the first reason found; nothing when it has none: the release is not the live one, the live colour does not run the current settings, the installed files are not those `up` switched with
-# last, or the proxy sends traffic to another colour than the record says. An update back to the live release after
+# installs), the first reason found; nothing when it has none: the release is not the live one, the live colour does
+# not run the current settings, the installed files are not those `up` switched with last, or the proxy sends
+# traffic to another colour than the record says. An update back to the live release after
 # one that stopped before `up` has none: its last step gives the lock back.
 up_work() {
   local release="${1:-$(live_release)}" served
