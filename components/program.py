@@ -14,9 +14,16 @@ from components.server_release import ServerRelease, ServerReleaseArgs
 from components.swarm_release import SwarmRelease, swarm_stage
 
 
+class StackConfigError(config.ConfigError, pulumi.RunError):
+    """The stack file's problems as the engine shows a program's own error: the message, without a traceback."""
+
+
 def program() -> None:
     """Read the stack's config once, declare every component of the stage, export the outputs."""
-    stack = config.load_from_engine()
+    try:
+        stack = config.load_from_engine()
+    except config.ConfigError as error:
+        raise StackConfigError(error.stack_file, error.problems) from None
     plain, secrets = stack.plain, stack.secrets
 
     image = AppImage(

@@ -8,11 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pulumi import automation as auto
-
 from components.config import ConfigError
 from components.recorded_versions import RecordError
-from runner import commands
 from runner.workspace import RunnerError, open_workspace
 
 DESCRIPTION = """\
@@ -93,11 +90,26 @@ def parser() -> argparse.ArgumentParser:
     return parsed
 
 
+# The commands that update the stack: each reads its state and config before the update begins.
+UPDATES = ("up", "release", "rollback")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         workspace = open_workspace(args.stack, args.work_dir)
-        changes = args.command in ("up", "release", "rollback", "restore")
+        if args.command in UPDATES:
+            workspace.begin_reads()
+    except RunnerError as error:
+        print(f"runner: {error}", file=sys.stderr)
+        return 1
+    # Imported once the CLI reads the stack: the Pulumi SDK (runner/engine.py) is a third of the runner's start-up.
+    from pulumi import automation as auto
+
+    from runner import commands
+
+    try:
+        changes = args.command in (*UPDATES, "restore")
         if changes and not args.yes and not sys.stdin.isatty():
             raise RunnerError(f"{args.command} changes the stack: pass --yes when not on a terminal")
         with commands.opened_events(args.events) as events:
@@ -143,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _ask(command: str, stack: str) -> None:
     answer = input(f"{command} {stack} as {'planned' if command == 'restore' else 'previewed'} above? [y/N] ")
     if answer.strip().lower() not in ("y", "yes"):
-        raise RunnerError(commands.NOT_CONFIRMED)
+        from runner.commands import NOT_CONFIRMED  # imported by main already
+
+        raise RunnerError(NOT_CONFIRMED)
 
 
 if __name__ == "__main__":

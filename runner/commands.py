@@ -21,7 +21,8 @@ from pulumi import automation as auto
 from components import config, shared_facts
 from components.config import NAMESPACE
 from runner import server, stack_file
-from runner.workspace import RunnerError, Workspace, program_module
+from runner.engine import program_module
+from runner.workspace import RunnerError, Workspace
 
 T = TypeVar("T")
 # The engine's words for a stack another update holds (the file and S3 backends' lock).
@@ -421,7 +422,9 @@ _loaded: dict[tuple[Path, int], config.StackConfig] = {}
 
 def _stack_config(workspace: Workspace) -> config.StackConfig:
     """The stack's config, read (and its secrets decrypted) once per version of the stack file: `status` needs it
-    three times, and each read costs the passphrase's key derivation."""
+    three times, and each read costs the passphrase's key derivation. An update's first read may be of the stack
+    file as the command found it (`Workspace.begin_reads`): what the runner writes into it (the version, who asked
+    for it, recorded digests) is none of what the runner reads from it."""
     key = (workspace.stack_file, workspace.stack_file.stat().st_mtime_ns)
     if key not in _loaded:
         _loaded[key] = _read_stack_config(workspace)
@@ -429,9 +432,9 @@ def _stack_config(workspace: Workspace) -> config.StackConfig:
 
 
 def _read_stack_config(workspace: Workspace) -> config.StackConfig:
-    values = workspace.stack().get_all_config()
-    raw = {key: value.value for key, value in values.items()}
-    secret_keys = {key for key, value in values.items() if value.secret}
+    values = workspace.config()
+    raw = {key: value for key, (value, _) in values.items()}
+    secret_keys = {key for key, (_, secret) in values.items() if secret}
     return config.load(workspace.stack_name, raw, secret_keys)
 
 

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import cast
 
@@ -19,7 +20,7 @@ from pulumi import automation as auto
 from components import program
 from components.recorded_versions import RecordError
 from embedded_default import workspace as local_workspace
-from runner import commands, stack_file
+from runner import commands, engine, stack_file
 from runner import workspace as runner_workspace
 from runner.__main__ import parser
 from tests.kit import PROJECT_DIR
@@ -42,11 +43,11 @@ def test_main_py_and_the_runner_run_the_same_program_function(
     env = {"PULUMI_BACKEND_URL": f"file://{tmp_path}", "PULUMI_CONFIG_PASSPHRASE": "x", **local_workspace.OFFLINE}
     stack = runner_workspace.Workspace("local", tmp_path, pulumi_cli, env).stack()
     assert isinstance(stack.workspace, auto.LocalWorkspace)
-    assert stack.workspace.program is runner_workspace.run_program
-    assert program.__name__ == runner_workspace.PROGRAM_MODULE
+    assert stack.workspace.program is engine.run_program
+    assert program.__name__ == engine.PROGRAM_MODULE
     ran = []
     monkeypatch.setattr(program, "program", lambda: ran.append(True))
-    runner_workspace.run_program()
+    engine.run_program()
     assert ran == [True]
 
 
@@ -152,6 +153,59 @@ def test_a_stack_whose_checkpoint_is_a_file_here_is_used_without_selecting_it(pu
     assert "manifest" in workspace.state()
     assert "stack select" not in asked.read_text()
     assert runner_workspace.file_checkpoint("s3://bucket/state", "production") is None
+
+
+def test_an_updates_first_reads_begin_before_the_runner_imports_the_pulumi_sdk(
+    pulumi_cli: Path, tmp_path: Path
+) -> None:
+    """What the runner imports before an update's first reads holds no Pulumi SDK (a third of its start-up), so the
+    CLI reads the stack's state and config meanwhile; each read begun so serves its first caller, a later one reads
+    again, and a local stack not created yet is read only once its first update created it."""
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, runner.__main__; print(sorted(m for m in sys.modules if 'pulumi' in m))"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert imported.stdout.strip() == "[]"
+
+    for name in ("Pulumi.yaml", "Pulumi.local.yaml"):
+        (tmp_path / name).write_text((PROJECT_DIR / name).read_text())
+    asked = tmp_path / "asked"
+    cli = tmp_path / "engine" / "bin" / "pulumi"
+    cli.parent.mkdir(parents=True)
+    cli.write_text(f'#!/bin/sh\necho "$*" >>{asked}\nexec {pulumi_cli} "$@"\n')
+    cli.chmod(0o755)
+    (tmp_path / "engine" / "VERSION").write_text("3.274.1\n")
+    (tmp_path / "state").mkdir()
+    env = {
+        "PULUMI_BACKEND_URL": local_workspace.file_backend_url(tmp_path / "state"),
+        "PULUMI_CONFIG_PASSPHRASE": "x",
+        **local_workspace.OFFLINE,
+    }
+    first = runner_workspace.Workspace("local", tmp_path, cli, env)
+    first.begin_reads()
+    assert not asked.exists()
+    first.stack()
+    assert "stack select" in asked.read_text()
+
+    asked.unlink()
+    workspace = runner_workspace.Workspace("local", tmp_path, cli, env)
+    workspace.begin_reads()
+    deadline = time.monotonic() + 30
+    while (not asked.exists() or len(asked.read_text().splitlines()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    begun = sorted(asked.read_text().splitlines())
+    assert begun == [
+        "--non-interactive config --show-secrets --json --stack local",
+        "--non-interactive stack export --stack local",
+    ]
+    assert "manifest" in workspace.state()
+    assert workspace.config()["kametrix-deploy:version"] == ("v1.0.0", False)
+    assert sorted(asked.read_text().splitlines()) == begun
+    workspace.state()
+    assert asked.read_text().splitlines()[-1] == "--non-interactive stack export --stack local"
 
 
 def test_an_updates_outputs_and_its_summary_are_read_side_by_side(pulumi_cli: Path, tmp_path: Path) -> None:

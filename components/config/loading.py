@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pulumi
 import yaml
 from pydantic import SecretStr, ValidationError
 
@@ -193,6 +192,8 @@ def administered_stack_files() -> dict[str, Mapping[str, Any]]:
 
 def load_from_engine() -> StackConfig:
     """The entry point's one read of the stack's config, from what the engine handed the program."""
+    # Imported here: the rest of the config reads no Pulumi SDK, so the runner's first reads need none.
+    import pulumi
     from pulumi.runtime import config as runtime_config
 
     raw = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}

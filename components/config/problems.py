@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pulumi
 from pydantic import BaseModel, ValidationError
 
 NAMESPACE = "kametrix-deploy"
@@ -32,7 +31,7 @@ class Problem:
         return f"{self.key}: {self.message}"
 
 
-class ConfigError(pulumi.RunError):
+class ConfigError(Exception):
     def __init__(self, stack_file: str, problems: list[Problem]) -> None:
         self.stack_file = stack_file
         self.problems = problems
