@@ -129,9 +129,9 @@ def test_the_cli_is_asked_its_version_only_when_install_engine_recorded_none(tmp
     assert (recorded.command, str(recorded.version)) == (str(cli), "3.274.1") and not asked.exists()
 
 
-def test_a_stack_whose_checkpoint_is_a_file_here_is_used_without_selecting_it(pulumi_cli: Path, tmp_path: Path) -> None:
-    """Every command the Automation API runs names its stack: `pulumi stack select` would only check that the stack
-    exists, a CLI run of its own (a quarter second of each release) where its checkpoint file shows it."""
+def local_stack_with_recording_cli(tmp_path: Path, pulumi_cli: Path) -> tuple[Path, Path]:
+    """The project's local stack files in `tmp_path`, and a CLI that runs the real one after noting its arguments
+    (a line each) in the file it returns beside it."""
     for name in ("Pulumi.yaml", "Pulumi.local.yaml"):
         (tmp_path / name).write_text((PROJECT_DIR / name).read_text())
     asked = tmp_path / "asked"
@@ -139,6 +139,13 @@ def test_a_stack_whose_checkpoint_is_a_file_here_is_used_without_selecting_it(pu
     cli.parent.mkdir(parents=True)
     cli.write_text(f'#!/bin/sh\necho "$*" >>{asked}\nexec {pulumi_cli} "$@"\n')
     cli.chmod(0o755)
+    return cli, asked
+
+
+def test_a_stack_whose_checkpoint_is_a_file_here_is_used_without_selecting_it(pulumi_cli: Path, tmp_path: Path) -> None:
+    """Every command the Automation API runs names its stack: `pulumi stack select` would only check that the stack
+    exists, a CLI run of its own (a quarter second of each release) where its checkpoint file shows it."""
+    cli, asked = local_stack_with_recording_cli(tmp_path, pulumi_cli)
     (tmp_path / "state").mkdir()
     backend = local_workspace.file_backend_url(tmp_path / "state")
     env = {"PULUMI_BACKEND_URL": backend, "PULUMI_CONFIG_PASSPHRASE": "x", **local_workspace.OFFLINE}
@@ -170,13 +177,7 @@ def test_an_updates_first_reads_begin_before_the_runner_imports_the_pulumi_sdk(
     )
     assert imported.stdout.strip() == "[]"
 
-    for name in ("Pulumi.yaml", "Pulumi.local.yaml"):
-        (tmp_path / name).write_text((PROJECT_DIR / name).read_text())
-    asked = tmp_path / "asked"
-    cli = tmp_path / "engine" / "bin" / "pulumi"
-    cli.parent.mkdir(parents=True)
-    cli.write_text(f'#!/bin/sh\necho "$*" >>{asked}\nexec {pulumi_cli} "$@"\n')
-    cli.chmod(0o755)
+    cli, asked = local_stack_with_recording_cli(tmp_path, pulumi_cli)
     (tmp_path / "engine" / "VERSION").write_text("3.274.1\n")
     (tmp_path / "state").mkdir()
     env = {
