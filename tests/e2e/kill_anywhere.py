@@ -17,7 +17,8 @@ The kinds:
 - dockerd restarting: a graceful restart (SIGTERM, then start again) of the dockerd the stage runs on.
 
 A moment is a step and a random point inside it (a fraction of that step's shortest observed duration for the
-same operation, so that it lands while the step runs), read from the engine's events, so it keeps working when the
+same operation, so that it lands while the step runs; an operation not timed yet first runs once uninterrupted, and
+back), read from the engine's events, so it keeps working when the
 server's scripts change; for the CLI and dockerd, sometimes a time since the runner started instead (the engine's
 preview and refresh included).
 
@@ -668,6 +669,8 @@ class KillAnywhere:
     def run(self, episode: Episode) -> EpisodeResult:
         started = time.monotonic()
         result = EpisodeResult(episode)
+        if episode.moment.step is not None and not self.timed(episode.operation):
+            self.rehearse(episode)
         before = recorded_version(self.stage) or ""
         change = self.change_for(episode, before)
         change.apply()
@@ -711,6 +714,19 @@ class KillAnywhere:
         result.seconds = time.monotonic() - started
         return result
 
+    def rehearse(self, episode: Episode) -> None:
+        """The episode's operation once uninterrupted, and back, so that its steps are timed before a moment is aimed
+        inside one: the same step can take a fraction of what any other operation took of it (a database change to
+        the same bytes replaces nothing, where the first release created PostgreSQL), and a moment aimed past a
+        step's end interrupts nothing."""
+        change = self.change_for(episode, recorded_version(self.stage) or "")
+        change.apply()
+        self.learn(episode.operation, self.stage.run(*change.update))
+        change.revert()
+        back = self.stage.run(*change.back)
+        assert back.ok, explain(back)
+        self.learn(episode.operation, back)
+
     def change_for(self, episode: Episode, before: str) -> Change:
         stage = self.stage
         back_to_before = ("release", before, "--yes")
@@ -752,9 +768,12 @@ class KillAnywhere:
                 key = (operation, step.name.rpartition("-")[2])
                 self.step_seconds[key] = min(step.seconds, self.step_seconds.get(key, step.seconds))
 
+    def timed(self, operation: Operation) -> bool:
+        return any(timed == operation for timed, _ in self.step_seconds)
+
     def expected_seconds(self, operation: Operation, step: str) -> float:
-        """As long as the step took in this operation; not seen in it yet, as in any other (the same script runs),
-        the releases `begin` made among them."""
+        """As long as the step took in this operation; a step it has not run yet (its rehearsal did not reach it),
+        as in any other: the same script runs."""
         learned = self.step_seconds.get((operation, step))
         if learned is not None:
             return learned
