@@ -4,9 +4,10 @@
 # stops, on whichever hosts Swarm runs them; the proxy runs on every host. The new tasks log in to PostgreSQL as the
 # colour's login role the running tasks do not use (lib/compose.sh), made able to log in with the settings' password
 # first: so a new password reaches the database before any task uses it, and the running tasks keep theirs until they
-# stop. Waits until every task runs the release: then makes it the live release (lib/live.sh) and retires the old
-# role. If a new task never turns healthy, Swarm rolls the app back by itself: the step then fails naming both
-# versions, and the new role is retired. Already deployed as declared (an update run again), nothing is deployed.
+# stop. Waits until every task runs the release and the old ones have stopped: then makes it the live release
+# (lib/live.sh) and retires the old role. If a new task never turns healthy, Swarm rolls the app back by itself: the
+# step then fails naming both versions, and the new role is retired. Already deployed as declared (an update run
+# again), nothing is deployed.
 # The last step of every update of a stage on Swarm, as up.sh is of one host.
 set -euo pipefail
 # shellcheck source=lib/step.sh
@@ -49,6 +50,17 @@ tasks_of_release() {
   mapfile -t ids < <(docker service ps --quiet --filter desired-state=running "$service")
   ((${#ids[@]} > 0)) || return 0
   docker inspect --type task --format "{{.Status.State}}|{{index $labels \"$RELEASE_LABEL\"}}|{{index $labels \"$SETTINGS_LABEL\"}}|{{index $labels \"$COLOUR_LABEL\"}}" "${ids[@]}"
+}
+# How many tasks Swarm is stopping still run: out of its DNS, yet a proxy may still hold their address for a moment
+# (swarm-nginx.conf), so an old task serves until it has stopped.
+stopping_tasks() {
+  local ids
+  mapfile -t ids < <(docker service ps --quiet --filter desired-state=shutdown "$service")
+  ((${#ids[@]} > 0)) || {
+    echo 0
+    return 0
+  }
+  docker inspect --type task --format '{{.Status.State}}' "${ids[@]}" | grep -cx running || true
 }
 # Why the last tasks stopped, as Swarm tells it.
 last_failures() {
@@ -117,14 +129,14 @@ while true; do
   if [[ "$spec_release|$spec_settings|$spec_colour" == "$release|$settings|$new" ]]; then
     if [[ "$ours" != "$replicas" || "${#tasks[@]}" != "$replicas" ]]; then
       all_ours_since=""
-    elif [[ "$update" != updating ]]; then
+    elif [[ "$update" != updating && "$(stopping_tasks)" == 0 ]]; then
       break
     elif [[ -z "$all_ours_since" ]]; then
       all_ours_since="$SECONDS"
     elif ((SECONDS - all_ours_since >= monitor)); then
-      # Swarm keeps an update open while it cannot hear that an old task stopped on a host that is down; past
-      # its monitor, every task it wants running runs the release, so no rollback can follow.
-      echo "every task runs $version; Swarm still reports its update in progress (a host it cannot reach?)" >&2
+      # Swarm keeps an update open, and an old task running, while it cannot hear that the task stopped on a host
+      # that is down; past its monitor, every task it wants running runs the release, so no rollback can follow.
+      echo "every task runs $version; Swarm still reports its update in progress or an old task running (a host it cannot reach?)" >&2
       break
     fi
   elif [[ "$update" == rollback_completed ]]; then
