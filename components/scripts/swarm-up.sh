@@ -54,13 +54,7 @@ tasks_of_release() {
 # How many tasks Swarm is stopping still run: out of its DNS, yet a proxy may still hold their address for a moment
 # (swarm-nginx.conf), so an old task serves until it has stopped.
 stopping_tasks() {
-  local ids
-  mapfile -t ids < <(docker service ps --quiet --filter desired-state=shutdown "$service")
-  ((${#ids[@]} > 0)) || {
-    echo 0
-    return 0
-  }
-  docker inspect --type task --format '{{.Status.State}}' "${ids[@]}" | grep -cx running || true
+  docker service ps --filter desired-state=shutdown --format '{{.CurrentState}}' "$service" | grep -c '^Running' || true
 }
 # Why the last tasks stopped, as Swarm tells it.
 last_failures() {

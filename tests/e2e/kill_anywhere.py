@@ -18,9 +18,8 @@ The kinds:
 
 A moment is a step and a random point inside it (a fraction of that step's shortest observed duration for the
 same operation, so that it lands while the step runs; an operation not timed yet first runs once uninterrupted, and
-back), read from the engine's events, so it keeps working when the
-server's scripts change; for the CLI and dockerd, sometimes a time since the runner started instead (the engine's
-preview and refresh included).
+back), read from the engine's events, so it keeps working when the server's scripts change; for the CLI and
+dockerd, sometimes a time since the runner started instead (the engine's preview and refresh included).
 
 After the recovery the stage is judged by what it serves and records, never by how the scripts work:
 - the version that serves through the proxy (`/api/version`) is the stack's pinned version and `release.env`'s;
